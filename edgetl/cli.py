@@ -1,0 +1,112 @@
+"""The ``edgetl`` command. Thin: each subcommand lives in ``edgetl/commands/<name>.py``
+(``HELP``, ``DESCRIPTION``, ``add_arguments(parser)``, ``run(args) -> int``) and calls
+the same functions as the Python API. Heavy imports (torch, runtimes) happen inside
+``run`` so that device commands work where torch is not installed."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import warnings
+from typing import Sequence
+
+from .errors import EdgeTLError
+
+# Order shown in --help: the pipeline, then the device, then tooling.
+COMMANDS = (
+    "train",
+    "evaluate",
+    "export",
+    "quantize",
+    "package",
+    "predict",
+    "retrain",
+    "adapt",
+    "rollback",
+    "bench",
+    "targets",
+    "build",
+    "demo",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at ``--help``."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _available_commands() -> list[tuple[str, object]]:
+    found = []
+    for name in COMMANDS:
+        try:
+            found.append((name, importlib.import_module(f"edgetl.commands.{name}")))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"edgetl.commands.{name}":
+                raise
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="edgetl",
+        description="Transfer learning for edge devices: train on a workstation, export to ONNX, "
+        "quantize to int8, deploy a bundle, retrain its head on the device, benchmark it.",
+        epilog="Run 'edgetl COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgetl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module in _available_commands():
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _quiet_third_party() -> None:
+    # Importing torch (onnxruntime does, when torch is installed) logs a CUDA warning on
+    # machines without a GPU; it says nothing about the user's work.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", module=r"torch\..*")
+    warnings.filterwarnings("ignore", module=r"timm\..*")
+    warnings.filterwarnings("ignore", module=r"nncf\..*")
+
+    def show(message, category, filename, lineno, file=None, line=None):  # one line, no source
+        print(f"edgetl: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_third_party()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except EdgeTLError as exc:
+        print(f"edgetl {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"edgetl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

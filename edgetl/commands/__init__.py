@@ -1,0 +1,1 @@
+"""One module per ``edgetl`` subcommand; see :mod:`edgetl.cli`."""

@@ -1,0 +1,165 @@
+"""Image folders (one subfolder per class), deterministic stratified splits, and the
+real data set that ships with scikit-learn, written out as such a folder. Torch-free."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import ConfigError, DataError
+from .preprocess import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+
+__all__ = ["ImageFolder", "scan_folder", "stratified_split", "write_digits", "list_images"]
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A scanned image folder: class names (sorted) and ``(path, class index)`` samples."""
+
+    root: Path
+    labels: tuple[str, ...]
+    samples: tuple[tuple[Path, int], ...]
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p, _ in self.samples]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.asarray([y for _, y in self.samples], dtype=np.int64)
+
+    def counts(self) -> dict[str, int]:
+        t = self.targets
+        return {name: int((t == i).sum()) for i, name in enumerate(self.labels)}
+
+    def subset(self, indices: Sequence[int]) -> "ImageFolder":
+        return ImageFolder(self.root, self.labels, tuple(self.samples[i] for i in indices), self.skipped)
+
+
+def _check_image(path: Path) -> str | None:
+    """None if ``path`` looks like a readable image, else the reason it is not."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+                    return f"larger than {MAX_IMAGE_PIXELS:,} pixels"
+                img.verify()
+        return None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt files
+        return f"{exc.__class__.__name__}: {exc}".strip()
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Files in ``folder`` (not recursive), sorted, hidden files ignored."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def scan_folder(
+    root: str | os.PathLike,
+    *,
+    strict: bool = False,
+    min_classes: int = 2,
+    verify: bool = True,
+) -> ImageFolder:
+    """Scan ``root/<class>/<image>``. Unreadable files are skipped (and listed in
+    ``skipped``), or with ``strict`` rejected. Raises :class:`DataError` for a missing
+    folder, fewer than ``min_classes`` classes, or a class with no usable image."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder; DATA must be a folder with one subfolder per class")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; DATA must be a folder with one subfolder per class")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) < min_classes:
+        found = ", ".join(p.name for p in class_dirs) or "none"
+        raise DataError(
+            f"{root}: found {len(class_dirs)} class folder(s) ({found}); need at least {min_classes}, "
+            "one subfolder per class named after its label"
+        )
+    samples: list[tuple[Path, int]] = []
+    skipped: list[tuple[Path, str]] = []
+    for index, class_dir in enumerate(class_dirs):
+        usable = 0
+        for path in list_images(class_dir):
+            reason = None
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                reason = "not an image file (unknown extension)"
+            elif verify:
+                reason = _check_image(path)
+            if reason is None:
+                samples.append((path, index))
+                usable += 1
+            elif strict:
+                raise DataError(f"{path}: {reason} (remove it, or drop --strict to skip such files)")
+            else:
+                skipped.append((path, reason))
+        if usable == 0:
+            raise DataError(f"{class_dir}: class folder has no readable images; add images or remove the folder")
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable file(s) in {root}, e.g. {skipped[0][0]}: {skipped[0][1]}",
+                      stacklevel=2)
+    return ImageFolder(root, tuple(p.name for p in class_dirs), tuple(samples), tuple(skipped))
+
+
+def stratified_split(
+    targets: np.ndarray, val_fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic per-class split -> (train indices, validation indices), both sorted.
+    Every class with at least two samples gets at least one of each."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in np.unique(targets):
+        idx = np.flatnonzero(targets == cls)
+        idx = idx[rng.permutation(len(idx))]
+        n_val = int(round(len(idx) * val_fraction))
+        if val_fraction > 0 and len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        val.extend(idx[:n_val])
+        train.extend(idx[n_val:])
+    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
+
+
+def write_digits(
+    out: str | os.PathLike,
+    *,
+    classes: Sequence[int] | None = None,
+    per_class: int | None = None,
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write scikit-learn's 1,797 real handwritten digits as ``out/<digit>/<n>.png``.
+
+    The 8x8, 17-level originals are scaled to 0-255 and enlarged to ``size`` pixels
+    (bilinear), white on black. ``per_class`` takes a seeded random subset per class.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:  # pragma: no cover - sklearn is in the train/test/demo extras
+        raise DataError("writing the digits data set needs scikit-learn: pip install 'edgetl[train]'") from None
+    digits = load_digits()
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    wanted = range(10) if classes is None else classes
+    for digit in wanted:
+        idx = np.flatnonzero(digits.target == digit)
+        if per_class is not None:
+            idx = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        folder = out / str(digit)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            pixels = (digits.images[i] / 16.0 * 255.0).round().astype(np.uint8)
+            img = Image.fromarray(pixels, "L")
+            if size != 8:
+                img = img.resize((size, size), Image.BILINEAR)
+            img.save(folder / f"{i:04d}.png")
+    return out
