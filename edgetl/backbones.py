@@ -34,6 +34,10 @@ class Backbone:
     preprocess: PreprocessSpec
     num_features: int
     pretrained: bool
+    arch: str = ""  # the registry name that rebuilds this architecture without weights
+
+    def __post_init__(self) -> None:
+        self.arch = self.arch or self.name
 
 
 # name -> factory(pretrained) -> Backbone
@@ -111,12 +115,18 @@ def _efficientnet_lite0(pretrained: bool = True) -> Backbone:
     model = _timm_model("efficientnet_lite0", pretrained=False)
     if pretrained:
         model.load_state_dict(_map_by_order(_lite0_weights(), model), strict=False)
-    return Backbone("efficientnet_lite0", model, IMAGENET, int(model.num_features), pretrained)
+    return Backbone("efficientnet_lite0", model, IMAGENET, _timm_width(model), pretrained)
+
+
+def _timm_width(model: nn.Module) -> int:
+    # timm models with a pre-logits projection (MobileNetV3, ...) emit head_hidden_size
+    # features once the classifier is removed; the rest emit num_features.
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 def _timm_backbone(name: str, pretrained: bool) -> Backbone:
     model = _timm_model(name, pretrained)
-    return Backbone(f"timm:{name}", model, _timm_spec(model), int(model.num_features), pretrained)
+    return Backbone(f"timm:{name}", model, _timm_spec(model), _timm_width(model), pretrained)
 
 
 def _strip_classifier(model: nn.Module) -> int:
@@ -193,7 +203,7 @@ def _file_backbone(path: str) -> Backbone:
         module.load_state_dict(_map_by_order(state, module), strict=False)
     elif missing:
         raise BackboneError(f"file:{path}: {len(missing)} weights of {arch} missing, e.g. {missing[0]}")
-    return Backbone(f"file:{path}", module, backbone.preprocess, backbone.num_features, True)
+    return Backbone(f"file:{path}", module, backbone.preprocess, backbone.num_features, True, arch=arch)
 
 
 def create_backbone(name: str, *, pretrained: bool = True) -> Backbone:

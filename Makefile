@@ -1,0 +1,37 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates .venv when
+# it is missing and installs edgetl with the workstation, test and demo extras.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgetl-installed
+
+.PHONY: demo test test-fast test-device venv bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,test,demo]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgetl demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+	$(MAKE) test-device
+
+# Quick loop while developing: skips the slow end-to-end tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# The device install: a second venv with a plain `pip install .` (no torch) runs predict.
+test-device: $(STAMP)
+	bash scripts/check_device_install.sh
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .venv-device demo-output build *.egg-info .pytest_cache

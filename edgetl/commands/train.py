@@ -1,0 +1,90 @@
+"""edgetl train"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import fraction, non_negative_int, positive_float, positive_int
+
+HELP = "train a classifier on an image folder with a pretrained backbone"
+DESCRIPTION = """\
+Train a classifier on DATA (one subfolder per class; the folder name is the label)
+on top of a pretrained backbone, and write a RUN directory (model.pt, run.json,
+history.csv, curves.png) for 'edgetl export'.
+
+Strategies:
+  linear-probe  backbone frozen; each image is embedded once, then only the head trains (fast)
+  finetune      the last --unfreeze N blocks (or all) train too, at a lower learning rate
+  adapt         finetune while aligning features with unlabelled --target-data (DANN or CORAL)
+
+Backbones: efficientnet_lite0 (built in, weights ship with edgetl[train]),
+timm:NAME, torchvision:NAME (pretrained weights need a network), file:PATH.
+
+Examples:
+  edgetl train photos/ --out runs/probe
+  edgetl train photos/ --out runs/ft --strategy finetune --unfreeze 3 --epochs 10
+  edgetl train photos/ --out runs/r18 --backbone timm:resnet18 --no-pretrained
+  edgetl train photos/ --out runs/da --strategy adapt --target-data new_camera/ --adapt dann
+"""
+
+
+def _unfreeze(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {text!r}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="image folder, one subfolder per class")
+    p.add_argument("--out", required=True, metavar="RUN", help="RUN directory to create")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="backbone (default: %(default)s)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="start from pretrained weights (default: yes)")
+    p.add_argument("--strategy", choices=["linear-probe", "finetune", "adapt"], default="linear-probe")
+    p.add_argument("--unfreeze", type=_unfreeze, default=2, metavar="N|all",
+                   help="finetune/adapt: train the last N backbone blocks, or all (default: 2)")
+    p.add_argument("--epochs", type=positive_int, help="default: 30 for linear-probe, 8 otherwise")
+    p.add_argument("--batch-size", type=positive_int, help="default: 64 for linear-probe, 32 otherwise")
+    p.add_argument("--lr", type=positive_float, help="head learning rate; the backbone gets 0.1x")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--patience", type=positive_int, default=5, help="early stopping patience in epochs")
+    p.add_argument("--val-split", type=fraction, default=0.2, help="held-out fraction per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=positive_int, help="input size (default: the backbone's)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="finetune: random resized crop and flip (default: on)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--strict", action="store_true", help="reject unreadable files instead of skipping them")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--target-data", metavar="DIR", help="adapt: unlabelled images of the target domain")
+    p.add_argument("--adapt", choices=["dann", "coral"], default="coral", help="adapt: method (default: coral)")
+    p.add_argument("--adapt-weight", type=positive_float, default=1.0, help="adapt: weight of the alignment loss")
+    p.add_argument("--target-eval", metavar="DIR", help="adapt: labelled target images to report accuracy on")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import _ui
+    from ..train import TrainConfig, train
+
+    if args.json:
+        _ui.quiet()
+    cfg = TrainConfig(
+        backbone=args.backbone, pretrained=args.pretrained, strategy=args.strategy, unfreeze=args.unfreeze,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        patience=args.patience, val_split=args.val_split, seed=args.seed, image_size=args.image_size,
+        augment=args.augment, device=args.device, strict=args.strict, target_data=args.target_data,
+        adapt_method=args.adapt, adapt_weight=args.adapt_weight, target_eval=args.target_eval,
+    )
+    result = train(args.data, args.out, cfg, overwrite=args.force)
+    if args.json:
+        _ui.print_json({"run": str(result.run_dir), **result.metrics})
+        return 0
+    rows = [(h["epoch"], h["train_loss"], h["train_acc"], h["val_loss"], h["val_acc"]) for h in result.history]
+    _ui.print_table(f"{cfg.backbone} · {cfg.strategy.value if hasattr(cfg.strategy, 'value') else cfg.strategy}",
+                    ["epoch", "train loss", "train acc", "val loss", "val acc"], rows)
+    _ui.info(f"best validation accuracy {result.val_accuracy:.4f} at epoch {result.best_epoch}; wrote {result.run_dir}")
+    return 0

@@ -1,0 +1,51 @@
+"""Shared fixtures: real data (scikit-learn's handwritten digits written as an image
+folder) and, built once per session, the real pipeline's artefacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("EDGETL_NO_PROGRESS", "1")
+# Tests never reach a hub; the real loading code then fails fast instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """All ten digit classes, 100 real images each (1,000 images, 32x32 PNG)."""
+    from edgetl.data import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits") / "data", per_class=100, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_0_7(tmp_path_factory) -> Path:
+    """Digits 0-7 only, 40 each: the 'workstation' data of the new-class scenario."""
+    from edgetl.data import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits07") / "data", classes=range(8), per_class=40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_8_9(tmp_path_factory) -> Path:
+    """Digits 8 and 9 only, 40 each: the 'device' data of the new-class scenario."""
+    from edgetl.data import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits89") / "data", classes=[8, 9], per_class=40, seed=1)
+
+
+# The pipeline fixtures use 128-pixel inputs: on digits the pretrained efficientnet_lite0
+# is as accurate there as at 224 (measured: 0.94 vs 0.93 linear-probe accuracy) and
+# four times faster, which keeps the suite within its budget on two cores.
+IMAGE_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def probe_run(tmp_path_factory, digits_dir) -> Path:
+    """A real linear-probe RUN: pretrained efficientnet_lite0 on the digits."""
+    from edgetl.train import TrainConfig, train
+
+    return train(digits_dir, tmp_path_factory.mktemp("runs") / "probe", TrainConfig(image_size=IMAGE_SIZE)).run_dir

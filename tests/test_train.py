@@ -1,0 +1,83 @@
+"""Workstation training on real digits: accuracy, caching, determinism, the RUN directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from edgetl.train import TrainConfig, train
+
+SMALL = dict(image_size=64, epochs=3, batch_size=32)
+
+
+def test_linear_probe_reaches_90_percent(probe_run):
+    info = json.loads((probe_run / "run.json").read_text())
+    assert info["metrics"]["val_accuracy"] >= 0.90
+    assert info["strategy"] == "linear-probe" and info["backbone"] == "efficientnet_lite0"
+
+
+def test_run_directory_is_complete(probe_run):
+    info = json.loads((probe_run / "run.json").read_text())
+    for key in ("labels", "preprocess", "num_features", "config", "split", "metrics", "versions"):
+        assert key in info
+    state = torch.load(probe_run / "model.pt", weights_only=True)
+    assert state["head.weight"].shape == (len(info["labels"]), info["num_features"])
+    rows = list(csv.DictReader(open(probe_run / "history.csv")))
+    assert len(rows) == info["metrics"]["epochs_run"] and float(rows[0]["train_loss"]) > 0
+    assert (probe_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(info["split"]["train"]).isdisjoint(info["split"]["val"])
+
+
+def test_linear_probe_runs_backbone_once_per_image(digits_dir, tmp_path, monkeypatch):
+    import edgetl.train as tr
+
+    seen = {"images": 0}
+    real_create = tr.create_backbone
+
+    def counting_create(*args, **kwargs):
+        bb = real_create(*args, **kwargs)
+        bb.module.register_forward_hook(lambda m, inp, out: seen.__setitem__("images", seen["images"] + len(inp[0])))
+        return bb
+
+    monkeypatch.setattr(tr, "create_backbone", counting_create)
+    result = train(digits_dir, tmp_path / "run", TrainConfig(**{**SMALL, "epochs": 6}, patience=10))
+    assert result.metrics["epochs_run"] == 6
+    assert seen["images"] == 1000  # every image exactly once, over six epochs
+
+
+def test_same_seed_same_result(digits_dir, tmp_path):
+    cfg = TrainConfig(**SMALL, seed=7)
+    a = train(digits_dir, tmp_path / "a", cfg)
+    b = train(digits_dir, tmp_path / "b", cfg)
+    sa, sb = (torch.load(r.run_dir / "model.pt", weights_only=True) for r in (a, b))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.history == [dict(h, seconds=a.history[i]["seconds"]) for i, h in enumerate(b.history)]
+
+
+def test_finetune_unfreezes_only_last_blocks(digits_dir, tmp_path):
+    from edgetl.backbones import backbone_blocks, create_backbone
+
+    cfg = TrainConfig(strategy="finetune", unfreeze=1, epochs=1, image_size=64, batch_size=32)
+    result = train(digits_dir, tmp_path / "ft", cfg)
+    state = torch.load(result.run_dir / "model.pt", weights_only=True)
+    fresh = create_backbone("efficientnet_lite0", pretrained=False).module
+    last_ids = {id(p) for p in backbone_blocks(fresh)[-1].parameters()}
+    last_names = {n for n, p in fresh.named_parameters() if id(p) in last_ids}
+    before = create_backbone("efficientnet_lite0").module.state_dict()
+    changed = {n for n, _ in fresh.named_parameters() if not torch.equal(state[f"backbone.{n}"], before[n])}
+    assert changed and changed <= last_names
+    assert result.history[0]["val_acc"] > 0.3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=0), "epochs must be a positive integer"),
+    (dict(val_split=1.5), "val_split"),
+    (dict(strategy="adapt"), "--target-data"),
+    (dict(device="tpu"), "device must be"),
+])
+def test_bad_config(kwargs, message):
+    with pytest.raises(Exception, match=message):
+        TrainConfig(**kwargs)
