@@ -49,3 +49,12 @@ def probe_run(tmp_path_factory, digits_dir) -> Path:
     from edgetl.train import TrainConfig, train
 
     return train(digits_dir, tmp_path_factory.mktemp("runs") / "probe", TrainConfig(image_size=IMAGE_SIZE)).run_dir
+
+
+@pytest.fixture(scope="session")
+def exported_run(probe_run) -> Path:
+    """``probe_run`` exported to ONNX and OpenVINO IR (default exporter, validated)."""
+    from edgetl.export import export
+
+    export(probe_run)
+    return probe_run

@@ -1,0 +1,55 @@
+"""edgetl export"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import positive_int
+
+HELP = "export a trained RUN to ONNX (backbone, head, fused model) and OpenVINO IR, validated"
+DESCRIPTION = """\
+Write RUN/onnx/backbone.onnx (image -> embedding), RUN/onnx/head.onnx (embedding ->
+logits) and RUN/onnx/model.onnx (image -> logits), each one self-contained file with a
+dynamic batch and the labels and preprocessing in its metadata, plus the fp32 OpenVINO IR
+RUN/openvino/backbone.xml.
+
+Every file is then checked against PyTorch on real validation images, on ONNX Runtime
+and on OpenVINO (pinned to f32): max |diff|, cosine similarity, top-1 agreement, and
+head(backbone(x)) == model(x). All failures are reported together.
+
+Examples:
+  edgetl export runs/probe
+  edgetl export runs/probe --exporter torchscript --opset 17
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN", help="RUN directory written by 'edgetl train'")
+    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
+                   help="dynamo (default, maintained) or torchscript (legacy, faster to run)")
+    p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
+                   help="check the files against PyTorch (default: on)")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import _ui
+    from ..export import ExportConfig, export
+
+    if args.json:
+        _ui.quiet()
+    report = export(args.run_dir, ExportConfig(opset=args.opset, exporter=args.exporter, validate=args.validate))
+    if args.json:
+        _ui.print_json(report)
+        return 0
+    rows = [(f["path"], f["bytes"] / 1e6, f["ir_version"], f["opset"], report["seconds"][name])
+            for name, f in report["files"].items()]
+    _ui.print_table("ONNX export", ["file", "MB", "IR", "opset", "seconds"], rows)
+    if "validation" in report:
+        v = report["validation"]
+        vrows = [(name, r.get("max_abs_diff"), r.get("min_cosine"), r.get("top1_agreement"))
+                 for name, r in v.items() if isinstance(r, dict)]
+        _ui.print_table(f"validation against PyTorch ({v['samples']} images)",
+                        ["check", "max |diff|", "min cosine", "top-1 agreement"], vrows)
+    return 0
