@@ -1,0 +1,70 @@
+"""edgetl package"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "package a trained RUN as a bundle for a deployment target"
+DESCRIPTION = """\
+Copy the models a deployment target needs from RUN into the bundle folder BUNDLE:
+the backbone in the target's runtime and precision (ONNX int8 or fp32, or OpenVINO IR),
+the fp32 head, and, when the target retrains on the device, the head's ONNX Runtime
+training artifacts. manifest.json records the labels, the preprocessing, the target,
+the SHA-256 of every file and the accuracy known so far. Run 'edgetl export RUN' first,
+and 'edgetl quantize RUN' for int8 and OpenVINO targets.
+
+TARGET is a name from 'edgetl targets' or the path of your own .toml file. The bundle
+is built beside BUNDLE and renamed into place; an existing bundle is only replaced
+with --force.
+
+--json prints {"bundle", "archive", "version", "target", "runtime", "precision",
+"files": {path: {"sha256", "bytes"}}, "accuracy"}.
+
+Examples:
+  edgetl package runs/digits --target x86-ort-int8 --out bundle/
+  edgetl package runs/digits --target rpi4-ort-int8 --out pi-bundle/ --archive
+  edgetl package runs/digits --target ./my-board.toml --out bundle/ --force
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="RUN directory (made by 'edgetl train', then export/quantize)")
+    p.add_argument("--target", required=True, metavar="TARGET", help="target name or .toml path (see 'edgetl targets')")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create")
+    p.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle (and archive)")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import _ui
+    from ..bundle import open_bundle, package
+
+    if args.json:
+        _ui.quiet()
+    out = package(args.run, args.target, args.out, archive=args.archive, overwrite=args.force)
+    bundle = open_bundle(out, verify=False)  # just written and hashed
+    m = bundle.manifest
+    archive = str(out.with_name(out.name + ".tar.gz")) if args.archive else None
+    accuracy = m.get("accuracy") or {}
+    if args.json:
+        _ui.print_json({
+            "bundle": str(out), "archive": archive, "version": bundle.version, "target": m["target"]["name"],
+            "runtime": m["runtime"], "precision": m["precision"], "files": m["files"], "accuracy": m.get("accuracy"),
+        })
+        return 0
+    rows = [[rel, _size(entry["bytes"]), entry["sha256"][:12]] for rel, entry in sorted(m["files"].items())]
+    title = (f"{out}: target {m['target']['name']} ({m['runtime']}, {m['precision']}), {len(m['labels'])} labels, "
+             f"accuracy fp32 {_pct(accuracy.get('fp32'))}, deployed {_pct(accuracy.get('deployed'))}")
+    _ui.print_table(title, ["file", "size", "sha256"], rows)
+    if archive:
+        _ui.info(f"archive: {archive}")
+    return 0
+
+
+def _pct(value: object) -> str:
+    return f"{value:.2%}" if isinstance(value, (int, float)) else "unknown"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"

@@ -1,0 +1,40 @@
+"""edgetl rollback"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "make a bundle's previous version live again"
+DESCRIPTION = """\
+Make the previous version of BUNDLE live again, atomically: after a retrain or adapt
+that made things worse, this restores exactly the manifest and files before it. The
+version rolled back from becomes the previous one, so rolling back twice returns to
+where you started. With no previous version, nothing changes and the exit code is 2.
+
+--json prints {"bundle", "version", "from_version", "history"}.
+
+Examples:
+  edgetl rollback bundle/
+  edgetl rollback bundle/ --json
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder (made by 'edgetl package')")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import _ui
+    from ..bundle import rollback
+
+    if args.json:
+        _ui.quiet()
+    bundle = rollback(args.bundle)
+    from_version = bundle.history[-1].get("from_version")
+    if args.json:
+        _ui.print_json({"bundle": str(bundle.root), "version": bundle.version, "from_version": from_version,
+                        "history": bundle.history})
+    else:
+        _ui.info(f"{bundle.root}: rolled back from version {from_version} to version {bundle.version}")
+    return 0

@@ -1,0 +1,65 @@
+"""edgetl targets"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+HELP = "list the deployment targets (runtime, precision, budgets), or check one TOML file"
+DESCRIPTION = """\
+List the shipped deployment targets: runtime, precision, threads, batch size, the p90
+latency and peak-memory budgets the benchmark checks, whether the device retrains the
+head, and whether the target's runtime is installed here. With TARGET (a name or the
+path of your own .toml file), check and show only that one.
+
+A target file holds: name, description, runtime (onnxruntime | openvino), device
+(an ONNX Runtime execution provider or an OpenVINO device; default: the CPU), precision
+(fp32 | int8 | bf16, bf16 with openvino only), threads, batch_size, input_size (optional,
+else the model's), latency_budget_ms (p90), memory_budget_mb, retraining (true | false),
+arch (x86_64 | aarch64 | any) and notes.
+
+--json prints a list of the targets' keys plus "runtime_available" and "runtime_status".
+
+Examples:
+  edgetl targets
+  edgetl targets --json
+  edgetl targets ./my-board.toml
+  edgetl package runs/digits --target ./my-board.toml --out bundle/
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET", nargs="?", help="show only this target (a name or a .toml path)")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import _ui
+    from ..targets import list_targets, load_target
+
+    if args.json:
+        _ui.quiet()
+    targets = [load_target(args.target)] if args.target else list_targets()
+    status = [t.runtime_available() for t in targets]
+    if args.json:
+        _ui.print_json(
+            [{**t.to_dict(), "runtime_available": ok, "runtime_status": why} for t, (ok, why) in zip(targets, status)]
+        )
+        return 0
+    # An 80-column terminal (or a pipe) gets short runtime names and no arch/batch, so
+    # that the names stay whole; `--json` has everything.
+    wide = shutil.get_terminal_size().columns >= 105
+    short = {} if wide else {"onnxruntime": "ort", "openvino": "ov"}
+    columns = ["name", "runtime", "prec.", *(["arch"] if wide else []), "thr.", *(["batch"] if wide else []),
+               "p90 ms", "mem MB", "retrain" if wide else "retr.", "here"]
+    rows = [
+        [t.name, short.get(t.runtime.value, t.runtime.value), t.precision.value, *([t.arch.value] if wide else []),
+         t.threads, *([t.batch_size] if wide else []), t.latency_budget_ms, t.memory_budget_mb,
+         "yes" if t.retraining else "no", "yes" if ok else "no"]
+        for t, (ok, _) in zip(targets, status)
+    ]
+    _ui.print_table(f"{len(targets)} deployment target(s)", columns, rows)
+    for t, (ok, why) in zip(targets, status):
+        if not ok:
+            _ui.info(f"{t.name}: {why}")
+    return 0
