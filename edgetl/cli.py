@@ -92,7 +92,10 @@ def _quiet_third_party() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import _ui
+
     _quiet_third_party()
+    _ui.quiet(False)  # a previous in-process call with --json must not silence this one
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -106,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edgetl {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `edgetl ... --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -158,10 +158,13 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
 
 def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """HxWx3 uint8 image -> 3xHxW float32 normalized, as ``ToTensor`` + ``Normalize``."""
-    x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return (x - mean) / std
+    # Same float32 operations per element as torchvision, done in HxWxC order and
+    # transposed once at the end, so the result is C-contiguous (runtimes want that) at
+    # half the cost of normalizing a transposed view.
+    x = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    x -= np.asarray(spec.mean, dtype=np.float32)
+    x /= np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def preprocess(source: ImageInput, spec: PreprocessSpec) -> np.ndarray:

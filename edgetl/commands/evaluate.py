@@ -1,0 +1,94 @@
+"""edgetl evaluate"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import positive_int
+
+HELP = "accuracy of a RUN or a bundle on a labelled image folder"
+DESCRIPTION = """\
+Accuracy of RUN_OR_BUNDLE on DATA (one subfolder per class, matched to the model's
+labels by name; DATA may hold a subset of the classes). A bundle is evaluated on its
+target's runtime and precision, torch-free; a RUN directory (run.json + model.pt) in
+PyTorch (needs edgetl[train]).
+
+--json prints {"accuracy", "n", "per_class": {label: accuracy}, "confusion", ...}.
+--plot F writes the confusion matrix as a PNG (needs matplotlib; skipped without it).
+
+Examples:
+  edgetl evaluate bundle/ test_photos/
+  edgetl evaluate runs/probe test_photos/ --json
+  edgetl evaluate bundle/ test_photos/ --plot confusion.png
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="RUN_OR_BUNDLE", help="RUN directory or bundle directory")
+    p.add_argument("data", metavar="DATA", help="image folder, one subfolder per class")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.add_argument("--plot", metavar="F", help="write the confusion matrix to this PNG")
+    p.add_argument("--batch-size", type=positive_int, metavar="N")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], help="bundle: override the target's runtime")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="bundle: skip checking the file hashes")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .. import _ui
+    from ..errors import RunDirError
+
+    if args.json:
+        _ui.quiet()
+    model = Path(args.model)
+    if (model / "run.json").is_file():
+        from ..evaluate import evaluate_run  # workstation side: torch
+
+        kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
+        report = evaluate_run(model, args.data, **kwargs)
+        labels = report.get("labels") or _run_labels(model)
+    elif model.is_dir() and not (model / "manifest.json").is_file():
+        raise RunDirError(f"{model}: neither a RUN directory (no run.json) nor a bundle (no manifest.json); "
+                          "pass a folder made by 'edgetl train' or 'edgetl package'")
+    else:  # a bundle folder or its .tar.gz
+        from ..device.predictor import evaluate_bundle
+
+        report = evaluate_bundle(model, args.data, batch_size=args.batch_size, verify=args.verify,
+                                 runtime=args.runtime)
+        labels = report["labels"]
+    for item in report.get("errors", []):
+        _ui.warn(f"{item['file']}: {item['error']}")
+    if args.json:
+        _ui.print_json(report)
+    else:
+        counts = {}
+        if report.get("confusion") is not None:
+            counts = {label: int(sum(row)) for label, row in zip(labels, report["confusion"])}
+        rows = [(label, counts.get(label), acc) for label, acc in report["per_class"].items()]
+        rows.append(("all", report["n"], report["accuracy"]))
+        _ui.print_table(f"accuracy on {report['n']} image(s)", ["class", "images", "accuracy"], rows)
+    if args.plot:
+        _plot(report, labels, args.plot)
+    return 0
+
+
+def _run_labels(run_dir) -> list[str]:
+    from ..run import read_run_json
+
+    return list(read_run_json(run_dir)["labels"])
+
+
+def _plot(report: dict, labels: list[str], path: str) -> None:
+    from .. import _ui
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        _ui.warn(f"matplotlib is not installed, so no plot was written to {path} (pip install matplotlib)")
+        return
+    from ..evaluate import plot_confusion  # torch-free; matplotlib is imported inside
+
+    plot_confusion(report, labels, path)
+    _ui.info(f"confusion matrix written to {path}")

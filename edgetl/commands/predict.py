@@ -1,0 +1,62 @@
+"""edgetl predict"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._args import positive_int
+
+HELP = "classify images with a bundle (torch-free)"
+DESCRIPTION = """\
+Classify image files with BUNDLE on its target's runtime (ONNX Runtime or OpenVINO),
+with exactly the preprocessing used in training. A FILE may be a folder: every image
+inside it, recursively, in sorted order. An unreadable file is reported and the others
+are still classified; the exit code is then 1.
+
+--json prints a list of {"file", "label", "score", "top_k": [{"label", "score"}], "error"}.
+
+Examples:
+  edgetl predict bundle/ cat.jpg dog.png
+  edgetl predict bundle/ photos/ --top-k 3 --json > predictions.json
+  edgetl predict bundle/ cam.jpg --runtime openvino --threads 4
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle directory (made by 'edgetl package')")
+    p.add_argument("files", metavar="FILE", nargs="+", help="image file, or a folder of images")
+    p.add_argument("--top-k", type=positive_int, default=1, metavar="K", help="show the K best labels (default: 1)")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="default: the target's batch size")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], help="override the target's runtime")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="override the target's thread count")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip checking the bundle's file hashes (faster start)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import _ui
+    from ..device.predictor import Predictor, expand_inputs
+
+    if args.json:
+        _ui.quiet()
+    predictor = Predictor.from_bundle(args.bundle, verify=args.verify, runtime=args.runtime, threads=args.threads)
+    files = expand_inputs(args.files)
+    predictions = predictor.predict([str(f) for f in files], top_k=args.top_k, batch_size=args.batch_size)
+    failed = [p for p in predictions if not p.ok]
+    if args.json:
+        _ui.print_json([p.to_dict() for p in predictions])
+    else:
+        columns = ["file", "label", "score"] + (["top-k"] if args.top_k > 1 else [])
+        rows = []
+        for p in predictions:
+            row = [p.file, p.label if p.ok else "error", p.score]
+            if args.top_k > 1:
+                row.append(", ".join(f"{lab} {s:.3f}" for lab, s in p.top_k))
+            rows.append(row)
+        title = f"{len(predictions)} image(s), {predictor.runtime} {predictor.precision_executed}"
+        _ui.print_table(title, columns, rows)
+    for p in failed:
+        print(f"edgetl predict: {p.error}", file=sys.stderr)
+    return 1 if failed else 0
