@@ -127,11 +127,16 @@ def _compare(name: str, got: np.ndarray, ref: np.ndarray, cfg: ExportConfig, log
         return {"shape": list(got.shape)}, [f"{name}: shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)}"]
     diff = float(np.abs(got - ref).max())
     a, b = got.reshape(len(got), -1).astype(np.float64), ref.reshape(len(ref), -1).astype(np.float64)
-    cos = float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
+    # Cosine is meaningless for vectors whose norm is within the absolute tolerance (a
+    # randomly initialised network can emit ~1e-8 embeddings); those rows are judged by
+    # the absolute difference alone.
+    norms = np.linalg.norm(b, axis=1)
+    rows = norms > cfg.atol
+    cos = float(np.min((a[rows] * b[rows]).sum(1) / (np.linalg.norm(a[rows], axis=1) * norms[rows]))) if rows.any() else None
     row = {"max_abs_diff": diff, "min_cosine": cos}
     if diff > cfg.atol:
         failures.append(f"{name}: max |diff| {diff:.2e} > {cfg.atol:.0e}")
-    if cos < cfg.min_cosine:
+    if cos is not None and cos < cfg.min_cosine:
         failures.append(f"{name}: cosine {cos:.6f} < {cfg.min_cosine}")
     if logits:
         agree = float((got.argmax(1) == ref.argmax(1)).mean())
