@@ -41,6 +41,7 @@ def accuracy_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str
         "n": int(n),
         "per_class": per_class,
         "confusion": confusion.tolist(),
+        "labels": list(labels),
     }
 
 
