@@ -1,0 +1,105 @@
+"""edgetl quantize"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import fraction, non_negative_int, positive_int
+
+HELP = "quantize an exported RUN's backbone to int8 (ONNX Runtime QDQ, NNCF for OpenVINO), within an accuracy budget"
+DESCRIPTION = """\
+Calibrate on real images through exactly the training preprocessing (default: a
+stratified sample of the RUN's training split, or --calib DATA), then write
+
+  RUN/onnx/backbone.int8.onnx, RUN/onnx/model.int8.onnx   (ONNX Runtime, static QDQ,
+                                                           per-channel int8 weights)
+  RUN/openvino/backbone.int8.xml/.bin                     (NNCF post-training int8)
+
+The head stays fp32: it is what the device retrains. Every int8 model is scored on the
+RUN's held-out split against its fp32 counterpart (accuracy drop and top-1 agreement).
+While the drop exceeds --max-drop or the agreement is below --min-agreement, the nodes
+that add the most error are kept in fp32 (1, 2, 4, ... of them). If the budget still
+cannot be met, no int8 file is written and the command fails with the report.
+
+Every accuracy names the precision actually executed: OpenVINO runs fp32 models in bf16
+on CPUs with AMX unless pinned to f32, so its fp32 IR is measured both ways.
+
+Examples:
+  edgetl quantize runs/probe
+  edgetl quantize runs/probe --engine ort --calibration percentile --calib-size 200
+  edgetl quantize runs/probe --calib data/extra --max-drop 0.005 --json
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN", help="RUN directory, exported with 'edgetl export'")
+    p.add_argument("--calib", metavar="DATA", help="calibration image folder (default: the RUN's training split)")
+    p.add_argument("--calib-size", type=positive_int, default=128,
+                   help="calibration images, stratified over classes (default: %(default)s)")
+    p.add_argument("--engine", choices=["ort", "nncf", "both"], default="both",
+                   help="ort: ONNX Runtime QDQ; nncf: OpenVINO int8 IR; both (default)")
+    p.add_argument("--method", choices=["static", "dynamic"], default="static",
+                   help="static (default) or dynamic (ONNX Runtime only; weights only, little gain for convs)")
+    p.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="ONNX Runtime's calibration method (default: %(default)s); NNCF uses its own min-max")
+    p.add_argument("--max-drop", type=fraction, default=0.01,
+                   help="largest accuracy drop allowed, as a fraction (default: %(default)s = 1 point)")
+    p.add_argument("--min-agreement", type=fraction, default=0.95,
+                   help="smallest top-1 agreement with fp32 allowed (default: %(default)s)")
+    p.add_argument("--max-fp32-nodes", type=positive_int, default=32,
+                   help="most nodes the guard may keep in fp32 (default: %(default)s)")
+    p.add_argument("--max-steps", type=non_negative_int, default=6, help="fallback steps of the guard, 0 for none (default: %(default)s)")
+    p.add_argument("--activations", choices=["uint8", "int8"], default="uint8",
+                   help="ONNX Runtime activation type (default: uint8, the fast form on x86 VNNI)")
+    p.add_argument("--json", action="store_true", help="print the quantization report as JSON")
+
+
+def _pct(value):
+    return None if value is None else round(100 * value, 2)
+
+
+def _print(report: dict) -> None:
+    from .. import _ui
+
+    rows = [(r["runtime"], r["precision"], r["precision_executed"], _pct(r["fp32_accuracy"]), _pct(r["accuracy"]),
+             _pct(r["drop"]), _pct(r["agreement"]), r["size_mb"], r["size_ratio"], len(r.get("fp32_nodes", [])))
+            for r in report["report"]]
+    _ui.print_table(
+        f"int8 quantization ({report['evaluation']['images']} held-out images, accuracies in %)",
+        ["runtime", "precision", "executed", "fp32 acc", "acc", "drop", "agreement", "MB", "ratio", "fp32 nodes"], rows,
+    )
+    steps = [(runtime, s["step"], len(s["fp32_nodes"]), _pct(s["accuracy"]), _pct(s["drop"]), _pct(s["agreement"]),
+              "yes" if s["passed"] else "no")
+             for runtime, guard in report["guard"].items() if len(guard["steps"]) > 1 for s in guard["steps"]]
+    if steps:
+        _ui.print_table("accuracy guard: nodes kept in fp32, step by step",
+                        ["runtime", "step", "fp32 nodes", "acc", "drop", "agreement", "within budget"], steps)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import _ui
+    from ..errors import QuantizationError
+    from ..quantize import QuantizeConfig, quantize
+
+    if args.json:
+        _ui.quiet()
+    cfg = QuantizeConfig(
+        engine=args.engine, method=args.method, calibration=args.calibration, calib=args.calib,
+        calib_size=args.calib_size, max_drop=args.max_drop, min_agreement=args.min_agreement,
+        max_fp32_nodes=args.max_fp32_nodes, max_steps=args.max_steps, activations=args.activations,
+    )
+    try:
+        report = quantize(args.run_dir, cfg)
+    except QuantizationError as exc:
+        # The budget failed: show what was measured (also in run.json), then the one-line error.
+        failed = getattr(exc, "report", None)
+        if failed is not None:
+            _ui.print_json(failed) if args.json else _print(failed)
+        raise
+    if args.json:
+        _ui.print_json(report)
+        return 0
+    _print(report)
+    for rel in report["files"]:
+        _ui.info(f"wrote {rel}")
+    return 0
