@@ -203,7 +203,7 @@ def nncf_engine(ctx: Context) -> EngineResult:
     def build(nodes: list[str], step: int) -> Path:
         out = ctx.work / f"ov-{step}.xml"
         with _ui.progress_bar("calibrating (nncf)", len(ctx.xc)) as advance, _silenced():
-            qov.quantize(fp32_xml, out, ctx.xc, nodes, preset="performance", advance=advance)
+            qov.quantize(fp32_xml, out, ctx.xc, nodes, preset="mixed", advance=advance)
         return out
 
     def measure(path: Path) -> dict[str, float]:

@@ -24,7 +24,9 @@ def read(path: Path):
 
 def quantize(fp32_xml: Path, out_xml: Path, x: np.ndarray, ignored: list[str], *, preset: str,
              advance: Callable[[int], None]) -> None:
-    """NNCF PTQ (min-max ranges, fast bias correction) on ``x``; ``ignored`` ops stay fp32."""
+    """NNCF PTQ on ``x``; ``ignored`` ops stay fp32. Full (not fast) bias correction: on
+    the digits run it took int8 from 0.96 to 0.975 top-1 agreement with fp32 (with the
+    MIXED preset) for 15 s instead of 8 s of quantization."""
     import nncf
     import openvino as ov
 
@@ -34,7 +36,7 @@ def quantize(fp32_xml: Path, out_xml: Path, x: np.ndarray, ignored: list[str], *
 
     model = nncf.quantize(
         read(fp32_xml), nncf.Dataset(list(x), transform), subset_size=len(x),
-        preset=nncf.QuantizationPreset(preset),
+        preset=nncf.QuantizationPreset(preset), fast_bias_correction=False,
         ignored_scope=nncf.IgnoredScope(names=list(ignored), validate=False) if ignored else None,
     )
     ov.save_model(model, str(out_xml), compress_to_fp16=False)

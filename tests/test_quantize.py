@@ -38,7 +38,7 @@ def test_int8_within_budget_on_both_runtimes(quantized_run):
         assert fp32["precision_executed"] == "fp32"
         assert int8["fp32_accuracy"] == fp32["accuracy"]
         assert int8["drop"] <= 0.01 + 1e-9, int8  # within 1 point of fp32
-        assert int8["agreement"] >= 0.95, int8
+        assert int8["agreement"] >= 0.97, int8
         assert int8["precision_executed"] == "int8", int8  # OpenVINO's float remainder pinned to f32
     assert rows[("openvino", "int8")]["inference_precision_hint"] == "f32"
     assert read_run_json(quantized_run)["quantize"]["passed"] is True
@@ -62,6 +62,8 @@ def test_int8_files_are_small(quantized_run):
     for runtime, rel in (("onnxruntime", "onnx/backbone.int8.onnx"), ("openvino", "openvino/backbone.int8.xml")):
         row = rows[(runtime, "int8")]
         assert row["file"] == rel and (quantized_run / rel).is_file()
+        if runtime == "onnxruntime":  # on digits, ORT int8 holds the budget with nothing left in fp32
+            assert not row["fp32_nodes"], row
         # Fully int8 is <= 0.3x; every node the guard keeps in fp32 keeps its fp32 weights.
         assert row["size_ratio"] <= (0.3 if not row["fp32_nodes"] else 0.75), row
     assert (quantized_run / "openvino" / "backbone.int8.bin").is_file()

@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime's calibration method (default: %(default)s); NNCF uses its own min-max")
     p.add_argument("--max-drop", type=fraction, default=0.01,
                    help="largest accuracy drop allowed, as a fraction (default: %(default)s = 1 point)")
-    p.add_argument("--min-agreement", type=fraction, default=0.95,
+    p.add_argument("--min-agreement", type=fraction, default=0.97,
                    help="smallest top-1 agreement with fp32 allowed (default: %(default)s)")
     p.add_argument("--max-fp32-nodes", type=positive_int, default=32,
                    help="most nodes the guard may keep in fp32 (default: %(default)s)")
