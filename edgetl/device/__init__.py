@@ -18,6 +18,9 @@ from .runtimes import Session, available_runtimes, load_session
 # Retraining and adaptation live in their own modules, loaded on first use.
 _LAZY = {
     "retrain": "edgetl.device.retraining",
+    "RetrainConfig": "edgetl.device.retraining",
+    "RetrainReport": "edgetl.device.retraining",
+    "adapt": "edgetl.device.alignment",
 }
 
 __all__ = [

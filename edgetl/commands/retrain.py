@@ -1,0 +1,87 @@
+"""edgetl retrain"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._args import fraction, non_negative_int, positive_float, positive_int
+
+HELP = "retrain a bundle's head on the device from labelled images (torch-free)"
+DESCRIPTION = """\
+Retrain the classifier head of BUNDLE on DATA (one subfolder per class, named by label),
+on the device, without PyTorch: DATA is embedded once by the bundle's deployed backbone,
+the head is trained with ONNX Runtime training artifacts (holdout split, early stopping)
+and becomes a new version of the bundle, switched in atomically. Classes the bundle does
+not know are added to the head; the bundle's replay memory (at most K embeddings per
+class) is replayed so that classes missing from DATA are not forgotten.
+
+The holdout is a --holdout fraction of DATA plus the same fraction of the memory of
+classes DATA lacks. If accuracy on it would get worse, the bundle is left unchanged and
+the exit code is 1 (--force switches anyway). 'edgetl rollback BUNDLE' returns to the
+previous version. Unreadable files in DATA are skipped with a warning (--strict refuses).
+
+--json prints {"accuracy_before", "accuracy_after", "new_classes", "version", "switched",
+"epochs", "n_train", "n_holdout", "groups", "per_class", ...}.
+
+Examples:
+  edgetl retrain bundle/ new_photos/
+  edgetl retrain bundle/ new_photos/ --epochs 30 --lr 0.005 --json
+  edgetl retrain bundle/ only_new_classes/ --memory-per-class 40
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder (made by 'edgetl package')")
+    p.add_argument("data", metavar="DATA", help="image folder, one subfolder per class")
+    p.add_argument("--epochs", type=positive_int, default=50, metavar="N", help="at most N epochs (default: 50)")
+    p.add_argument("--lr", type=positive_float, metavar="F",
+                   help="AdamW learning rate (default: automatic, 1 / mean L1 norm of the embeddings)")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="default: 32")
+    p.add_argument("--holdout", type=fraction, default=0.2, metavar="F",
+                   help="fraction held out for early stopping and before/after accuracy (default: 0.2)")
+    p.add_argument("--patience", type=non_negative_int, default=10, metavar="N",
+                   help="stop after N epochs without a lower holdout loss; 0 = never (default: 10)")
+    p.add_argument("--memory-per-class", type=positive_int, default=20, metavar="K",
+                   help="replay memory kept per class (default: 20)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="holdout split, batch order, memory (default: 0)")
+    p.add_argument("--strict", action="store_true", help="refuse DATA with unreadable files instead of skipping them")
+    p.add_argument("--force", action="store_true", help="switch to the new head even if holdout accuracy drops")
+    p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip checking the bundle's file hashes first")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import _ui
+    from ..device.retraining import RetrainConfig, retrain
+
+    if args.json:
+        _ui.quiet()
+    config = RetrainConfig(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, holdout=args.holdout, patience=args.patience,
+        memory_per_class=args.memory_per_class, seed=args.seed, strict=args.strict, force=args.force,
+        verify=args.verify,
+    )
+    report = retrain(args.bundle, args.data, config=config)
+    if args.json:
+        _ui.print_json(report.to_dict())
+    else:
+        rows = [("all", report.n_holdout, report.accuracy_before, report.accuracy_after)]
+        for name, g in report.groups.items():
+            if g["n"]:
+                rows.append((f"{name} classes", g["n"], g["before"], g["after"]))
+        for label, g in report.per_class.items():
+            rows.append((f"  {label}", g["n"], g["before"], g["after"]))
+        state = (f"version {report.previous_version} -> {report.version}" if report.switched
+                 else f"NOT switched, still version {report.version}")
+        _ui.print_table(f"retrain: {state}", ["holdout", "images", "before", "after"], rows)
+        new = ", ".join(report.new_classes) or "none"
+        _ui.info(f"{report.n_images} image(s) embedded in {report.seconds.get('embed', 0):.1f} s "
+                 f"({len(report.skipped)} skipped), {report.n_train} training rows with the replay memory, "
+                 f"{report.epochs} epoch(s) (best {report.best_epoch}, lr {report.lr:.3g}) in {report.seconds.get('train', 0):.1f} s; "
+                 f"new classes: {new}")
+    if not report.switched:
+        print(f"edgetl retrain: {report.reason}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,275 @@
+"""The replay memory: a small, bounded set of embeddings per class that a bundle keeps so
+that retraining on new data does not forget the classes the data lacks. Torch-free.
+
+Stored as ``memory.npz`` in a version folder: ``embeddings`` float32 [M, F], ``labels``
+int64 [M] (indices into ``label_names``), ``label_names`` (str [C]) and ``seen`` int64 [C]
+(how many samples of each class the memory has been offered so far, so that merging keeps
+a uniform sample of everything seen: reservoir sampling per class). Embeddings are the
+*raw* backbone output (no adapter applied), as ``edgetl.device.alignment`` expects; retraining
+applies the live adapter when it replays them.
+
+Selection is deterministic: the same memory, new data and seed always keep the same rows.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import BundleError, ConfigError
+
+__all__ = ["MEMORY_FILE", "DEFAULT_PER_CLASS", "ReplayMemory", "memory_from_run", "embed_images"]
+
+MEMORY_FILE = "memory.npz"
+DEFAULT_PER_CLASS = 20
+
+
+def _check_per_class(per_class: Any) -> int:
+    if not (isinstance(per_class, int) and not isinstance(per_class, bool) and per_class >= 1):
+        raise ConfigError(f"memory_per_class must be an integer >= 1, got {per_class!r}")
+    return per_class
+
+
+@dataclass(frozen=True)
+class ReplayMemory:
+    """Embeddings [M, F] with class indices [M] into ``label_names``; ``seen[c]`` counts the
+    samples of class ``c`` ever offered (>= the number kept)."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    label_names: tuple[str, ...]
+    seen: np.ndarray
+
+    def __post_init__(self) -> None:
+        z = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        y = np.ascontiguousarray(self.labels, dtype=np.int64).reshape(-1)
+        names = tuple(str(n) for n in self.label_names)
+        seen = np.ascontiguousarray(self.seen, dtype=np.int64).reshape(-1)
+        if z.ndim != 2 or y.shape != (z.shape[0],):
+            raise BundleError(f"replay memory needs embeddings [M, F] and labels [M], got {z.shape} and {y.shape}")
+        if len(set(names)) != len(names):
+            raise BundleError("replay memory has duplicate label names; re-package the bundle")
+        if len(y) and (y.min() < 0 or y.max() >= len(names)):
+            raise BundleError(f"replay memory labels must be in [0, {len(names)}); re-package the bundle")
+        if seen.shape != (len(names),):
+            raise BundleError(f"replay memory 'seen' has {seen.shape} entries for {len(names)} classes")
+        if not np.isfinite(z).all():
+            raise BundleError("replay memory holds NaN or infinite embeddings; re-package the bundle")
+        kept = np.bincount(y, minlength=len(names))
+        seen = np.maximum(seen, kept)
+        for name, value in (("embeddings", z), ("labels", y), ("label_names", names), ("seen", seen)):
+            object.__setattr__(self, name, value)
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def empty(cls, label_names: Sequence[str], num_features: int) -> "ReplayMemory":
+        return cls(np.zeros((0, num_features), np.float32), np.zeros(0, np.int64), tuple(label_names),
+                   np.zeros(len(label_names), np.int64))
+
+    @classmethod
+    def build(
+        cls, embeddings: np.ndarray, labels: np.ndarray, label_names: Sequence[str], *,
+        per_class: int = DEFAULT_PER_CLASS, seed: int = 0,
+    ) -> "ReplayMemory":
+        """A memory of at most ``per_class`` rows per class, drawn uniformly (seeded)."""
+        z = np.asarray(embeddings, np.float32)
+        return cls.empty(label_names, z.shape[1] if z.ndim == 2 else 0).merge(
+            z, labels, label_names, per_class=per_class, seed=seed)
+
+    # -- properties ---------------------------------------------------------------
+
+    @property
+    def num_features(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def counts(self) -> dict[str, int]:
+        kept = np.bincount(self.labels, minlength=len(self.label_names))
+        return {name: int(kept[i]) for i, name in enumerate(self.label_names)}
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Names of the classes that have at least one row."""
+        return tuple(n for n, k in self.counts().items() if k)
+
+    # -- operations ---------------------------------------------------------------
+
+    def relabel(self, label_names: Sequence[str]) -> "ReplayMemory":
+        """The same rows with class indices into ``label_names`` (a superset of the current
+        names with at least one row; classes without rows may be dropped)."""
+        names = tuple(str(n) for n in label_names)
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in self.classes if n not in index]
+        if missing:
+            raise BundleError(f"replay memory holds classes {', '.join(missing)} that the head does not know")
+        remap = np.asarray([index.get(n, -1) for n in self.label_names], np.int64)
+        seen = np.zeros(len(names), np.int64)
+        for i, n in enumerate(self.label_names):
+            if n in index:
+                seen[index[n]] = self.seen[i]
+        return ReplayMemory(self.embeddings, remap[self.labels] if len(self) else self.labels, names, seen)
+
+    def merge(
+        self, embeddings: np.ndarray, labels: np.ndarray, label_names: Sequence[str], *,
+        per_class: int = DEFAULT_PER_CLASS, seed: int = 0,
+    ) -> "ReplayMemory":
+        """Offer new rows (``labels`` index ``label_names``); keep at most ``per_class`` per
+        class. Per class, the kept rows are a uniform sample of every sample ever offered:
+        the number taken from the old memory is hypergeometric in (seen so far, new, K).
+        Label names are the current ones followed by the new names, in order."""
+        per_class = _check_per_class(per_class)
+        z = np.ascontiguousarray(embeddings, dtype=np.float32)
+        y = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+        new_names = [str(n) for n in label_names]
+        if z.ndim != 2 or y.shape != (z.shape[0],):
+            raise ConfigError(f"merge needs embeddings [N, F] and labels [N], got {z.shape} and {y.shape}")
+        if len(self) and z.shape[0] and z.shape[1] != self.num_features:
+            raise BundleError(f"new embeddings have {z.shape[1]} features, the replay memory {self.num_features}; "
+                              "the backbone changed: re-package the bundle")
+        if len(y) and (y.min() < 0 or y.max() >= len(new_names)):
+            raise ConfigError(f"labels must index label_names (0..{len(new_names) - 1})")
+        names = list(self.label_names) + [n for n in dict.fromkeys(new_names) if n not in self.label_names]
+        index = {n: i for i, n in enumerate(names)}
+        y_new = np.asarray([index[new_names[i]] for i in y], np.int64)
+        old = self.relabel(names)
+        rng = np.random.default_rng(seed)
+        seen = old.seen.copy()
+        keep_z, keep_y = [], []
+        for c in range(len(names)):
+            old_rows = np.flatnonzero(old.labels == c)
+            new_rows = np.flatnonzero(y_new == c)
+            n_seen, n_new = int(seen[c]), len(new_rows)
+            k = min(per_class, len(old_rows) + n_new)
+            if n_new and len(old_rows):
+                # uniform over (everything seen before) + (new): how many of the k are old ones;
+                # the old memory is itself a uniform sample of what was seen, so any of its rows will do
+                from_old = int(rng.hypergeometric(max(n_seen, len(old_rows)), n_new, k)) if k else 0
+                from_old = min(max(from_old, k - n_new), len(old_rows))
+            else:
+                from_old = min(k, len(old_rows))
+            chosen_old = np.sort(rng.choice(old_rows, from_old, replace=False)) if from_old else old_rows[:0]
+            chosen_new = np.sort(rng.choice(new_rows, k - from_old, replace=False)) if k - from_old else new_rows[:0]
+            keep_z += [old.embeddings[chosen_old], z[chosen_new]]
+            keep_y += [np.full(len(chosen_old) + len(chosen_new), c, np.int64)]
+            seen[c] = n_seen + n_new
+        width = z.shape[1] if z.shape[0] else self.num_features
+        emb = np.concatenate([a.reshape(-1, width) for a in keep_z]) if keep_z else np.zeros((0, width), np.float32)
+        lab = np.concatenate(keep_y) if keep_y else np.zeros(0, np.int64)
+        return ReplayMemory(emb, lab, tuple(names), seen)
+
+    def split(self, fraction: float, seed: int = 0, classes: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(train rows, holdout rows)``: a seeded per-class slice of ``fraction`` of the rows
+        of ``classes`` (default all) is held out; classes with fewer than 2 rows stay in train."""
+        from ..data import stratified_split
+
+        rows = np.arange(len(self))
+        if classes is not None:
+            wanted = {i for i, n in enumerate(self.label_names) if n in set(classes)}
+            mask = np.isin(self.labels, sorted(wanted))
+        else:
+            mask = np.ones(len(self), bool)
+        if fraction <= 0 or not mask.any():
+            return rows, rows[:0]
+        tr, ho = stratified_split(self.labels[mask], fraction, seed)
+        held = rows[mask][ho]
+        return np.setdiff1d(rows, held), held
+
+    # -- files --------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, embeddings=self.embeddings, labels=self.labels,
+                 label_names=np.asarray(self.label_names, dtype=np.str_), seen=self.seen)
+        return buffer.getvalue()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_bytes(self.to_bytes())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ReplayMemory":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                z, y = f["embeddings"], f["labels"]
+                names = tuple(str(n) for n in f["label_names"])
+                seen = f["seen"] if "seen" in f.files else np.bincount(y.astype(np.int64), minlength=len(names))
+                return cls(z, y, names, seen)
+        except (OSError, KeyError, ValueError) as exc:
+            raise BundleError(f"{path}: not a readable replay memory (.npz with embeddings, labels, label_names): "
+                              f"{exc}; re-package the bundle") from None
+
+
+def memory_from_run(
+    predictor: Any, info: Mapping[str, Any], *, per_class: int = DEFAULT_PER_CLASS, seed: int = 0,
+) -> tuple[ReplayMemory, list[str]]:
+    """The initial memory of a bundle: up to ``per_class`` images per class drawn (seeded)
+    from a RUN's training split (``run.json`` ``split.train``, relative to ``data_root``),
+    embedded by ``predictor`` (the deployed backbone; raw, no adapter). Returns the memory
+    and a list of problems (missing or unreadable images, a missing data root), for the
+    caller to warn about; an empty memory when nothing could be read."""
+    per_class = _check_per_class(per_class)
+    labels = [str(x) for x in info["labels"]]
+    problems: list[str] = []
+    root = Path(str(info.get("data_root") or ""))
+    split = info.get("split") if isinstance(info.get("split"), dict) else {}
+    train = [str(p) for p in (split.get("train") or [])]
+    features = predictor.head.input_shape[-1] if predictor.head.input_shape else 0
+    features = features if isinstance(features, int) else 0
+    if not info.get("data_root") or not root.is_dir() or not train:
+        problems.append(f"the RUN's training images are not at {root} (run.json data_root and split.train)")
+        return ReplayMemory.empty(labels, features), problems
+    index = {n: i for i, n in enumerate(labels)}
+    by_class: dict[int, list[str]] = {}
+    for rel in train:
+        c = index.get(PurePosixPath(rel).parent.name)
+        if c is not None:
+            by_class.setdefault(c, []).append(rel)
+    rng = np.random.default_rng(seed)
+    chosen: list[tuple[Path, int]] = []
+    for c in sorted(by_class):
+        rels = sorted(by_class[c])
+        pick = np.sort(rng.choice(len(rels), min(per_class, len(rels)), replace=False))
+        chosen += [(root / rels[i], c) for i in pick]
+    missing = [p for p, _ in chosen if not p.is_file()]
+    if missing:
+        problems.append(f"{len(missing)} training image(s) are missing, e.g. {missing[0]}")
+    chosen = [(p, c) for p, c in chosen if p.is_file()]
+    z, ok = embed_images(predictor, [p for p, _ in chosen])
+    if len(ok) < len(chosen):
+        problems.append(f"{len(chosen) - len(ok)} training image(s) could not be read")
+    y = np.asarray([chosen[i][1] for i in ok], np.int64)
+    memory = ReplayMemory.empty(labels, z.shape[1] if z.size else features)
+    if len(y):
+        memory = memory.merge(z, y, labels, per_class=per_class, seed=seed)
+    return memory, problems
+
+
+def embed_images(
+    predictor: Any, paths: Sequence[Path], *, strict: bool = False, description: str = "embedding images",
+) -> tuple[np.ndarray, list[int]]:
+    """Raw backbone embeddings (no adapter) of the readable ``paths`` with the predictor's
+    own batching, and the indices of those paths; unreadable ones are left out (with
+    ``strict``, the first raises :class:`~edgetl.errors.DataError`)."""
+    from .._ui import progress_bar
+
+    chunks: list[np.ndarray] = []
+    ok: list[int] = []
+    with progress_bar(description, len(paths)) as advance:
+        for indices, batch, errors in predictor._batches(list(paths), None, strict=strict):
+            if indices:
+                chunks.append(predictor.embed_tensor(batch, adapted=False)[: len(indices)])
+                ok += indices
+            advance(len(indices) + len(errors))
+    if not chunks:
+        features = predictor.head.input_shape[-1] if predictor.head.input_shape else 0
+        return np.zeros((0, features if isinstance(features, int) else 0), np.float32), ok
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32), ok
