@@ -129,6 +129,46 @@ def _add_training_artifacts(head_path: Path, out_dir: Path) -> bool:
     return True
 
 
+# --- replay memory (for on-device retraining; see edgetl.device.memory) ---------------------
+
+
+SOURCE_STATS_FILE = "source_stats.npz"  # edgetl.device.alignment.SOURCE_STATS
+
+
+def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any], per_class: int) -> str | None:
+    """Write ``v1/memory.npz``: embeddings of up to ``per_class`` images per class of the RUN's
+    training split, computed by the bundle being written (a Predictor on its own files, so
+    they are what the device computes: deployed backbone, runtime and precision). Returns
+    its manifest path, or None (with a warning) when the images or the runtime are missing."""
+    from .bundle import MANIFEST
+    from .device.memory import MEMORY_FILE, _check_per_class, memory_from_run
+    from .device.predictor import Predictor
+    from .errors import EdgeTLError
+
+    _check_per_class(per_class)  # a bad value is the caller's error, not a missing memory
+    (tmp / MANIFEST).write_text(json.dumps(manifest))  # provisional: Predictor reads a bundle
+    try:
+        predictor = Predictor.from_bundle(tmp, verify=False)
+        memory, problems = memory_from_run(predictor, info, per_class=per_class)
+    except EdgeTLError as exc:
+        memory, problems = None, [f"cannot compute the replay memory ({exc})"]
+    finally:
+        (tmp / MANIFEST).unlink()
+    if memory is None or not len(memory):
+        warn(f"the bundle gets no replay memory ({'; '.join(problems) or 'no training images'}); "
+             "retraining on new classes only may then forget the old ones")
+        return None
+    for problem in problems:
+        warn(f"replay memory: {problem}")
+    memory.save(tmp / "v1" / MEMORY_FILE)
+    # The same embeddings describe the source domain for on-device adaptation; unlike the
+    # memory, they stay as packaged when retraining later mixes in the device's domain.
+    from .device.alignment import write_source_stats
+
+    write_source_stats(tmp / "v1" / SOURCE_STATS_FILE, memory.embeddings)
+    return f"v1/{MEMORY_FILE}"
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     from .bundle import MANIFEST
 
@@ -149,11 +189,13 @@ def package(
     *,
     archive: bool = False,
     overwrite: bool = False,
+    memory_per_class: int = 20,  # edgetl.device.memory.DEFAULT_PER_CLASS
 ) -> Path:
     """Make a bundle for ``target`` from an exported (and, for int8, quantized) RUN.
 
     Copies the models the target's runtime and precision need into ``out/v1/``, adds the
-    head's training artifacts when the target retrains, and writes ``manifest.json``. The
+    head's training artifacts and a replay memory of ``memory_per_class`` training-image
+    embeddings per class when the target retrains, and writes ``manifest.json``. The
     bundle is built beside ``out`` and renamed into place, so a crash leaves no half
     bundle. With ``archive``, also writes ``out.tar.gz``. Returns ``out``.
     """
@@ -216,6 +258,10 @@ def package(
             "accuracy": _accuracy(info, target),
             "history": [{"version": 1, "event": "package", "time": now, "run": str(run_dir.resolve())}],
         }
+        if target.retraining:
+            memory = _add_replay_memory(tmp, manifest, info, memory_per_class)
+            if memory is not None:
+                manifest.update(memory=memory, source_stats=f"v1/{SOURCE_STATS_FILE}", files=hash_dir(vdir, "v1"))
         _check_manifest(tmp, manifest, "new manifest")
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=2)

@@ -50,7 +50,7 @@ PREVIOUS = "previous.json"
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,8})$")
-_OPTIONAL_PATHS = ("training", "memory", "adapter")
+_OPTIONAL_PATHS = ("training", "memory", "adapter", "source_stats")
 _REQUIRED = ("format_version", "version", "labels", "preprocess", "target", "models", "files")
 
 
