@@ -18,6 +18,7 @@ __all__ = [
     "TargetError",
     "RuntimeUnavailableError",
     "RetrainError",
+    "StageError",
 ]
 
 
@@ -73,3 +74,12 @@ class RuntimeUnavailableError(EdgeTLError):
 
 class RetrainError(EdgeTLError):
     """On-device retraining or adaptation was refused; the bundle is unchanged."""
+
+
+class StageError(EdgeTLError):
+    """``edgetl build`` stopped at a stage; ``stage`` names it, ``cause`` is the original error."""
+
+    def __init__(self, stage: str, index: int, total: int, cause: EdgeTLError):
+        self.stage, self.cause = stage, cause
+        self.exit_code = cause.exit_code
+        super().__init__(f"build stopped at stage {index}/{total} ({stage}): {cause}")

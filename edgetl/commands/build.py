@@ -1,0 +1,79 @@
+"""edgetl build"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import fraction, positive_float, positive_int
+from .train import _unfreeze
+
+HELP = "images to a deployed, benchmarked bundle in one command (train, export, quantize, package, bench)"
+DESCRIPTION = """\
+Run the whole workstation pipeline for one deployment target:
+
+  1 train     linear probe (or --strategy finetune) on DATA
+  2 export    ONNX backbone, head and fused model, validated against PyTorch
+  3 quantize  int8 for int8 targets, within the accuracy budget (--max-drop)
+  4 package   the bundle for TARGET in BUNDLE (RUN directory kept in BUNDLE.run)
+  5 bench     the deployed model against PyTorch eager, budgets marked pass/fail
+
+Stops at the first failing stage and names it. Ends with a summary table
+(accuracy fp32 and deployed, size, p50 latency, speed-up, budgets).
+
+Examples:
+  edgetl build photos/ --target x86-ort-int8 --out bundle/
+  edgetl build photos/ --target x86-openvino-int8 --out ov-bundle/ --strategy finetune --epochs 5
+  edgetl build photos/ --target ./my-board.toml --out board/ --no-bench --json
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="image folder, one subfolder per class")
+    p.add_argument("--target", required=True, help="target name or .toml path (see 'edgetl targets')")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create")
+    p.add_argument("--run", metavar="RUN", help="RUN directory (default: BUNDLE.run)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--strategy", choices=["linear-probe", "finetune"], default="linear-probe")
+    p.add_argument("--unfreeze", type=_unfreeze, default=2, metavar="N|all")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--val-split", type=fraction, default=0.2)
+    p.add_argument("--image-size", type=positive_int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
+    p.add_argument("--max-drop", type=fraction, default=0.01, help="int8 accuracy budget (default: 0.01 = 1 point)")
+    p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="benchmark at the end")
+    p.add_argument("--duration", type=positive_float, default=2.0, help="bench: seconds per configuration")
+    p.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
+    p.add_argument("--force", action="store_true", help="replace an existing RUN and bundle")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import _ui
+    from ..bench import BenchConfig
+    from ..build import build, summary_rows
+    from ..export import ExportConfig
+    from ..quantize import QuantizeConfig
+    from ..targets import load_target
+    from ..train import TrainConfig
+
+    if args.json:
+        _ui.quiet()
+    target = load_target(args.target)
+    result = build(
+        args.data, target, args.out, run_dir=args.run,
+        train_config=TrainConfig(backbone=args.backbone, strategy=args.strategy, unfreeze=args.unfreeze,
+                                 epochs=args.epochs, lr=args.lr, val_split=args.val_split,
+                                 image_size=args.image_size, seed=args.seed),
+        export_config=ExportConfig(exporter=args.exporter, opset=18 if args.exporter == "dynamo" else 17),
+        quantize_config=QuantizeConfig(max_drop=args.max_drop),
+        bench_config=BenchConfig(duration=args.duration, repeats=2) if args.bench else None,
+        bench=args.bench, archive=args.archive, overwrite=args.force,
+    )
+    if args.json:
+        _ui.print_json(result.to_dict())
+        return 0
+    _ui.print_table("stages", ["stage", "seconds"], [(s["stage"], s["seconds"]) for s in result.stages])
+    _ui.print_table(f"edgetl build → {result.bundle}", ["", "value"], summary_rows(result.summary))
+    return 0

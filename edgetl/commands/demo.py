@@ -1,0 +1,44 @@
+"""edgetl demo"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "the whole pipeline end to end on the digits and weights that ship with edgetl"
+DESCRIPTION = """\
+Runs everything, offline, on scikit-learn's handwritten digits and the pretrained
+efficientnet_lite0 that ships with edgetl[train]:
+
+  1 builds an int8 bundle (x86-ort-int8) from digits 0-7: train, export, quantize, package, bench
+  2 predicts a few images
+  3 on the "device" (a process where torch cannot be imported) retrains the head to learn
+    digits 8 and 9 from 40 images each, keeping 0-7
+  4 shows test accuracy before and after for old and new classes, and the benchmark
+
+Outputs (bundle, RUN, plots, summary.json) go to --out (default: demo-output/).
+Takes a few minutes on two cores; --quick is a smaller, faster run.
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-output", help="output folder (default: %(default)s)")
+    p.add_argument("--target", default="x86-ort-int8", help="deployment target (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="reduced run: fewer, smaller images, short benchmark")
+    p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the benchmark")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .. import _ui
+    from ..demo import DemoConfig, run_demo
+
+    if args.json:
+        _ui.quiet()
+    cfg = DemoConfig.quick(Path(args.out)) if args.quick else DemoConfig(out=Path(args.out))
+    summary = run_demo(replace(cfg, target=args.target, bench=args.bench))
+    if args.json:
+        _ui.print_json(summary)
+    return 0
