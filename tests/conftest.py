@@ -58,3 +58,12 @@ def exported_run(probe_run) -> Path:
 
     export(probe_run)
     return probe_run
+
+
+@pytest.fixture(scope="session")
+def quantized_run(exported_run) -> Path:
+    """``exported_run`` quantized to int8 with the defaults (ONNX Runtime QDQ and NNCF)."""
+    from edgetl.quantize import quantize
+
+    quantize(exported_run)
+    return exported_run
