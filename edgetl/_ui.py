@@ -67,7 +67,10 @@ def _fmt(value: Any) -> str:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """A table on stdout; floats shown with four significant digits."""
+    """A table on stdout; floats shown with four significant digits. Silent in ``--json``
+    mode (:func:`quiet`), where stdout carries JSON only."""
+    if _QUIET:
+        return
     from rich.console import Console
     from rich.table import Table
 
