@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata
 from typing import Any, Sequence
+
+from .run import package_versions
 
 __all__ = ["environment", "cpu_model", "machine_name"]
 
@@ -37,16 +38,6 @@ def cpu_model() -> str:
     return _cpuinfo()[0]
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def environment(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """A JSON-able description of this machine and software (see the module docstring)."""
     model, flags = _cpuinfo()
@@ -69,7 +60,7 @@ def environment(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "hostname": platform.node(),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
-        "versions": _versions(),
+        "versions": package_versions(*PACKAGES),
         "command": list(sys.argv if argv is None else argv),
     }
 
