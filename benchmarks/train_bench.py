@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(digits), on {machine_name(env)}:\n")
     print("| strategy / epoch | seconds |\n|---|---:|")
     for name, seconds in rows:
-        print(f"| {name} | {seconds:.2f} |")
+        print(f"| {name} | {seconds:.3g} |")
     print(f"\nembedding pass alone: {embed:.1f} s; linear probe total {probe['total_s']:.1f} s for "
           f"{len(probe['epochs'])} epochs (val acc {probe['val_accuracy']:.3f}); fine-tune total {fine['total_s']:.1f} s "
           f"for {len(fine['epochs'])} epochs (val acc {fine['val_accuracy']:.3f})")
