@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgetl import _ui
     from edgetl.corruptions import SEVERITIES, Corruption, write_shifted
-    from edgetl.evaluate import evaluate_run
-    from edgetl.train import TrainConfig, train
+    from edgetl.evaluation import evaluate_run
+    from edgetl.training import TrainConfig, train
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="adapt_bench-"))
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from edgetl.bundle import package
         from edgetl.device.alignment import adapt
-        from edgetl.export import export
+        from edgetl.onnx_export import export
 
         export(src_run.run_dir)
         for method in ("coral", "standardize"):

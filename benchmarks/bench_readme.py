@@ -48,14 +48,14 @@ def prepare(work: Path, epochs: int | None) -> tuple[Path, Path, Path]:
     _stage("digits", (data / "9").is_dir(), lambda: write_digits(data))
 
     def train():
-        from edgetl.train import TrainConfig, train as train_fn
+        from edgetl.training import TrainConfig, train as train_fn
 
         train_fn(data, run, TrainConfig(backbone="efficientnet_lite0", epochs=epochs), overwrite=True)
 
     _stage("train (linear probe, 224 px)", (run / "model.pt").is_file(), train)
 
     def export():
-        from edgetl.export import export as export_fn
+        from edgetl.onnx_export import export as export_fn
 
         export_fn(run)
 
@@ -63,7 +63,7 @@ def prepare(work: Path, epochs: int | None) -> tuple[Path, Path, Path]:
 
     def quantize():
         try:
-            from edgetl.quantize import quantize as quantize_fn
+            from edgetl.quantization import quantize as quantize_fn
         except ImportError as exc:
             sys.exit(f"bench_readme: edgetl.quantize is not available ({exc}); int8 rows need it")
         quantize_fn(run)

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     from edgetl._env import environment, machine_name
     from edgetl.cli import _quiet_third_party
     from edgetl.data import write_digits
-    from edgetl.export import ExportConfig, export
+    from edgetl.onnx_export import ExportConfig, export
     from edgetl.run import read_run_json
-    from edgetl.train import TrainConfig, train
+    from edgetl.training import TrainConfig, train
 
     _quiet_third_party()
     results = []

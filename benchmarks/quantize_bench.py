@@ -26,8 +26,8 @@ def _build(out: Path, image_size: int) -> Path:
     import tempfile
 
     from edgetl.data import write_digits
-    from edgetl.export import export
-    from edgetl.train import TrainConfig, train
+    from edgetl.onnx_export import export
+    from edgetl.training import TrainConfig, train
 
     data = write_digits(Path(tempfile.mkdtemp(prefix="digits-")) / "data", per_class=100, seed=0)
     run = train(data, out, TrainConfig(image_size=image_size)).run_dir
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgetl import _ui
     from edgetl.errors import QuantizationError
-    from edgetl.quantize import QuantizeConfig, quantize
+    from edgetl.quantization import QuantizeConfig, quantize
     from edgetl.run import package_versions
 
     if not args.run and not args.build:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def _train(data: Path, out: Path, **kw) -> dict:
-    from edgetl.train import TrainConfig, train
+    from edgetl.training import TrainConfig, train
 
     epochs = kw["epochs"]
     result = train(data, out, TrainConfig(patience=epochs + 1, **kw), overwrite=True)  # no early stop: time every epoch

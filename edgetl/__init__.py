@@ -15,16 +15,16 @@ __version__ = "0.1.0"
 _LAZY = {
     "EdgeTLError": "edgetl.errors",
     "PreprocessSpec": "edgetl.preprocess",
-    "TrainConfig": "edgetl.train",
-    "train": "edgetl.train",
-    "evaluate": "edgetl.evaluate",
+    "TrainConfig": "edgetl.training",
+    "train": "edgetl.training",
+    "evaluate": "edgetl.evaluation",
     "create_backbone": "edgetl.backbones",
-    "export": "edgetl.export",
-    "quantize": "edgetl.quantize",
+    "export": "edgetl.onnx_export",
+    "quantize": "edgetl.quantization",
     "package": "edgetl.bundle",
     "Predictor": "edgetl.device",
     "retrain": "edgetl.device",
-    "build": "edgetl.build",
+    "build": "edgetl.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,4 +1,4 @@
-"""The two engines behind :func:`edgetl.quantize.quantize`: each builds int8 models with
+"""The two engines behind :func:`edgetl.quantization.quantize`: each builds int8 models with
 a growing list of nodes kept in fp32, scores them on the held-out images against its own
 fp32 reference, and returns report rows, the guard's record and the files to commit."""
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _ui
 from .errors import QuantizationError
-from .quantize import ActivationType, Method, QuantizeConfig
+from .quantization import ActivationType, Method, QuantizeConfig
 
 
 @contextlib.contextmanager

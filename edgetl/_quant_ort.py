@@ -1,6 +1,6 @@
 """ONNX Runtime int8: shape-inference pre-processing, calibration (once), QDQ or dynamic
 quantization with a growing list of nodes kept in fp32, the fused int8 model, and
-per-layer errors against fp32. Used by :mod:`edgetl.quantize`; workstation side."""
+per-layer errors against fp32. Used by :mod:`edgetl.quantization`; workstation side."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """OpenVINO int8: NNCF post-training quantization of the fp32 IR with a growing ignored
 scope, and inference with the precision actually executed read back. Used by
-:mod:`edgetl.quantize`; workstation side."""
+:mod:`edgetl.quantization`; workstation side."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Unsupervised domain adaptation on the workstation: labelled source images, unlabelled
 target images, one classifier that works on the target.
 
-Two methods, both trained by ``edgetl.train._train_finetune`` with an alignment loss on
+Two methods, both trained by ``edgetl.training._train_finetune`` with an alignment loss on
 the embedding (the head's input):
 
 - **DANN** (Ganin et al., 2016): a small MLP domain classifier behind a gradient-reversal
@@ -99,7 +99,7 @@ class _TargetStream:
     are left here by the joint forward pass for the alignment loss to pick up."""
 
     def __init__(self, paths: Sequence[Path], spec: PreprocessSpec, batch_size: int, augment: bool, seed: int):
-        from .train import _Images, _loader
+        from .training import _Images, _loader
 
         ds = _Images(paths, [0] * len(paths), spec, augment=augment)
         self.loader = _loader(ds, min(batch_size, len(paths)), True, seed)
@@ -189,7 +189,7 @@ def _target_eval_set(folder: str, train_paths: Sequence[Path], train_y: Sequence
 
 
 def _accuracy(model: nn.Module, paths, labels, spec: PreprocessSpec, device: torch.device) -> float:
-    from .train import _Images, _loader, evaluate_model
+    from .training import _Images, _loader, evaluate_model
 
     return evaluate_model(model, _loader(_Images(paths, labels, spec), 64, False, 0), device)[1]
 
@@ -207,7 +207,7 @@ def _fit_linear(z: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int, s
 
 
 def _probe_baseline(model, train_paths, train_y, eval_paths, eval_y, spec, device, seed: int) -> float:
-    from .train import embed_images
+    from .training import embed_images
 
     zs = embed_images(model.backbone, train_paths, spec, device, description="baseline: embedding source")
     zt = embed_images(model.backbone, eval_paths, spec, device, description="baseline: embedding target")
@@ -221,7 +221,7 @@ def _probe_baseline(model, train_paths, train_y, eval_paths, eval_y, spec, devic
 
 def _fold_feature_coral(model, train_paths, target_paths, spec, device) -> dict[str, Any]:
     """Frozen backbone: fold the target->source CORAL map into the Linear head."""
-    from .train import embed_images
+    from .training import embed_images
 
     zs = embed_images(model.backbone, train_paths, spec, device, description="embedding source").double().numpy()
     zt = embed_images(model.backbone, target_paths, spec, device, description="embedding target").double().numpy()
@@ -259,7 +259,7 @@ def train_adapt(model, cfg, train_paths, train_y, val_paths, val_y, spec: Prepro
         extra["target_baseline"] = "source-only linear probe on the pretrained backbone"
 
     if cfg.unfreeze == 0:
-        from .train import _train_probe  # a frozen backbone trains fastest on cached embeddings
+        from .training import _train_probe  # a frozen backbone trains fastest on cached embeddings
 
         history, stop = _train_probe(model, cfg, train_paths, train_y, val_paths, val_y, spec, device)
         model.load_state_dict(stop.state)

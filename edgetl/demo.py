@@ -141,10 +141,10 @@ def _plot_before_after(before: dict[str, Any], after: dict[str, Any], path: Path
 def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     """Run the demo; return (and write to ``out/summary.json``) what it measured."""
     from .bench import BenchConfig
-    from .build import build, summary_rows
+    from .pipeline import build, summary_rows
     from .device import Predictor
-    from .quantize import QuantizeConfig
-    from .train import TrainConfig
+    from .quantization import QuantizeConfig
+    from .training import TrainConfig
 
     cfg = config or DemoConfig()
     out = Path(cfg.out)

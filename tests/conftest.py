@@ -46,7 +46,7 @@ IMAGE_SIZE = 128
 @pytest.fixture(scope="session")
 def probe_run(tmp_path_factory, digits_dir) -> Path:
     """A real linear-probe RUN: pretrained efficientnet_lite0 on the digits."""
-    from edgetl.train import TrainConfig, train
+    from edgetl.training import TrainConfig, train
 
     return train(digits_dir, tmp_path_factory.mktemp("runs") / "probe", TrainConfig(image_size=IMAGE_SIZE)).run_dir
 
@@ -54,7 +54,7 @@ def probe_run(tmp_path_factory, digits_dir) -> Path:
 @pytest.fixture(scope="session")
 def exported_run(probe_run) -> Path:
     """``probe_run`` exported to ONNX and OpenVINO IR (default exporter, validated)."""
-    from edgetl.export import export
+    from edgetl.onnx_export import export
 
     export(probe_run)
     return probe_run
@@ -63,7 +63,7 @@ def exported_run(probe_run) -> Path:
 @pytest.fixture(scope="session")
 def quantized_run(exported_run) -> Path:
     """``exported_run`` quantized to int8 with the defaults (ONNX Runtime QDQ and NNCF)."""
-    from edgetl.quantize import quantize
+    from edgetl.quantization import quantize
 
     quantize(exported_run)
     return exported_run

@@ -83,8 +83,8 @@ def shift(tmp_path_factory):
 @pytest.fixture(scope="module")
 def source_only(shift, tmp_path_factory):
     """The like-for-like baseline: the same fine-tune without adaptation, on the target."""
-    from edgetl.evaluate import evaluate_run
-    from edgetl.train import TrainConfig, train
+    from edgetl.evaluation import evaluate_run
+    from edgetl.training import TrainConfig, train
 
     source, _, target = shift
     run = train(source, tmp_path_factory.mktemp("src") / "run", TrainConfig(strategy="finetune", **SMALL)).run_dir
@@ -93,8 +93,8 @@ def source_only(shift, tmp_path_factory):
 
 @pytest.mark.parametrize("method,weight", [("dann", 1.0), ("coral", 1.0)])
 def test_adaptation_beats_source_only_on_the_target(method, weight, shift, source_only, tmp_path):
-    from edgetl.evaluate import evaluate_run
-    from edgetl.train import TrainConfig, train
+    from edgetl.evaluation import evaluate_run
+    from edgetl.training import TrainConfig, train
 
     source, _, target = shift
     cfg = TrainConfig(strategy="adapt", target_data=str(target), adapt_method=method, adapt_weight=weight,
@@ -114,7 +114,7 @@ def test_adaptation_beats_source_only_on_the_target(method, weight, shift, sourc
 
 
 def test_frozen_backbone_coral_folds_the_feature_map_into_the_head(shift, tmp_path):
-    from edgetl.train import TrainConfig, train
+    from edgetl.training import TrainConfig, train
 
     source, _, target = shift
     cfg = TrainConfig(strategy="adapt", target_data=str(target), adapt_method="coral", unfreeze=0,
@@ -125,7 +125,7 @@ def test_frozen_backbone_coral_folds_the_feature_map_into_the_head(shift, tmp_pa
 
 
 def test_dann_refuses_a_frozen_backbone(shift, tmp_path):
-    from edgetl.train import TrainConfig, train
+    from edgetl.training import TrainConfig, train
 
     source, _, target = shift
     cfg = TrainConfig(strategy="adapt", target_data=str(target), adapt_method="dann", unfreeze=0, **SMALL)
@@ -135,7 +135,7 @@ def test_dann_refuses_a_frozen_backbone(shift, tmp_path):
 
 @pytest.mark.parametrize("make", ["missing", "empty", "no_images"])
 def test_missing_or_empty_target_folder_is_a_clear_error(make, shift, tmp_path):
-    from edgetl.train import TrainConfig, train
+    from edgetl.training import TrainConfig, train
 
     target = tmp_path / "target"
     if make != "missing":

@@ -58,8 +58,8 @@ def tiny_run(tmp_path_factory, tiny) -> Path:
 @pytest.fixture(scope="module")
 def torch_run(tmp_path_factory, small_data) -> Path:
     """A real RUN, small and quick: efficientnet_lite0 at 32 px, trained one epoch, exported."""
-    from edgetl.export import ExportConfig, export
-    from edgetl.train import TrainConfig, train
+    from edgetl.onnx_export import ExportConfig, export
+    from edgetl.training import TrainConfig, train
 
     run = tmp_path_factory.mktemp("bench-torch") / "run"
     train(small_data, run, TrainConfig(pretrained=False, image_size=32, epochs=1, val_split=0.5))

@@ -11,7 +11,7 @@ import torch
 
 from edgetl.cli import main
 from edgetl.errors import ExportMismatchError
-from edgetl.export import ExportConfig, export
+from edgetl.onnx_export import ExportConfig, export
 from edgetl.preprocess import PreprocessSpec, preprocess_batch
 from edgetl.run import load_run
 
@@ -100,7 +100,7 @@ def test_all_failures_reported_together(exported_run):
     ("torchvision:resnet18", "linear-probe"),
 ])
 def test_other_architectures(digits_dir, tmp_path, backbone, strategy):
-    from edgetl.train import TrainConfig, train
+    from edgetl.training import TrainConfig, train
 
     cfg = TrainConfig(backbone=backbone, pretrained=False, strategy=strategy, epochs=1, image_size=64, unfreeze=1)
     result = train(digits_dir, tmp_path / "run", cfg)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgetl.errors import ConfigError, DataError, QuantizationError, RunDirError
-from edgetl.quantize import QuantizeConfig, deployed_accuracy, quantize
+from edgetl.quantization import QuantizeConfig, deployed_accuracy, quantize
 from edgetl.run import read_run_json
 
 

@@ -538,9 +538,9 @@ def bundle_0_7(tmp_path_factory, digits_0_7) -> dict:
     """The real pipeline on digits 0-7: linear probe at 128 px, export, int8 (the project's
     quantize if present, else ORT static QDQ here), packaged for an int8 retraining target."""
     from edgetl.bundle import package
-    from edgetl.export import export
+    from edgetl.onnx_export import export
     from edgetl.targets import load_target
-    from edgetl.train import TrainConfig, train
+    from edgetl.training import TrainConfig, train
 
     from conftest import IMAGE_SIZE
 
@@ -548,7 +548,7 @@ def bundle_0_7(tmp_path_factory, digits_0_7) -> dict:
     run_dir = train(digits_0_7, root / "run", TrainConfig(image_size=IMAGE_SIZE)).run_dir
     export(run_dir)
     try:
-        from edgetl.quantize import QuantizeConfig, quantize
+        from edgetl.quantization import QuantizeConfig, quantize
     except ImportError:  # the quantize stage not installed: int8 by ORT static QDQ, as the device tests do
         quantize = None
     if quantize is not None:

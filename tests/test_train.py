@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from edgetl.train import TrainConfig, train
+from edgetl.training import TrainConfig, train
 
 SMALL = dict(image_size=64, epochs=3, batch_size=32)
 
@@ -32,7 +32,7 @@ def test_run_directory_is_complete(probe_run):
 
 
 def test_linear_probe_runs_backbone_once_per_image(digits_dir, tmp_path, monkeypatch):
-    import edgetl.train as tr
+    import edgetl.training as tr
 
     seen = {"images": 0}
     real_create = tr.create_backbone

@@ -52,11 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import _ui
     from ..bench import BenchConfig
-    from ..build import build, summary_rows
-    from ..export import ExportConfig
-    from ..quantize import QuantizeConfig
+    from ..pipeline import build, summary_rows
+    from ..onnx_export import ExportConfig
+    from ..quantization import QuantizeConfig
     from ..targets import load_target
-    from ..train import TrainConfig
+    from ..training import TrainConfig
 
     if args.json:
         _ui.quiet()

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         _ui.quiet()
     model = Path(args.model)
     if (model / "run.json").is_file():
-        from ..evaluate import evaluate_run  # workstation side: torch
+        from ..evaluation import evaluate_run  # workstation side: torch
 
         kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
         report = evaluate_run(model, args.data, **kwargs)
@@ -88,7 +88,7 @@ def _plot(report: dict, labels: list[str], path: str) -> None:
     except ImportError:
         _ui.warn(f"matplotlib is not installed, so no plot was written to {path} (pip install matplotlib)")
         return
-    from ..evaluate import plot_confusion  # torch-free; matplotlib is imported inside
+    from ..evaluation import plot_confusion  # torch-free; matplotlib is imported inside
 
     plot_confusion(report, labels, path)
     _ui.info(f"confusion matrix written to {path}")

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import _ui
-    from ..export import ExportConfig, export
+    from ..onnx_export import ExportConfig, export
 
     if args.json:
         _ui.quiet()

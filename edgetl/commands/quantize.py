@@ -79,7 +79,7 @@ def _print(report: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import _ui
     from ..errors import QuantizationError
-    from ..quantize import QuantizeConfig, quantize
+    from ..quantization import QuantizeConfig, quantize
 
     if args.json:
         _ui.quiet()

@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import _ui
-    from ..train import TrainConfig, train
+    from ..training import TrainConfig, train
 
     if args.json:
         _ui.quiet()

@@ -32,7 +32,7 @@ class BuildResult:
 
 def _quantize_config(target: Target, config):
     """int8 targets need the quantized backbone of their own runtime only."""
-    from .quantize import Engine, QuantizeConfig
+    from .quantization import Engine, QuantizeConfig
 
     engine = Engine.ORT if target.runtime is Runtime.ONNXRUNTIME else Engine.NNCF
     return replace(config or QuantizeConfig(), engine=engine)
@@ -58,10 +58,10 @@ def build(
     :class:`StageError` naming it."""
     from .bench import BenchConfig, bench as run_bench
     from .bundle import package
-    from .export import export
-    from .quantize import quantize
+    from .onnx_export import export
+    from .quantization import quantize
     from .run import read_run_json
-    from .train import train
+    from .training import train
 
     tgt = load_target(target)
     out = Path(out)

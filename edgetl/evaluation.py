@@ -79,7 +79,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, *, batch_s
     import torch
 
     from .run import load_run
-    from .train import _Images, _loader
+    from .training import _Images, _loader
 
     run = load_run(run_dir)
     folder = scan_folder(data, min_classes=1)
