@@ -86,17 +86,9 @@ def _device_process(args: list[str]) -> dict[str, Any]:
         proc = subprocess.run([sys.executable, "-m", "edgetl.cli", *args, "--json"], capture_output=True, text=True,
                               env=env)
     if proc.returncode != 0:
-        raise EdgeTLError(f"device step 'edgetl {args[0]}' failed: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgeTLError(f"device step 'edgetl {args[0]}' failed: {last}")
     return json.loads(proc.stdout)
-
-
-def _group_accuracy(report: dict[str, Any], group: tuple[str, ...]) -> float:
-    confusion = np.asarray(report["confusion"])
-    labels = report["labels"]
-    idx = [labels.index(c) for c in group if c in labels]
-    rows = {c: i for i, c in enumerate(labels)}
-    total = sum(confusion[rows[c]].sum() for c in group if c in rows)
-    return float(sum(confusion[i, i] for i in idx) / total) if total else 0.0
 
 
 def _test_accuracy(bundle: Path, test: Path) -> dict[str, Any]:
@@ -107,15 +99,15 @@ def _test_accuracy(bundle: Path, test: Path) -> dict[str, Any]:
     predictor = Predictor.from_bundle(bundle)
     folder = scan_folder(test)
     preds = predictor.predict(folder.paths)
-    truth = [folder.labels[y] for y in folder.targets]
-    per_class = {}
-    for label in folder.labels:
-        hits = [p.label == t for p, t in zip(preds, truth) if t == label]
-        per_class[label] = float(np.mean(hits))
-    old = [p.label == t for p, t in zip(preds, truth) if t in OLD]
-    new = [p.label == t for p, t in zip(preds, truth) if t in NEW]
-    return {"all": float(np.mean([p.label == t for p, t in zip(preds, truth)])), "old": float(np.mean(old)),
-            "new": float(np.mean(new)), "per_class": per_class, "n": len(truth)}
+    truth = np.asarray([folder.labels[y] for y in folder.targets])
+    hits = np.asarray([p.label == t for p, t in zip(preds, truth)])
+
+    def accuracy(mask: np.ndarray) -> float:
+        return float(hits[mask].mean())
+
+    return {"all": accuracy(np.ones_like(hits)), "old": accuracy(np.isin(truth, OLD)),
+            "new": accuracy(np.isin(truth, NEW)), "n": len(truth),
+            "per_class": {label: accuracy(truth == label) for label in folder.labels}}
 
 
 def _plot_before_after(before: dict[str, Any], after: dict[str, Any], path: Path) -> None:
