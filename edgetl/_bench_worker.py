@@ -96,7 +96,7 @@ def _direct_runner(spec: dict[str, Any]):
     threads, runtime = int(spec["threads"]), spec["runtime"]
     post = None
     if spec.get("adapter"):
-        with np.load(spec["adapter"]) as f:
+        with np.load(spec["adapter"], allow_pickle=False) as f:
             at, b = np.ascontiguousarray(f["A"].T, dtype=np.float32), f["b"].astype(np.float32)
         post = lambda z: z @ at + b  # noqa: E731
     if runtime == "onnxruntime":

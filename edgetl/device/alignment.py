@@ -123,7 +123,7 @@ def write_source_stats(path: str | os.PathLike, embeddings: np.ndarray) -> Path:
 
 def _read_stats(path: Path) -> SourceStats:
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             return SourceStats(f["mean"].astype(np.float64), f["cov"].astype(np.float64), int(f["count"]))
     except (OSError, KeyError, ValueError) as exc:
         raise BundleError(f"{path}: not readable source statistics (mean, cov, count): {exc}; re-package") from None
@@ -131,7 +131,7 @@ def _read_stats(path: Path) -> SourceStats:
 
 def _read_memory(path: Path) -> SourceStats | None:
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             key = next((k for k in _MEMORY_KEYS if k in f.files), None)
             return SourceStats.from_embeddings(f[key]) if key else None
     except (OSError, ValueError, ConfigError):

@@ -78,7 +78,7 @@ class Adapter:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Adapter":
         try:
-            with np.load(path) as f:
+            with np.load(path, allow_pickle=False) as f:
                 return cls(f["A"], f["b"])
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"{path}: not a readable adapter (.npz with A and b): {exc}") from None
