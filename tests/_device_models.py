@@ -9,7 +9,6 @@ the modules that use it; the lead's real-pipeline bundle fixture can replace
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl._files import sha256_file
 from edgetl.preprocess import Interpolation, PreprocessSpec, preprocess_batch
 
 SIZE = 32
@@ -172,14 +172,6 @@ def tiny_models(root: Path, digits_dir: Path) -> TinyModels:
     return models
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_bundle(
     out: Path,
     models: TinyModels,
@@ -210,7 +202,7 @@ def write_bundle(
         np.savez(version_dir / "adapter.npz", A=adapter[0], b=adapter[1])
         adapter_rel = "v1/adapter.npz"
     files = {
-        p.relative_to(out).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        p.relative_to(out).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(version_dir.rglob("*")) if p.is_file()
     }
     from edgetl.targets import Target
