@@ -94,31 +94,18 @@ def _versions() -> dict[str, str | None]:
 
 
 def _accuracy(info: Mapping[str, Any], target: Target) -> dict[str, Any] | None:
-    """What the RUN knows about accuracy: the fp32 validation accuracy from training and,
-    when ``edgetl quantize`` wrote a report, the row for the target's runtime and precision."""
+    """What the RUN knows about accuracy: the fp32 reference (the report's fp32 row for the
+    target's runtime, else training's validation accuracy) and, when ``edgetl quantize``
+    measured it, the accuracy of the target's runtime and precision."""
+    from .run import deployed_accuracy
+
     metrics = info.get("metrics") if isinstance(info.get("metrics"), dict) else {}
-    quantize = info.get("quantize") if isinstance(info.get("quantize"), dict) else {}
-    report = quantize.get("report")
-    rows = list(report.values()) if isinstance(report, dict) else report if isinstance(report, list) else []
-    rows = [r for r in rows if isinstance(r, dict)]
-
-    def pick(precision: str, any_runtime: bool) -> dict[str, Any] | None:
-        # A row without "runtime" is taken to hold for every runtime. The deployed accuracy
-        # must come from the target's runtime (ORT QDQ and NNCF int8 are different models).
-        match = [r for r in rows if r.get("precision") == precision]
-        exact = [r for r in match if r.get("runtime", target.runtime.value) == target.runtime.value]
-        return (exact or (match if any_runtime else []) or [None])[0]
-
-    fp32_row, deployed_row = pick("fp32", True), pick(target.precision.value, False)
-    fp32 = (fp32_row or {}).get("accuracy", metrics.get("val_accuracy"))
-    deployed = (deployed_row or {}).get("accuracy")
-    if fp32 is None and deployed is None:
+    fp32_row = deployed_accuracy(info, target.runtime.value, "fp32")
+    row = deployed_accuracy(info, target.runtime.value, target.precision.value) or {}
+    fp32 = fp32_row["deployed"] if fp32_row else metrics.get("val_accuracy")
+    if fp32 is None and row.get("deployed") is None:
         return None
-    return {
-        "fp32": fp32,
-        "deployed": deployed,
-        "precision_executed": (deployed_row or {}).get("precision_executed"),
-    }
+    return {"fp32": fp32, "deployed": row.get("deployed"), "precision_executed": row.get("precision_executed")}
 
 
 def _add_training_artifacts(head_path: Path, out_dir: Path) -> bool:

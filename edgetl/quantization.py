@@ -19,12 +19,13 @@ import time
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from . import _ui
 from .errors import ConfigError, QuantizationError, RunDirError
+from .run import deployed_accuracy  # noqa: F401 - part of this stage's API; the bundle reads it torch-free
 
 __all__ = ["Engine", "Method", "Calibration", "ActivationType", "QuantizeConfig", "quantize", "deployed_accuracy"]
 
@@ -92,21 +93,6 @@ class QuantizeConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         return {k: (v.value if isinstance(v, Enum) else v) for k, v in d.items()}
-
-
-# --- what the bundle reads -----------------------------------------------------------------
-
-def deployed_accuracy(run_info: Mapping[str, Any], runtime: str, precision: str) -> dict[str, Any] | None:
-    """From a run.json dict: ``{"fp32", "deployed", "precision_executed", "agreement"}`` for
-    ``runtime`` ("onnxruntime" | "openvino") and ``precision`` ("fp32" | "int8" | "bf16"),
-    or None when ``edgetl quantize`` measured no such row. Torch-free: reads the dict only."""
-    section = run_info.get("quantize")
-    rows = section.get("report") if isinstance(section, Mapping) else None
-    for row in rows if isinstance(rows, list) else []:
-        if isinstance(row, Mapping) and row.get("runtime") == runtime and row.get("precision") == precision:
-            return {"fp32": row.get("fp32_accuracy", row.get("accuracy")), "deployed": row.get("accuracy"),
-                    "precision_executed": row.get("precision_executed"), "agreement": row.get("agreement")}
-    return None
 
 
 # --- data ------------------------------------------------------------------------------------

@@ -6,31 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from ._files import write_json_atomic
 from .errors import RunDirError
 from .preprocess import PreprocessSpec
 
-__all__ = ["RUN_FORMAT", "Run", "read_run_json", "write_run_json", "update_run_json", "load_run", "package_versions"]
+__all__ = ["RUN_FORMAT", "Run", "read_run_json", "write_run_json", "update_run_json", "load_run", "package_versions",
+           "deployed_accuracy"]
 
 RUN_FORMAT = 1
 _REQUIRED = ("format", "labels", "backbone", "preprocess", "num_features", "strategy")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -53,7 +41,7 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_run_json(run_dir: str | os.PathLike, info: dict[str, Any]) -> None:
-    _atomic_write_text(Path(run_dir) / "run.json", json.dumps(info, indent=2, default=str) + "\n")
+    write_json_atomic(Path(run_dir) / "run.json", info)
 
 
 def update_run_json(run_dir: str | os.PathLike, key: str, value: Any) -> dict[str, Any]:
@@ -62,6 +50,19 @@ def update_run_json(run_dir: str | os.PathLike, key: str, value: Any) -> dict[st
     info[key] = value
     write_run_json(run_dir, info)
     return info
+
+
+def deployed_accuracy(run_info: Mapping[str, Any], runtime: str, precision: str) -> dict[str, Any] | None:
+    """From a run.json dict: ``{"fp32", "deployed", "precision_executed", "agreement"}`` for
+    ``runtime`` ("onnxruntime" | "openvino") and ``precision`` ("fp32" | "int8" | "bf16"),
+    or None when ``edgetl quantize`` measured no such row. Torch-free: reads the dict only."""
+    section = run_info.get("quantize")
+    rows = section.get("report") if isinstance(section, Mapping) else None
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, Mapping) and row.get("runtime") == runtime and row.get("precision") == precision:
+            return {"fp32": row.get("fp32_accuracy", row.get("accuracy")), "deployed": row.get("accuracy"),
+                    "precision_executed": row.get("precision_executed"), "agreement": row.get("agreement")}
+    return None
 
 
 def package_versions(*names: str) -> dict[str, str]:
