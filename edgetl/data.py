@@ -15,7 +15,7 @@ from PIL import Image
 from .errors import ConfigError, DataError
 from .preprocess import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 
-__all__ = ["ImageFolder", "scan_folder", "stratified_split", "write_digits", "list_images"]
+__all__ = ["ImageFolder", "scan_folder", "stratified_split", "write_digits", "list_images", "find_images", "check_image"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ImageFolder:
         return ImageFolder(self.root, self.labels, tuple(self.samples[i] for i in indices), self.skipped)
 
 
-def _check_image(path: Path) -> str | None:
+def check_image(path: Path) -> str | None:
     """None if ``path`` looks like a readable image, else the reason it is not."""
     try:
         with warnings.catch_warnings():
@@ -60,6 +60,16 @@ def _check_image(path: Path) -> str | None:
 def list_images(folder: Path) -> list[Path]:
     """Files in ``folder`` (not recursive), sorted, hidden files ignored."""
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Files with an image extension anywhere under ``folder``, sorted; hidden files and
+    folders ignored."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def scan_folder(
@@ -93,7 +103,7 @@ def scan_folder(
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 reason = "not an image file (unknown extension)"
             elif verify:
-                reason = _check_image(path)
+                reason = check_image(path)
             if reason is None:
                 samples.append((path, index))
                 usable += 1

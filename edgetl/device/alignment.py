@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from ..data import check_image, find_images
 from ..errors import BundleError, ConfigError, DataError, RetrainError
 from ..preprocess import IMAGE_SUFFIXES
 
@@ -71,16 +71,13 @@ def list_unlabelled(folder: str | os.PathLike | None, *, what: str = "UNLABELLED
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; {what} must be a folder of unlabelled images of the new domain")
-    candidates = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
     paths, bad = [], []
-    for path in candidates:
-        try:
-            with Image.open(path) as img:
-                img.verify()
+    for path in find_images(root):
+        reason = check_image(path)
+        if reason is None:
             paths.append(path)
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt files
-            bad.append((path, exc))
+        else:
+            bad.append((path, reason))
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable file(s) in {root}, e.g. {bad[0][0]}: {bad[0][1]}", stacklevel=2)
     if len(paths) < MIN_IMAGES:

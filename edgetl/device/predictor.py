@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BundleError, ConfigError, DataError, EdgeTLError
-from ..preprocess import IMAGE_SUFFIXES, ImageInput, PreprocessSpec, preprocess
+from ..data import find_images
+from ..preprocess import ImageInput, PreprocessSpec, preprocess
 from .runtimes import Session, load_session
 
 __all__ = ["Prediction", "Predictor", "Adapter", "Evaluation", "evaluate_folder", "evaluate_bundle", "expand_inputs"]
@@ -91,12 +92,7 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            out.extend(found or [path])
+            out.extend(find_images(path) or [path])
         else:
             out.append(path)
     return out
