@@ -1,9 +1,9 @@
 """Domain adaptation benchmark: real digits under a stated ImageNet-C corruption.
 
 Data: scikit-learn's 1,797 real handwritten digits (32-pixel PNGs from
-``edgetl.data.write_digits``), split per class, seeded, into two disjoint halves
+``edgetl.modalities.image.write_digits``), split per class, seeded, into two disjoint halves
 (capped at ``--per-class`` each). The source half is labelled. The target half is
-corrupted with ``edgetl.corruptions`` (default: ImageNet-C ``contrast`` at severity 2,
+corrupted with ``edgetl.modalities.corruptions`` (default: ImageNet-C ``contrast`` at severity 2,
 c = 0.3 around each image's per-channel mean; corruption seed 1); it serves both as the
 unlabelled adaptation set and, with its labels, as the evaluation set (the transductive
 setting of the DANN and CORAL papers).
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 def split_digits(root: Path, per_class: int, seed: int) -> tuple[Path, Path]:
     """All digits -> two disjoint per-class halves, ``per_class`` images each at most."""
-    from edgetl.data import write_digits
+    from edgetl.modalities.image import write_digits
 
     everything = write_digits(root / "all", seed=seed)
     rng = np.random.default_rng(seed)
@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from edgetl import _ui
-    from edgetl.corruptions import SEVERITIES, Corruption, write_shifted
-    from edgetl.evaluation import evaluate_run
-    from edgetl.training import TrainConfig, train
+    from edgetl.core import ui as _ui
+    from edgetl.modalities.corruptions import SEVERITIES, Corruption, write_shifted
+    from edgetl.workstation.evaluation import evaluate_run
+    from edgetl.workstation.training import TrainConfig, train
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="adapt_bench-"))
@@ -105,15 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     row("feature CORAL, frozen backbone (train --unfreeze 0)", t0, r.metrics["target_accuracy_after"], None)
 
     try:
-        from edgetl.bundle import package
-        from edgetl.device.alignment import adapt
-        from edgetl.onnx_export import export
+        from edgetl.workstation.packaging import PackageConfig, package
+        from edgetl.device.alignment import AdaptConfig, adapt
+        from edgetl.workstation.onnx_export import export
 
         export(src_run.run_dir)
         for method in ("coral", "standardize"):
             t0 = time.perf_counter()
-            bundle = package(src_run.run_dir, "x86-ort-fp32", work / f"bundle_{method}", overwrite=True)
-            res = adapt(bundle, target, method=method, source=source, eval_dir=target)
+            bundle = package(src_run.run_dir, "x86-ort-fp32", work / f"bundle_{method}", PackageConfig(overwrite=True))
+            res = adapt(bundle, target, AdaptConfig(method=method, source=source, eval_dir=target))
             row(f"device alignment: {method} (edgetl adapt, ORT fp32)", t0, res["accuracy_after"], None,
                 accuracy_before=res["accuracy_before"])
     except Exception as exc:  # noqa: BLE001 - the benchmark reports what it could not run

@@ -42,20 +42,20 @@ def _stage(name: str, done: bool, fn) -> None:
 
 def prepare(work: Path, epochs: int | None) -> tuple[Path, Path, Path]:
     """Digits, RUN (trained, exported, quantized), validation folder and bundle, cached."""
-    from edgetl.data import write_digits
+    from edgetl.modalities.image import write_digits
 
     data, run, val, bundle = work / "digits", work / "run", work / "val", work / f"bundle-{TARGET}"
     _stage("digits", (data / "9").is_dir(), lambda: write_digits(data))
 
     def train():
-        from edgetl.training import TrainConfig, train as train_fn
+        from edgetl.workstation.training import TrainConfig, train as train_fn
 
         train_fn(data, run, TrainConfig(backbone="efficientnet_lite0", epochs=epochs), overwrite=True)
 
     _stage("train (linear probe, 224 px)", (run / "model.pt").is_file(), train)
 
     def export():
-        from edgetl.onnx_export import export as export_fn
+        from edgetl.workstation.onnx_export import export as export_fn
 
         export_fn(run)
 
@@ -63,7 +63,7 @@ def prepare(work: Path, epochs: int | None) -> tuple[Path, Path, Path]:
 
     def quantize():
         try:
-            from edgetl.quantization import quantize as quantize_fn
+            from edgetl.workstation.quantization import quantize as quantize_fn
         except ImportError as exc:
             sys.exit(f"bench_readme: edgetl.quantize is not available ({exc}); int8 rows need it")
         quantize_fn(run)
@@ -72,7 +72,7 @@ def prepare(work: Path, epochs: int | None) -> tuple[Path, Path, Path]:
            and (run / "openvino" / "backbone.int8.xml").is_file(), quantize)
 
     def val_folder():
-        from edgetl.run import read_run_json
+        from edgetl.core.run import read_run_json
 
         info = read_run_json(run)
         root = Path(info["data_root"])
@@ -85,7 +85,7 @@ def prepare(work: Path, epochs: int | None) -> tuple[Path, Path, Path]:
     _stage("validation images", val.is_dir(), val_folder)
 
     def package():
-        from edgetl.bundle import package as package_fn
+        from edgetl.workstation.packaging import package as package_fn
 
         package_fn(run, TARGET, bundle, overwrite=True)
 
@@ -94,7 +94,7 @@ def prepare(work: Path, epochs: int | None) -> tuple[Path, Path, Path]:
 
 
 def measure(run: Path, val: Path, bundle: Path, args: argparse.Namespace):
-    from edgetl.bench import BenchConfig, execute, plan
+    from edgetl.benchmarking import BenchConfig, execute, plan
 
     timing = dict(warmup=args.warmup, duration=args.duration, repeats=args.repeats, data=val)
     matrix = BenchConfig(batches=tuple(args.batch), threads=(args.threads,), **timing)
@@ -108,7 +108,7 @@ def _f(v, fmt=".2f") -> str:
 
 
 def markdown(report, bundle: Path) -> tuple[str, list[str]]:
-    from edgetl._env import machine_name
+    from edgetl.benchmarking.environment import machine_name
 
     env, rows = report.environment, report.results
     v = env["versions"]

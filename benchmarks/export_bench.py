@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("EDGETL_NO_PROGRESS", "1")
-    from edgetl._env import environment, machine_name
+    from edgetl.benchmarking.environment import environment, machine_name
     from edgetl.cli import _quiet_third_party
-    from edgetl.data import write_digits
-    from edgetl.onnx_export import ExportConfig, export
-    from edgetl.run import read_run_json
-    from edgetl.training import TrainConfig, train
+    from edgetl.modalities.image import write_digits
+    from edgetl.workstation.onnx_export import ExportConfig, export
+    from edgetl.core.run import read_run_json
+    from edgetl.workstation.training import TrainConfig, train
 
     _quiet_third_party()
     results = []

@@ -61,8 +61,8 @@ def benchmark_app_median(xml: Path, threads: int, precision: str, seconds: float
 
 
 def edgetl_p50(xml: Path, threads: int, precision: str, seconds: float) -> tuple[float, str]:
-    from edgetl import _ui
-    from edgetl.bench import BenchConfig, bench
+    from edgetl.core import ui as _ui
+    from edgetl.benchmarking import BenchConfig, bench
 
     _ui.quiet()
 

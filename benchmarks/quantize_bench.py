@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _build(out: Path, image_size: int) -> Path:
     import tempfile
 
-    from edgetl.data import write_digits
-    from edgetl.onnx_export import export
-    from edgetl.training import TrainConfig, train
+    from edgetl.modalities.image import write_digits
+    from edgetl.workstation.onnx_export import export
+    from edgetl.workstation.training import TrainConfig, train
 
     data = write_digits(Path(tempfile.mkdtemp(prefix="digits-")) / "data", per_class=100, seed=0)
     run = train(data, out, TrainConfig(image_size=image_size)).run_dir
@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="write the results here")
     args = p.parse_args(argv)
 
-    from edgetl import _ui
+    from edgetl.core import ui as _ui
     from edgetl.errors import QuantizationError
-    from edgetl.quantization import QuantizeConfig, quantize
-    from edgetl.run import package_versions
+    from edgetl.workstation.quantization import QuantizeConfig, quantize
+    from edgetl.core.run import package_versions
 
     if not args.run and not args.build:
         p.error("give an exported RUN, or --build OUT")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def _train(data: Path, out: Path, **kw) -> dict:
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.training import TrainConfig, train
 
     epochs = kw["epochs"]
     result = train(data, out, TrainConfig(patience=epochs + 1, **kw), overwrite=True)  # no early stop: time every epoch
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("EDGETL_NO_PROGRESS", "1")
-    from edgetl._env import environment, machine_name
+    from edgetl.benchmarking.environment import environment, machine_name
     from edgetl.cli import _quiet_third_party
-    from edgetl.data import write_digits
+    from edgetl.modalities.image import write_digits
 
     _quiet_third_party()
     with tempfile.TemporaryDirectory(prefix="edgetl-train-bench-") as tmp:

@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from .errors import EdgeTLError
+from edgetl.errors import EdgeTLError
 
 # Order shown in --help: the pipeline, then the device, then tooling.
 COMMANDS = (
@@ -28,6 +28,7 @@ COMMANDS = (
     "rollback",
     "bench",
     "targets",
+    "doctor",
     "build",
     "demo",
 )
@@ -52,7 +53,7 @@ def _available_commands() -> list[tuple[str, object]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from edgetl.core.version import __version__
 
     parser = _Parser(
         prog="edgetl",
@@ -92,7 +93,7 @@ def _quiet_third_party() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import _ui
+    from edgetl.core import ui as _ui
 
     _quiet_third_party()
     _ui.quiet(False)  # a previous in-process call with --json must not silence this one

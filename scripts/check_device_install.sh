@@ -54,7 +54,7 @@ if [ -z "$BUNDLE" ]; then
 import sys
 from pathlib import Path
 from _device_models import tiny_models, write_bundle
-from edgetl.data import write_digits
+from edgetl.modalities.image import write_digits
 
 work = Path(sys.argv[1])
 digits = write_digits(work / "digits", per_class=20, seed=0)

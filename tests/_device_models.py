@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl._files import sha256_file
-from edgetl.preprocess import Interpolation, PreprocessSpec, preprocess_batch
+from edgetl.core.files import sha256_file
+from edgetl.modalities.image import Interpolation, PreprocessSpec, preprocess_batch
 
 SIZE = 32
 FEATURES = 64
@@ -156,7 +156,7 @@ def tiny_models(root: Path, digits_dir: Path) -> TinyModels:
         return _CACHE["models"]  # type: ignore[return-value]
     import onnxruntime as ort
 
-    from edgetl.data import scan_folder
+    from edgetl.modalities.image import scan_folder
 
     root.mkdir(parents=True, exist_ok=True)
     backbone = write_backbone(root / "backbone.onnx")
@@ -205,7 +205,7 @@ def write_bundle(
         p.relative_to(out).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(version_dir.rglob("*")) if p.is_file()
     }
-    from edgetl.targets import Target
+    from edgetl.core.targets import Target
 
     target = Target(
         name=f"test-{runtime}-{precision}", runtime=runtime, precision=precision, threads=threads,

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     """All ten digit classes, 100 real images each (1,000 images, 32x32 PNG)."""
-    from edgetl.data import write_digits
+    from edgetl.modalities.image import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits") / "data", per_class=100, seed=0)
 
@@ -24,7 +24,7 @@ def digits_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits_0_7(tmp_path_factory) -> Path:
     """Digits 0-7 only, 40 each: the 'workstation' data of the new-class scenario."""
-    from edgetl.data import write_digits
+    from edgetl.modalities.image import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits07") / "data", classes=range(8), per_class=40, seed=0)
 
@@ -32,7 +32,7 @@ def digits_0_7(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits_8_9(tmp_path_factory) -> Path:
     """Digits 8 and 9 only, 40 each: the 'device' data of the new-class scenario."""
-    from edgetl.data import write_digits
+    from edgetl.modalities.image import write_digits
 
     return write_digits(tmp_path_factory.mktemp("digits89") / "data", classes=[8, 9], per_class=40, seed=1)
 
@@ -46,7 +46,7 @@ IMAGE_SIZE = 128
 @pytest.fixture(scope="session")
 def probe_run(tmp_path_factory, digits_dir) -> Path:
     """A real linear-probe RUN: pretrained efficientnet_lite0 on the digits."""
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.training import TrainConfig, train
 
     return train(digits_dir, tmp_path_factory.mktemp("runs") / "probe", TrainConfig(image_size=IMAGE_SIZE)).run_dir
 
@@ -54,7 +54,7 @@ def probe_run(tmp_path_factory, digits_dir) -> Path:
 @pytest.fixture(scope="session")
 def exported_run(probe_run) -> Path:
     """``probe_run`` exported to ONNX and OpenVINO IR (default exporter, validated)."""
-    from edgetl.onnx_export import export
+    from edgetl.workstation.onnx_export import export
 
     export(probe_run)
     return probe_run
@@ -63,7 +63,7 @@ def exported_run(probe_run) -> Path:
 @pytest.fixture(scope="session")
 def quantized_run(exported_run) -> Path:
     """``exported_run`` quantized to int8 with the defaults (ONNX Runtime QDQ and NNCF)."""
-    from edgetl.quantization import quantize
+    from edgetl.workstation.quantization import quantize
 
     quantize(exported_run)
     return exported_run

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from edgetl.cli import main
-from edgetl.corruptions import corrupt, write_shifted
-from edgetl.data import write_digits
+from edgetl.modalities.corruptions import corrupt, write_shifted
+from edgetl.modalities.image import write_digits
 from edgetl.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +83,8 @@ def shift(tmp_path_factory):
 @pytest.fixture(scope="module")
 def source_only(shift, tmp_path_factory):
     """The like-for-like baseline: the same fine-tune without adaptation, on the target."""
-    from edgetl.evaluation import evaluate_run
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.evaluation import evaluate_run
+    from edgetl.workstation.training import TrainConfig, train
 
     source, _, target = shift
     run = train(source, tmp_path_factory.mktemp("src") / "run", TrainConfig(strategy="finetune", **SMALL)).run_dir
@@ -93,8 +93,8 @@ def source_only(shift, tmp_path_factory):
 
 @pytest.mark.parametrize("method,weight", [("dann", 1.0), ("coral", 1.0)])
 def test_adaptation_beats_source_only_on_the_target(method, weight, shift, source_only, tmp_path):
-    from edgetl.evaluation import evaluate_run
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.evaluation import evaluate_run
+    from edgetl.workstation.training import TrainConfig, train
 
     source, _, target = shift
     cfg = TrainConfig(strategy="adapt", target_data=str(target), adapt_method=method, adapt_weight=weight,
@@ -114,7 +114,7 @@ def test_adaptation_beats_source_only_on_the_target(method, weight, shift, sourc
 
 
 def test_frozen_backbone_coral_folds_the_feature_map_into_the_head(shift, tmp_path):
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.training import TrainConfig, train
 
     source, _, target = shift
     cfg = TrainConfig(strategy="adapt", target_data=str(target), adapt_method="coral", unfreeze=0,
@@ -125,7 +125,7 @@ def test_frozen_backbone_coral_folds_the_feature_map_into_the_head(shift, tmp_pa
 
 
 def test_dann_refuses_a_frozen_backbone(shift, tmp_path):
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.training import TrainConfig, train
 
     source, _, target = shift
     cfg = TrainConfig(strategy="adapt", target_data=str(target), adapt_method="dann", unfreeze=0, **SMALL)
@@ -135,7 +135,7 @@ def test_dann_refuses_a_frozen_backbone(shift, tmp_path):
 
 @pytest.mark.parametrize("make", ["missing", "empty", "no_images"])
 def test_missing_or_empty_target_folder_is_a_clear_error(make, shift, tmp_path):
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.training import TrainConfig, train
 
     target = tmp_path / "target"
     if make != "missing":
@@ -154,7 +154,7 @@ def test_missing_or_empty_target_folder_is_a_clear_error(make, shift, tmp_path):
 def test_dann_lambda_schedule_and_gradient_reversal():
     import torch
 
-    from edgetl.adapt_train import GradientReversal, coral_loss, dann_lambda
+    from edgetl.workstation.training.adapt import GradientReversal, coral_loss, dann_lambda
 
     assert dann_lambda(0.0) == 0.0 and dann_lambda(1.0) == pytest.approx(1.0, abs=1e-4)
     assert dann_lambda(0.1) == pytest.approx(2 / (1 + np.exp(-1.0)) - 1)
@@ -202,13 +202,14 @@ def _manifest(bundle: Path, name: str = "manifest.json") -> dict:
 
 @pytest.mark.parametrize("method", ["coral", "standardize"])
 def test_device_adapt_improves_target_accuracy_and_rollback_removes_it(method, bundle, device_shift):
-    from edgetl.bundle import rollback
-    from edgetl.device.alignment import adapt
-    from edgetl.device.predictor import Predictor, evaluate_folder
+    from edgetl.device.bundle import rollback
+    from edgetl.device.alignment import AdaptConfig, adapt
+    from edgetl.device.evaluation import evaluate_folder
+    from edgetl.device.predictor import Predictor
 
     source, target = device_shift
     before = evaluate_folder(Predictor.from_bundle(bundle), target).accuracy
-    result = adapt(bundle, target, method=method, source=source, eval_dir=target)
+    result = adapt(bundle, target, AdaptConfig(method=method, source=source, eval_dir=target))
     assert result["version"] == 2 and result["n_images"] == 300 and result["source"] == "images"
     assert result["accuracy_before"] == pytest.approx(before)
     after = evaluate_folder(Predictor.from_bundle(bundle), target).accuracy  # predict uses the adapter
@@ -229,23 +230,23 @@ def test_device_methods_on_their_shift(bundle, tiny, device_shift, tmp_path):
     """CORAL recovers low contrast; per-feature standardisation recovers noise."""
     from _device_models import write_bundle
 
-    from edgetl.device.alignment import adapt
+    from edgetl.device.alignment import AdaptConfig, adapt
 
     source, target = device_shift
-    r = adapt(bundle, target, method="coral", source=source, eval_dir=target)
+    r = adapt(bundle, target, AdaptConfig(method="coral", source=source, eval_dir=target))
     assert r["accuracy_after"] >= r["accuracy_before"] + 0.3, r
     noisy = write_shifted(write_digits(tmp_path / "clean", per_class=30, seed=1), tmp_path / "noisy",
                           "gaussian_noise", 2, seed=1)
-    r = adapt(write_bundle(tmp_path / "b2", tiny), noisy, method="standardize", source=source, eval_dir=noisy)
+    r = adapt(write_bundle(tmp_path / "b2", tiny), noisy, AdaptConfig(method="standardize", source=source, eval_dir=noisy))
     assert r["accuracy_after"] >= r["accuracy_before"] + 0.1, r
 
 
 def test_adapting_twice_replaces_the_adapter(bundle, device_shift):
-    from edgetl.device.alignment import adapt
+    from edgetl.device.alignment import AdaptConfig, adapt
 
     source, target = device_shift
-    first = adapt(bundle, target, source=source, eval_dir=target)
-    second = adapt(bundle, target, source=source, eval_dir=target)
+    first = adapt(bundle, target, AdaptConfig(source=source, eval_dir=target))
+    second = adapt(bundle, target, AdaptConfig(source=source, eval_dir=target))
     assert second["version"] == 3
     assert second["accuracy_before"] == pytest.approx(first["accuracy_after"])  # the live adapter was on
     assert second["accuracy_after"] == pytest.approx(first["accuracy_after"], abs=1e-6)  # raw embeddings
@@ -253,10 +254,10 @@ def test_adapting_twice_replaces_the_adapter(bundle, device_shift):
 
 def test_source_statistics_from_the_bundle(bundle, tiny, device_shift):
     """Statistics written at package time (or a replay memory) stand in for source images."""
-    from edgetl.bundle import _OPTIONAL_PATHS, update_bundle
-    from edgetl.device.alignment import adapt, write_source_stats
+    from edgetl.device.bundle import _OPTIONAL_PATHS, update_bundle
+    from edgetl.device.alignment import AdaptConfig, adapt, write_source_stats
     from edgetl.device.predictor import Predictor
-    from edgetl.data import scan_folder
+    from edgetl.modalities.image import scan_folder
 
     source, target = device_shift
     z = Predictor.from_bundle(bundle).embed(scan_folder(source).paths)
@@ -267,7 +268,7 @@ def test_source_statistics_from_the_bundle(bundle, tiny, device_shift):
         return m
 
     update_bundle(bundle, "package-stats", add_stats)
-    r1 = adapt(bundle, target, eval_dir=target)
+    r1 = adapt(bundle, target, AdaptConfig(eval_dir=target))
     assert r1["source"] == "source_stats" and r1["accuracy_after"] >= r1["accuracy_before"] + 0.3
     if "source_stats" not in _OPTIONAL_PATHS:
         pytest.skip("bundle.py does not carry 'source_stats' across updates yet (add it to _OPTIONAL_PATHS)")
@@ -277,14 +278,14 @@ def test_source_statistics_from_the_bundle(bundle, tiny, device_shift):
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
 def test_device_adapt_bad_input_leaves_bundle_untouched(make, bundle, device_shift, tmp_path, capsys):
-    from edgetl.device.alignment import adapt
+    from edgetl.device.alignment import AdaptConfig, adapt
 
     target = tmp_path / "target"
     if make == "empty":
         target.mkdir()
     before = _manifest(bundle)
     with pytest.raises(DataError, match="no such folder" if make == "missing" else "found 0 readable image"):
-        adapt(bundle, target, source=device_shift[0])
+        adapt(bundle, target, AdaptConfig(source=device_shift[0]))
     assert main(["adapt", str(bundle), str(target), "--source", str(device_shift[0])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(target) in err
@@ -293,7 +294,7 @@ def test_device_adapt_bad_input_leaves_bundle_untouched(make, bundle, device_shi
 
 
 def test_device_adapt_without_source_statistics_says_what_to_do(bundle, device_shift):
-    from edgetl.device.alignment import adapt
+    from edgetl.device.alignment import AdaptConfig, adapt
     from edgetl.errors import RetrainError
 
     with pytest.raises(RetrainError, match="holds no source statistics.*--source DIR"):
@@ -315,24 +316,24 @@ def test_cli_adapt_json_and_table(bundle, device_shift, capsys):
 KILL_LOOP = """
 import sys
 sys.modules["torch"] = None  # the device side is torch-free; also makes the child start fast
-from edgetl.device.alignment import adapt
+from edgetl.device.alignment import AdaptConfig, adapt
 from edgetl.device.predictor import Predictor
 Predictor.from_bundle(sys.argv[1])  # imports the runtime before the clock starts
 print("ready", flush=True)
 while True:
-    adapt(sys.argv[1], sys.argv[2], source=sys.argv[3])
+    adapt(sys.argv[1], sys.argv[2], AdaptConfig(source=sys.argv[3]))
 """
 
 
 def test_device_adapt_kill_9_at_any_moment_leaves_a_working_bundle(bundle, device_shift, tmp_path):
-    from edgetl.bundle import open_bundle
-    from edgetl.device.alignment import adapt
+    from edgetl.device.bundle import open_bundle
+    from edgetl.device.alignment import AdaptConfig, adapt
     from edgetl.device.predictor import Predictor
 
     source, target = device_shift
     shutil.copytree(bundle, tmp_path / "timing")
     t0 = time.perf_counter()
-    adapt(tmp_path / "timing", target, source=source)
+    adapt(tmp_path / "timing", target, AdaptConfig(source=source))
     seconds = time.perf_counter() - t0  # kill anywhere within about three adapts
     probe = sorted(target.rglob("*.png"))[:4]
     reference = [p.label for p in Predictor.from_bundle(bundle).predict(probe)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgetl.backbones import BUILTIN, backbone_blocks, create_backbone
+from edgetl.workstation.backbones import BUILTIN, backbone_blocks, create_backbone
 from edgetl.errors import BackboneError
-from edgetl.preprocess import preprocess
+from edgetl.modalities.image import preprocess
 
 
 def test_efficientnet_lite0_carries_real_imagenet_weights():

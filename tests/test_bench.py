@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from _device_models import tiny_models, write_bundle
-from edgetl.bench import MB, RESULT_KEYS, BenchConfig, bench
+from edgetl.benchmarking import MB, RESULT_KEYS, BenchConfig, bench
 from edgetl.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ FAST = dict(warmup=2, iterations=20, repeats=1, threads=(1,))
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
-    from edgetl.data import write_digits
+    from edgetl.modalities.image import write_digits
 
     return write_digits(tmp_path_factory.mktemp("bench-data") / "data", per_class=4, seed=3)
 
@@ -40,7 +40,7 @@ def tiny_run(tmp_path_factory, tiny) -> Path:
     """A RUN directory holding the hand-made models (no model.pt, no OpenVINO int8 IR)."""
     import shutil
 
-    from edgetl.run import write_run_json
+    from edgetl.core.run import write_run_json
 
     run = tmp_path_factory.mktemp("bench-run") / "run"
     (run / "onnx").mkdir(parents=True)
@@ -58,8 +58,8 @@ def tiny_run(tmp_path_factory, tiny) -> Path:
 @pytest.fixture(scope="module")
 def torch_run(tmp_path_factory, small_data) -> Path:
     """A real RUN, small and quick: efficientnet_lite0 at 32 px, trained one epoch, exported."""
-    from edgetl.onnx_export import ExportConfig, export
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.onnx_export import ExportConfig, export
+    from edgetl.workstation.training import TrainConfig, train
 
     run = tmp_path_factory.mktemp("bench-torch") / "run"
     train(small_data, run, TrainConfig(pretrained=False, image_size=32, epochs=1, val_split=0.5))
@@ -94,7 +94,8 @@ def test_run_rows_complete_and_files_written(tiny, tiny_run, small_data, tmp_pat
             _sane(row)
             assert 0.0 <= row["accuracy"] <= 1.0 and row["accuracy_n"] == 40
     # the accuracy is the Predictor's own on the same images (evaluate_folder as the oracle)
-    from edgetl.device.predictor import Predictor, evaluate_folder
+    from edgetl.device.evaluation import evaluate_folder
+    from edgetl.device.predictor import Predictor
 
     for rt, prec, backbone in (("onnxruntime", "fp32", "onnx/backbone.onnx"), ("onnxruntime", "int8", "onnx/backbone.int8.onnx")):
         predictor = Predictor.from_files(tiny_run / backbone, tiny_run / "onnx/head.onnx", labels=tiny.labels,

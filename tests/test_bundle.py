@@ -26,21 +26,21 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from edgetl.bundle import (
+from edgetl.device.bundle import (
     FORMAT_VERSION,
     Bundle,
     extract_archive,
     open_bundle,
-    package,
     rollback,
     update_bundle,
     verify_bundle,
     write_archive,
 )
 from edgetl.cli import main
+from edgetl.workstation.packaging import PackageConfig, package
 from edgetl.errors import BundleError, RunDirError
-from edgetl.preprocess import PreprocessSpec
-from edgetl.targets import Target, load_target
+from edgetl.modalities.image import PreprocessSpec
+from edgetl.core.targets import Target, load_target
 
 REPO = Path(__file__).resolve().parent.parent
 FEATURES, LABELS, SIZE = 8, ["cat", "dog", "fox"], 32
@@ -133,7 +133,7 @@ def no_retrain(name: str) -> Target:
 
 @pytest.fixture()
 def bundle(run_dir, tmp_path) -> Path:
-    return package(run_dir, no_retrain("x86-ort-int8"), tmp_path / "bundle")
+    return package(run_dir, no_retrain("x86-ort-int8"), tmp_path / "bundle").bundle
 
 
 def manifest(root: Path, name: str = "manifest.json") -> dict:
@@ -165,7 +165,7 @@ def add_memory(payload: bytes):
 )
 def test_package_round_trip(run_dir, tmp_path, name, backbone):
     target = no_retrain(name)
-    out = package(run_dir, target, tmp_path / "b")
+    out = package(run_dir, target, tmp_path / "b").bundle
     b = open_bundle(out)
     assert isinstance(b, Bundle) and b.root == out and b.version == 1
     assert b.labels == LABELS and b.preprocess == SPEC and b.target == target
@@ -208,7 +208,7 @@ def test_accuracy_recorded(run_dir, tmp_path):
 
 
 def test_package_with_retraining_adds_training_artifacts(run_dir, tmp_path):
-    pytest.importorskip("edgetl.device.head_training")
+    pytest.importorskip("edgetl.device.learn")
     b = open_bundle(package(run_dir, "x86-ort-int8", tmp_path / "b"))
     assert b.manifest["training"] == "v1/training"
     training = b.optional_path("training")
@@ -259,13 +259,13 @@ def test_not_a_run(tmp_path):
 def test_overwrite_rules(run_dir, bundle, tmp_path):
     with pytest.raises(BundleError, match="already exists; pass --force"):
         package(run_dir, no_retrain("x86-ort-fp32"), bundle)
-    package(run_dir, no_retrain("x86-ort-fp32"), bundle, overwrite=True)
+    package(run_dir, no_retrain("x86-ort-fp32"), bundle, PackageConfig(overwrite=True))
     assert open_bundle(bundle).precision.value == "fp32"
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
     with pytest.raises(BundleError, match="not a bundle; refusing to replace it"):
-        package(run_dir, no_retrain("x86-ort-fp32"), precious, overwrite=True)
+        package(run_dir, no_retrain("x86-ort-fp32"), precious, PackageConfig(overwrite=True))
     assert (precious / "thesis.tex").read_text() == "years of work"
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -335,7 +335,7 @@ def test_symlinked_file_refused(bundle, tmp_path):
 # --- archives -----------------------------------------------------------------------------------
 
 def test_archive_round_trip(run_dir, tmp_path):
-    out = package(run_dir, no_retrain("x86-openvino-int8"), tmp_path / "b", archive=True)
+    out = package(run_dir, no_retrain("x86-openvino-int8"), tmp_path / "b", PackageConfig(archive=True))
     tar = tmp_path / "b.tar.gz"
     assert tar.is_file()
     b = open_bundle(tar)
@@ -346,8 +346,8 @@ def test_archive_round_trip(run_dir, tmp_path):
     assert open_bundle(tar, extract_to=elsewhere).root.parent.parent == elsewhere
     shutil.rmtree(out)  # the archive is still there: packaging again must not clobber it silently
     with pytest.raises(BundleError, match="b.tar.gz: already exists; pass --force"):
-        package(run_dir, no_retrain("x86-openvino-int8"), out, archive=True)
-    package(run_dir, no_retrain("x86-openvino-int8"), out, archive=True, overwrite=True)
+        package(run_dir, no_retrain("x86-openvino-int8"), out, PackageConfig(archive=True))
+    package(run_dir, no_retrain("x86-openvino-int8"), out, PackageConfig(archive=True, overwrite=True))
 
 
 def _tar_with(tmp_path: Path, add) -> Path:
@@ -533,7 +533,7 @@ def test_real_file_size_limit_in_update_leaves_old_version(bundle):
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
-        "from edgetl.bundle import update_bundle\n"
+        "from edgetl.device.bundle import update_bundle\n"
         "from edgetl.errors import BundleError\n"
         "def write(staging, m):\n"
         "    (staging / 'memory.npz').write_bytes(bytes(4 << 20))\n"
@@ -563,7 +563,7 @@ def test_concurrent_update_waits_for_the_lock(bundle):
 
 KILL_LOOP = """
 import os, sys
-from edgetl.bundle import update_bundle
+from edgetl.device.bundle import update_bundle
 
 def write(staging, m):
     n = m["version"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl.data import scan_folder, stratified_split
+from edgetl.modalities.image import scan_folder, stratified_split
 from edgetl.errors import DataError
 
 
@@ -48,7 +48,7 @@ def test_image_modes_are_accepted(small):
     Image.fromarray((np.asarray(src.convert("L"), np.uint16) * 257)).save(small / "0" / "deep.png")
     folder = scan_folder(small)
     assert not folder.skipped and len(folder.samples) == 14
-    from edgetl.preprocess import PreprocessSpec, preprocess
+    from edgetl.modalities.image import PreprocessSpec, preprocess
 
     for name in ("palette.png", "rgba.png", "cmyk.jpg", "deep.png"):
         assert preprocess(small / "0" / name, PreprocessSpec(32)).shape == (3, 32, 32)

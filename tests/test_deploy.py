@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from edgetl.bundle import package
+from edgetl.workstation.packaging import package
 from edgetl.device import Predictor, evaluate_bundle
-from edgetl.targets import list_targets
+from edgetl.core.targets import list_targets
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_every_shipped_target_round_trip(quantized_run, val_folder, tmp_path, ta
     ok, why = t.runtime_available()
     if not ok:
         pytest.skip(f"{target}: {why}")
-    bundle = package(quantized_run, target, tmp_path / "bundle")
+    bundle = package(quantized_run, target, tmp_path / "bundle").bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     predictor = Predictor.from_bundle(bundle)
     assert predictor.runtime == t.runtime.value

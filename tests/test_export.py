@@ -11,9 +11,9 @@ import torch
 
 from edgetl.cli import main
 from edgetl.errors import ExportMismatchError
-from edgetl.onnx_export import ExportConfig, export
-from edgetl.preprocess import PreprocessSpec, preprocess_batch
-from edgetl.run import load_run
+from edgetl.workstation.onnx_export import ExportConfig, export
+from edgetl.modalities.image import PreprocessSpec, preprocess_batch
+from edgetl.workstation.run import load_run
 
 
 def _val_batch(run_dir, n):
@@ -100,7 +100,7 @@ def test_all_failures_reported_together(exported_run):
     ("torchvision:resnet18", "linear-probe"),
 ])
 def test_other_architectures(digits_dir, tmp_path, backbone, strategy):
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.training import TrainConfig, train
 
     cfg = TrainConfig(backbone=backbone, pretrained=False, strategy=strategy, epochs=1, image_size=64, unfreeze=1)
     result = train(digits_dir, tmp_path / "run", cfg)

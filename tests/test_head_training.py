@@ -1,4 +1,4 @@
-"""On-device head training (edgetl.device.head_training) on real data: scikit-learn's
+"""On-device head training (edgetl.device.learn) on real data: scikit-learn's
 handwritten digits, standardised, stand in for backbone embeddings (64 features, 10
 classes). ONNX Runtime training runs for real; PyTorch is the oracle."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl.device.head_training import (
+from edgetl.device.learn import (
     LABELS_INPUT,
     HeadTrainConfig,
     epoch_batches,
@@ -71,7 +71,7 @@ def test_artifacts_load_and_have_ir_10(tmp_path):
     (adamw,) = onnx.load(str(paths["optimizer_model"])).graph.node
     assert onnx.helper.get_attribute_value(next(a for a in adamw.attribute if a.name == "adam_mode")) == 0
 
-    from edgetl.device._ort_training import training_api
+    from edgetl.device.learn.ort_shim import training_api
 
     api = training_api()
     state = api.CheckpointState.load_checkpoint(str(paths["checkpoint"]))
@@ -205,7 +205,7 @@ import sys
 sys.modules["torch"] = None  # any import of torch now raises ImportError
 from pathlib import Path
 import numpy as np
-from edgetl.device.head_training import HeadTrainConfig, make_head_onnx, make_training_artifacts, read_head, train_head
+from edgetl.device.learn import HeadTrainConfig, make_head_onnx, make_training_artifacts, read_head, train_head
 out = Path(sys.argv[1])
 data = np.load(out / "data.npz")
 make_head_onnx(data["W"], data["b"], [str(i) for i in range(10)], out / "head.onnx")
@@ -233,7 +233,7 @@ def test_shim_reuses_a_normally_imported_onnxruntime_training():
     pytest.importorskip("torch")
     code = textwrap.dedent("""
         import onnxruntime.training as real  # the full package (imports torch)
-        from edgetl.device._ort_training import artifacts_api, training_api
+        from edgetl.device.learn.ort_shim import artifacts_api, training_api
         assert training_api() is real.api and artifacts_api() is real.artifacts and hasattr(real, "optim")
         print("REUSE-OK")
     """)
@@ -245,7 +245,7 @@ def test_missing_onnxruntime_training_is_a_clear_retrain_error():
     code = textwrap.dedent("""
         import sys
         sys.modules["onnxruntime"] = None  # as on a device without ONNX Runtime
-        from edgetl.device._ort_training import training_api
+        from edgetl.device.learn.ort_shim import training_api
         from edgetl.errors import RetrainError
         try:
             training_api()

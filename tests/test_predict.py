@@ -13,10 +13,10 @@ from PIL import Image
 
 from _device_models import tiny_models, write_bundle
 from edgetl.cli import main
-from edgetl.data import scan_folder
+from edgetl.modalities.image import scan_folder
 from edgetl.device import Adapter, Prediction, Predictor, evaluate_folder
 from edgetl.errors import BundleError, ConfigError, DataError
-from edgetl.preprocess import preprocess_batch
+from edgetl.modalities.image import preprocess_batch
 
 # (runtime, precision) of each bundle under test
 VARIANTS = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "bf16")]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from edgetl.errors import DataError
-from edgetl.preprocess import Interpolation, PreprocessSpec, load_image, preprocess, preprocess_batch
+from edgetl.modalities.image import Interpolation, PreprocessSpec, load_image, preprocess, preprocess_batch
 
 SPECS = {
     "imagenet-bicubic-224": PreprocessSpec(),  # resize 256, crop 224

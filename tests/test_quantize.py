@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edgetl.errors import ConfigError, DataError, QuantizationError, RunDirError
-from edgetl.quantization import QuantizeConfig, deployed_accuracy, quantize
-from edgetl.run import read_run_json
+from edgetl.workstation.quantization import QuantizeConfig, deployed_accuracy, quantize
+from edgetl.core.run import read_run_json
 
 
 def _rows(run: Path) -> dict[tuple[str, str], dict]:
@@ -74,8 +74,8 @@ def test_fused_int8_model_is_head_of_int8_backbone(quantized_run):
     import onnx
     import onnxruntime as ort
 
-    from edgetl.preprocess import PreprocessSpec, preprocess_batch
-    from edgetl.run import Run
+    from edgetl.modalities.image import PreprocessSpec, preprocess_batch
+    from edgetl.workstation.run import Run
 
     onnx_dir = quantized_run / "onnx"
     for name in ("backbone.int8.onnx", "model.int8.onnx"):

@@ -21,17 +21,18 @@ import numpy as np
 import pytest
 
 from _device_models import FEATURES, fit_head, tiny_models, write_bundle
-from edgetl._files import hash_dir
-from edgetl.bundle import open_bundle, rollback
-from edgetl.data import scan_folder, stratified_split, write_digits
-from edgetl.device.head_training import (
+from edgetl.core.files import hash_dir
+from edgetl.device.bundle import open_bundle, rollback
+from edgetl.modalities.image import scan_folder, stratified_split, write_digits
+from edgetl.device.learn import (
     epoch_batches,
     make_head_onnx,
     make_training_artifacts,
     read_head,
 )
 from edgetl.device.memory import ReplayMemory, embed_images
-from edgetl.device.predictor import Predictor, evaluate_bundle
+from edgetl.device.evaluation import evaluate_bundle
+from edgetl.device.predictor import Predictor
 from edgetl.device.retraining import RetrainConfig, retrain
 from edgetl.errors import BundleError, ConfigError, DataError
 
@@ -162,7 +163,7 @@ def test_memory_is_bounded_deterministic_and_round_trips(tmp_path):
 
 def test_retrain_improves_a_weak_head_and_writes_a_complete_version(weak_bundle, new_data, digits_dir):
     before_v1 = open_bundle(weak_bundle).manifest
-    report = retrain(weak_bundle, new_data, epochs=30, seed=0)
+    report = retrain(weak_bundle, new_data, RetrainConfig(epochs=30, seed=0))
     assert report.switched and report.version == 2 and report.previous_version == 1
     assert report.accuracy_before < 0.3 and report.accuracy_after >= 0.8, report
     assert report.n_images == 300 and report.n_holdout == 60 and report.n_train == 240 + 200
@@ -184,7 +185,7 @@ def test_retrain_improves_a_weak_head_and_writes_a_complete_version(weak_bundle,
     z = predictor.embed(images)
     np.testing.assert_allclose(predictor.logits_from_embeddings(z), z @ W.T + b_, atol=1e-4)
     # the new training artifacts start from the new head
-    from edgetl.device._ort_training import training_api
+    from edgetl.device.learn.ort_shim import training_api
 
     state = training_api().CheckpointState.load_checkpoint(str(weak_bundle / "v2/training/checkpoint"))
     assert np.array_equal(state.parameters["head.weight"].data, W)
@@ -198,7 +199,7 @@ def test_rollback_restores_predictions_exactly(weak_bundle, new_data, digits_dir
     images = [str(p) for p in sorted(scan_folder(digits_dir).paths)[::25]]
     old = predictions(weak_bundle, images)
     manifest_v1 = (weak_bundle / "manifest.json").read_bytes()
-    retrain(weak_bundle, new_data, epochs=10)
+    retrain(weak_bundle, new_data, RetrainConfig(epochs=10))
     new = predictions(weak_bundle, images)
     assert new != old
     restored = rollback(weak_bundle)
@@ -218,7 +219,7 @@ def test_new_classes_grow_the_head_and_the_memory(tmp_path, tiny, digits_dir):
     head = (W.astype(np.float32), b.astype(np.float32), DIGITS[:8])
     bundle = retrainable_bundle(tmp_path / "bundle", tiny, old, head=head)
 
-    report = retrain(bundle, device, epochs=40)
+    report = retrain(bundle, device, RetrainConfig(epochs=40))
     assert report.switched and report.new_classes == ["8", "9"] and report.labels == DIGITS
     assert report.groups["new"]["before"] == 0.0 and report.groups["new"]["after"] > 0.6, report.groups
     assert report.n_holdout_memory == 8 * 4  # 20% of 20 memory rows of each old class
@@ -276,7 +277,7 @@ def test_retrain_level_matches_pytorch_oracle(tmp_path, tiny, new_data):
 def test_worse_head_is_not_shipped_unless_forced(good_bundle, new_data, monkeypatch):
     from edgetl.device import retraining
 
-    real = retraining.train_head
+    real = retraining.fit_head
 
     def scrambled(*args, export_path=None, **kwargs):  # a trainer that makes things worse
         result = real(*args, export_path=export_path, **kwargs)
@@ -284,19 +285,19 @@ def test_worse_head_is_not_shipped_unless_forced(good_bundle, new_data, monkeypa
         make_head_onnx(np.roll(W, 1, axis=0), np.roll(b, 1), labels, export_path)
         return result
 
-    monkeypatch.setattr(retraining, "train_head", scrambled)
+    monkeypatch.setattr(retraining, "fit_head", scrambled)
     digest = tree_digest(good_bundle)
-    report = retrain(good_bundle, new_data, epochs=3)
+    report = retrain(good_bundle, new_data, RetrainConfig(epochs=3))
     assert not report.switched and report.version == 1 and "unchanged" in report.reason
     assert report.accuracy_after < report.accuracy_before
     assert tree_digest(good_bundle) == digest
-    forced = retrain(good_bundle, new_data, epochs=3, force=True)
+    forced = retrain(good_bundle, new_data, RetrainConfig(epochs=3, force=True))
     assert forced.switched and forced.forced and open_bundle(good_bundle).history[-1]["forced"] is True
 
 
 def test_a_head_no_better_than_the_current_one_is_not_shipped(good_bundle, new_data):
     digest = tree_digest(good_bundle)
-    report = retrain(good_bundle, new_data, epochs=2, lr=5.0)  # every step overshoots
+    report = retrain(good_bundle, new_data, RetrainConfig(epochs=2, lr=5.0))  # every step overshoots
     assert not report.switched and report.best_epoch == 0 and "no epoch improved" in report.reason
     assert report.accuracy_after == report.accuracy_before and tree_digest(good_bundle) == digest
 
@@ -334,7 +335,7 @@ def test_bad_input_is_refused_and_the_bundle_is_untouched(tmp_path, tiny, new_da
                 "corrupt_strict": (DataError, "corrupt0.png"), "tampered": (BundleError, "SHA-256"),
                 "bad_option": (ConfigError, "holdout")}[case]
     with pytest.raises(expected[0], match=expected[1]):
-        retrain(bundle, data, epochs=2, strict=case == "corrupt_strict", holdout=1.5 if case == "bad_option" else 0.2)
+        retrain(bundle, data, RetrainConfig(epochs=2, strict=case == "corrupt_strict", holdout=1.5 if case == "bad_option" else 0.2))
     assert tree_digest(bundle) == digest
 
 
@@ -343,14 +344,14 @@ def test_corrupt_files_are_skipped_and_counted(good_bundle, tmp_path, new_data):
     shutil.copytree(new_data, data)
     _corrupt(data / "2", 2)
     (data / "5" / "notes.txt").write_text("not an image")
-    report = retrain(good_bundle, data, epochs=3, force=True)  # the switch is not what is tested here
+    report = retrain(good_bundle, data, RetrainConfig(epochs=3, force=True))  # the switch is not what is tested here
     assert report.switched and report.n_images == 300 and len(report.skipped) == 3
     assert {Path(s["file"]).name for s in report.skipped} == {"corrupt0.png", "corrupt1.png", "notes.txt"}
 
 
 def test_one_known_class_with_memory_is_fine(good_bundle, tmp_path, new_data):
     shutil.copytree(new_data / "7", tmp_path / "data" / "7")
-    report = retrain(good_bundle, tmp_path / "data", epochs=5)
+    report = retrain(good_bundle, tmp_path / "data", RetrainConfig(epochs=5))
     assert report.n_images == 30 and report.n_holdout_memory == 9 * 4 and report.n_holdout == 6 + 36
 
 
@@ -366,7 +367,7 @@ def test_disk_full_or_permission_error_keeps_the_old_version(good_bundle, new_da
 
     monkeypatch.setattr(retraining.shutil, "copytree", fail)  # while writing the new version folder
     with pytest.raises(BundleError, match="still live") as info:
-        retrain(good_bundle, new_data, epochs=2, force=True)
+        retrain(good_bundle, new_data, RetrainConfig(epochs=2, force=True))
     assert os.strerror(error) in str(info.value)
     assert open_bundle(good_bundle, verify=True).version == 1 and predictions(good_bundle, images) == old
     assert not any(p.name.startswith(".staging-") or p.name == "v2" for p in good_bundle.iterdir())
@@ -393,7 +394,7 @@ def test_predictors_see_one_consistent_version_during_retrains(good_bundle, new_
     thread.start()
     try:
         for seed in range(3):
-            report = retrain(good_bundle, new_data, epochs=3, seed=seed, force=True)
+            report = retrain(good_bundle, new_data, RetrainConfig(epochs=3, seed=seed, force=True))
             seen[report.version] = predictions(good_bundle, images)
     finally:
         stop.set()
@@ -409,15 +410,15 @@ def test_predictors_see_one_consistent_version_during_retrains(good_bundle, new_
 _CHILD = r"""
 import json, sys
 sys.modules["torch"] = None  # torch-free, and 4 s faster to start (onnxruntime imports torch if it can)
-from edgetl.device.retraining import retrain
+from edgetl.device.retraining import RetrainConfig, retrain
 from edgetl.device.predictor import Predictor
-from edgetl.device._ort_training import training_api, artifacts_api
+from edgetl.device.learn.ort_shim import training_api, artifacts_api
 training_api(); artifacts_api()
 bundle, data, images, seed = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 print("READY", flush=True)
 sys.stdin.readline()
 while True:
-    report = retrain(bundle, data, epochs=2, patience=0, force=True, seed=seed, verify=False)
+    report = retrain(bundle, data, RetrainConfig(epochs=2, patience=0, force=True, seed=seed, verify=False))
     preds = [(p.label, p.score) for p in Predictor.from_bundle(bundle, verify=False).predict(images)]
     print("COMMIT", report.version, json.dumps(preds), flush=True)
     seed += 1
@@ -474,7 +475,7 @@ def test_kill_9_at_random_moments_never_breaks_the_bundle(tmp_path, tiny, digits
     elapsed = time.monotonic() - started
     # the loop really moved the bundle on, and the next update cleans up after the kills
     assert max(known) >= 3, known.keys()
-    report = retrain(bundle, data, epochs=2, force=True)
+    report = retrain(bundle, data, RetrainConfig(epochs=2, force=True))
     leftovers = [p.name for p in bundle.iterdir() if p.name.startswith(".staging-")]
     assert report.switched and not leftovers
     print(f"kill -9: {trials} trials in {elapsed:.1f} s, {moved} moved the bundle on, {len(known)} versions seen, "
@@ -537,10 +538,10 @@ def _unseen_digits(out: Path, classes, exclude: Path, per_class: int) -> Path:
 def bundle_0_7(tmp_path_factory, digits_0_7) -> dict:
     """The real pipeline on digits 0-7: linear probe at 128 px, export, int8 (the project's
     quantize if present, else ORT static QDQ here), packaged for an int8 retraining target."""
-    from edgetl.bundle import package
-    from edgetl.onnx_export import export
-    from edgetl.targets import load_target
-    from edgetl.training import TrainConfig, train
+    from edgetl.workstation.packaging import package
+    from edgetl.workstation.onnx_export import export
+    from edgetl.core.targets import load_target
+    from edgetl.workstation.training import TrainConfig, train
 
     from conftest import IMAGE_SIZE
 
@@ -548,7 +549,7 @@ def bundle_0_7(tmp_path_factory, digits_0_7) -> dict:
     run_dir = train(digits_0_7, root / "run", TrainConfig(image_size=IMAGE_SIZE)).run_dir
     export(run_dir)
     try:
-        from edgetl.quantization import QuantizeConfig, quantize
+        from edgetl.workstation.quantization import QuantizeConfig, quantize
     except ImportError:  # the quantize stage not installed: int8 by ORT static QDQ, as the device tests do
         quantize = None
     if quantize is not None:
@@ -557,8 +558,8 @@ def bundle_0_7(tmp_path_factory, digits_0_7) -> dict:
         how = "edgetl.quantize (ORT)"
     else:
         from _device_models import quantize_qdq
-        from edgetl.preprocess import PreprocessSpec, preprocess_batch
-        from edgetl.run import read_run_json
+        from edgetl.modalities.image import PreprocessSpec, preprocess_batch
+        from edgetl.core.run import read_run_json
 
         info = read_run_json(run_dir)
         calib = [Path(info["data_root"]) / p for p in info["split"]["train"][::4]]
@@ -567,7 +568,7 @@ def bundle_0_7(tmp_path_factory, digits_0_7) -> dict:
         how = "ORT static QDQ (tests)"
     target = load_target("x86-ort-int8")
     assert target.retraining
-    bundle = package(run_dir, target, root / "bundle")
+    bundle = package(run_dir, target, root / "bundle").bundle
     return {"bundle": bundle, "run": run_dir, "quantized_by": how}
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from _device_models import tiny_models
-from edgetl.device.runtimes import RUNTIMES, Session, available_runtimes, load_session, runtime_version
+from edgetl.runtimes import RUNTIMES, Session, available_runtimes, load_session, runtime_version
 from edgetl.errors import BundleError, ConfigError, RuntimeUnavailableError
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from edgetl.cli import main
 from edgetl.errors import TargetError
-from edgetl.targets import Arch, Precision, Runtime, Target, list_targets, load_target, target_names
+from edgetl.core.targets import Arch, Precision, Runtime, Target, list_targets, load_target, target_names
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED_SHIPPED = {
@@ -241,7 +241,7 @@ def test_wheel_ships_targets(tmp_path):
         [sys.executable, "-m", "pip", "install", str(wheel), "--no-deps", "-q", "--target", str(site)],
         check=True, capture_output=True, cwd=tmp_path, timeout=300,
     )
-    code = "import edgetl.targets as t; print(t._shipped_dir()); print(','.join(t.target_names()))"
+    code = "import edgetl.core.targets as t; print(t._shipped_dir()); print(','.join(t.target_names()))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=120).stdout.split("\n")
     assert Path(out[0]) == site / "edgetl" / "_targets"

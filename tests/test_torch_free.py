@@ -17,9 +17,9 @@ import edgetl
 from _device_models import tiny_models, write_bundle
 
 REPO = Path(edgetl.__file__).resolve().parent.parent
-DEVICE_MODULES = ["edgetl", "edgetl.device", "edgetl.bundle", "edgetl.targets", "edgetl.preprocess", "edgetl.cli",
+DEVICE_MODULES = ["edgetl", "edgetl.device", "edgetl.device.bundle", "edgetl.core.targets", "edgetl.modalities.image", "edgetl.cli",
                   "edgetl.device.retraining", "edgetl.device.memory", "edgetl.device.alignment",
-                  "edgetl.device.head_training", "edgetl.corruptions", "edgetl.bench"]
+                  "edgetl.device.learn", "edgetl.modalities.corruptions", "edgetl.benchmarking"]
 DEVICE_COMMANDS = ["predict", "targets", "evaluate", "retrain", "rollback", "adapt", "bench", "package"]
 HEAVY = ("torch", "timm", "torchvision")
 
@@ -60,7 +60,7 @@ def test_device_modules_import_without_torch(blocked_env, tmp_path):
         "import importlib, sys\n"
         f"for m in {present!r}: importlib.import_module(m)\n"
         "import edgetl.cli; edgetl.cli.build_parser()\n"
-        "from edgetl import Predictor; from edgetl.device.runtimes import _ort, _openvino\n"
+        "from edgetl import Predictor; from edgetl.runtimes import ort, ov\n"
         "import onnxruntime, openvino\n"  # the runtimes themselves need no torch
         "print('ok', sys.modules['torch'])\n"
     )
@@ -104,7 +104,7 @@ def test_importing_the_device_side_loads_no_torch(tmp_path):
         "import importlib, sys\n"
         f"for m in {present!r}: importlib.import_module(m)\n"
         "import edgetl.cli; edgetl.cli.build_parser()\n"
-        "import edgetl.device.predictor, edgetl.device.runtimes\n"
+        "import edgetl.device.predictor, edgetl.runtimes\n"
         f"print([m for m in {list(HEAVY)!r} if m in sys.modules])\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))

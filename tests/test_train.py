@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from edgetl.training import TrainConfig, train
+from edgetl.workstation.training import TrainConfig, train
 
 SMALL = dict(image_size=64, epochs=3, batch_size=32)
 
@@ -32,7 +32,7 @@ def test_run_directory_is_complete(probe_run):
 
 
 def test_linear_probe_runs_backbone_once_per_image(digits_dir, tmp_path, monkeypatch):
-    import edgetl.training as tr
+    import edgetl.workstation.training as tr
 
     seen = {"images": 0}
     real_create = tr.create_backbone
@@ -58,7 +58,7 @@ def test_same_seed_same_result(digits_dir, tmp_path):
 
 
 def test_finetune_unfreezes_only_last_blocks(digits_dir, tmp_path):
-    from edgetl.backbones import backbone_blocks, create_backbone
+    from edgetl.workstation.backbones import backbone_blocks, create_backbone
 
     cfg = TrainConfig(strategy="finetune", unfreeze=1, epochs=1, image_size=64, batch_size=32)
     result = train(digits_dir, tmp_path / "ft", cfg)

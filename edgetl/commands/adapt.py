@@ -53,15 +53,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..device.alignment import adapt
+    from edgetl.core import ui as _ui
+    from edgetl.device.alignment import AdaptConfig, adapt
 
     if args.json:
         _ui.quiet()
-    result = adapt(args.bundle, args.unlabelled, method=args.method, shrinkage=args.shrinkage,
-                   source=args.source, eval_dir=args.eval)
+    result = adapt(args.bundle, args.unlabelled, AdaptConfig(method=args.method, shrinkage=args.shrinkage,
+                                                             source=args.source, eval_dir=args.eval))
     if args.json:
-        _ui.print_json(result)
+        _ui.print_json(result.to_dict())
         return 0
     if args.eval:
         _ui.print_table(f"{result['method']} on {result['n_images']} image(s)", ["", "accuracy"],

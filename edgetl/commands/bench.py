@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import int_list, non_negative_int, positive_float, positive_int, str_list
+from edgetl.commands._args import int_list, non_negative_int, positive_float, positive_int, str_list
 
 HELP = "latency, throughput, memory, size and accuracy per runtime and precision"
 DESCRIPTION = """\
@@ -72,7 +72,7 @@ def print_results(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .._env import machine_name
+    from edgetl.benchmarking.environment import machine_name
 
     has_target = any(r.get("target") for r in report.results)
     table = Table(title=f"edgetl bench · {machine_name(report.environment)}", title_justify="left")
@@ -105,8 +105,8 @@ def print_results(report) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..bench import BenchConfig, bench
+    from edgetl.core import ui as _ui
+    from edgetl.benchmarking import BenchConfig, bench
 
     if args.json == "-":
         _ui.quiet()

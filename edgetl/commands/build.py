@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import fraction, positive_float, positive_int
-from .train import _unfreeze
+from edgetl.commands._args import fraction, positive_float, positive_int
+from edgetl.commands.train import _unfreeze
 
 HELP = "images to a deployed, benchmarked bundle in one command (train, export, quantize, package, bench)"
 DESCRIPTION = """\
@@ -50,27 +50,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..bench import BenchConfig
-    from ..pipeline import build, summary_rows
-    from ..onnx_export import ExportConfig
-    from ..quantization import QuantizeConfig
-    from ..targets import load_target
-    from ..training import TrainConfig
+    from edgetl.core import ui as _ui
+    from edgetl.benchmarking import BenchConfig
+    from edgetl.workstation.pipeline import BuildConfig, build, summary_rows
+    from edgetl.workstation.onnx_export import ExportConfig
+    from edgetl.workstation.quantization import QuantizeConfig
+    from edgetl.core.targets import load_target
+    from edgetl.workstation.training import TrainConfig
 
     if args.json:
         _ui.quiet()
     target = load_target(args.target)
-    result = build(
-        args.data, target, args.out, run_dir=args.run,
-        train_config=TrainConfig(backbone=args.backbone, strategy=args.strategy, unfreeze=args.unfreeze,
-                                 epochs=args.epochs, lr=args.lr, val_split=args.val_split,
-                                 image_size=args.image_size, seed=args.seed),
-        export_config=ExportConfig(exporter=args.exporter, opset=18 if args.exporter == "dynamo" else 17),
-        quantize_config=QuantizeConfig(max_drop=args.max_drop),
-        bench_config=BenchConfig(duration=args.duration, repeats=2) if args.bench else None,
-        bench=args.bench, archive=args.archive, overwrite=args.force,
-    )
+    result = build(args.data, target, args.out, BuildConfig(
+        run_dir=args.run,
+        train=TrainConfig(backbone=args.backbone, strategy=args.strategy, unfreeze=args.unfreeze,
+                          epochs=args.epochs, lr=args.lr, val_split=args.val_split,
+                          image_size=args.image_size, seed=args.seed),
+        export=ExportConfig(exporter=args.exporter, opset=18 if args.exporter == "dynamo" else 17),
+        quantize=QuantizeConfig(max_drop=args.max_drop),
+        bench=BenchConfig(duration=args.duration, repeats=2) if args.bench else None,
+        run_bench=args.bench, archive=args.archive, overwrite=args.force,
+    ))
     if args.json:
         _ui.print_json(result.to_dict())
         return 0

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from .. import _ui
-    from ..demo import DemoConfig, run_demo
+    from edgetl.core import ui as _ui
+    from edgetl.workstation.demo import DemoConfig, run_demo
 
     if args.json:
         _ui.quiet()

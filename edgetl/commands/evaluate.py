@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import positive_int
+from edgetl.commands._args import positive_int
 
 HELP = "accuracy of a RUN or a bundle on a labelled image folder"
 DESCRIPTION = """\
@@ -37,14 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .. import _ui
-    from ..errors import RunDirError
+    from edgetl.core import ui as _ui
+    from edgetl.errors import RunDirError
 
     if args.json:
         _ui.quiet()
     model = Path(args.model)
     if (model / "run.json").is_file():
-        from ..evaluation import evaluate_run  # workstation side: torch
+        from edgetl.workstation.evaluation import evaluate_run  # workstation side: torch
 
         kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
         report = evaluate_run(model, args.data, **kwargs)
@@ -53,15 +53,15 @@ def run(args: argparse.Namespace) -> int:
         raise RunDirError(f"{model}: neither a RUN directory (no run.json) nor a bundle (no manifest.json); "
                           "pass a folder made by 'edgetl train' or 'edgetl package'")
     else:  # a bundle folder or its .tar.gz
-        from ..device.predictor import evaluate_bundle
+        from edgetl.device.evaluation import EvaluateConfig, evaluate_bundle
 
-        report = evaluate_bundle(model, args.data, batch_size=args.batch_size, verify=args.verify,
-                                 runtime=args.runtime)
+        report = evaluate_bundle(model, args.data, EvaluateConfig(batch_size=args.batch_size, verify=args.verify,
+                                                                  runtime=args.runtime))
         labels = report["labels"]
     for item in report.get("errors", []):
         _ui.warn(f"{item['file']}: {item['error']}")
     if args.json:
-        _ui.print_json(report)
+        _ui.print_json(report.to_dict())
     else:
         counts = {}
         if report.get("confusion") is not None:
@@ -75,20 +75,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_labels(run_dir) -> list[str]:
-    from ..run import read_run_json
+    from edgetl.core.run import read_run_json
 
     return list(read_run_json(run_dir)["labels"])
 
 
-def _plot(report: dict, labels: list[str], path: str) -> None:
-    from .. import _ui
+def _plot(report, labels: list[str], path: str) -> None:
+    from edgetl.core import ui as _ui
 
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         _ui.warn(f"matplotlib is not installed, so no plot was written to {path} (pip install matplotlib)")
         return
-    from ..evaluation import plot_confusion  # torch-free; matplotlib is imported inside
+    from edgetl.device.evaluation import plot_confusion  # matplotlib is imported inside
 
     plot_confusion(report, labels, path)
     _ui.info(f"confusion matrix written to {path}")

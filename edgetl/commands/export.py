@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import positive_int
+from edgetl.commands._args import positive_int
 
 HELP = "export a trained RUN to ONNX (backbone, head, fused model) and OpenVINO IR, validated"
 DESCRIPTION = """\
@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..onnx_export import ExportConfig, export
+    from edgetl.core import ui as _ui
+    from edgetl.workstation.onnx_export import ExportConfig, export
 
     if args.json:
         _ui.quiet()

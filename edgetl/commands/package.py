@@ -37,21 +37,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..bundle import open_bundle, package
+    from edgetl.core import ui as _ui
+    from edgetl.device.bundle import open_bundle
+    from edgetl.workstation.packaging import PackageConfig, package
 
     if args.json:
         _ui.quiet()
-    out = package(args.run, args.target, args.out, archive=args.archive, overwrite=args.force)
-    bundle = open_bundle(out, verify=False)  # just written and hashed
-    m = bundle.manifest
-    archive = str(out.with_name(out.name + ".tar.gz")) if args.archive else None
+    report = package(args.run, args.target, args.out, PackageConfig(archive=args.archive, overwrite=args.force))
+    out = report.bundle
+    m = open_bundle(out, verify=False).manifest  # just written and hashed
+    archive = str(report.archive) if report.archive else None
     accuracy = m.get("accuracy") or {}
     if args.json:
-        _ui.print_json({
-            "bundle": str(out), "archive": archive, "version": bundle.version, "target": m["target"]["name"],
-            "runtime": m["runtime"], "precision": m["precision"], "files": m["files"], "accuracy": m.get("accuracy"),
-        })
+        _ui.print_json(report.to_dict())
         return 0
     rows = [[rel, _size(entry["bytes"]), entry["sha256"][:12]] for rel, entry in sorted(m["files"].items())]
     title = (f"{out}: target {m['target']['name']} ({m['runtime']}, {m['precision']}), {len(m['labels'])} labels, "

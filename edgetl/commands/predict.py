@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import positive_int
+from edgetl.commands._args import positive_int
 
 HELP = "classify images with a bundle (torch-free)"
 DESCRIPTION = """\
@@ -36,15 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..device.predictor import Predictor, expand_inputs
+    from edgetl.core import ui as _ui
+    from edgetl.device.predictor import PredictConfig, expand_inputs, predict
 
     if args.json:
         _ui.quiet()
-    predictor = Predictor.from_bundle(args.bundle, verify=args.verify, runtime=args.runtime, threads=args.threads)
     files = expand_inputs(args.files)
-    predictions = predictor.predict([str(f) for f in files], top_k=args.top_k, batch_size=args.batch_size)
-    failed = [p for p in predictions if not p.ok]
+    report = predict(args.bundle, [str(f) for f in files], PredictConfig(
+        top_k=args.top_k, batch_size=args.batch_size, runtime=args.runtime, threads=args.threads, verify=args.verify))
+    predictions, failed = report.predictions, report.failed
     if args.json:
         _ui.print_json([p.to_dict() for p in predictions])
     else:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             if args.top_k > 1:
                 row.append(", ".join(f"{lab} {s:.3f}" for lab, s in p.top_k))
             rows.append(row)
-        title = f"{len(predictions)} image(s), {predictor.runtime} {predictor.precision_executed}"
+        title = f"{len(predictions)} image(s), {report.runtime} {report.precision_executed}"
         _ui.print_table(title, columns, rows)
     for p in failed:
         print(f"edgetl predict: {p.error}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import fraction, non_negative_int, positive_int
+from edgetl.commands._args import fraction, non_negative_int, positive_int
 
 HELP = "quantize an exported RUN's backbone to int8 (ONNX Runtime QDQ, NNCF for OpenVINO), within an accuracy budget"
 DESCRIPTION = """\
@@ -59,7 +59,7 @@ def _pct(value):
 
 
 def _print(report: dict) -> None:
-    from .. import _ui
+    from edgetl.core import ui as _ui
 
     rows = [(r["runtime"], r["precision"], r["precision_executed"], _pct(r["fp32_accuracy"]), _pct(r["accuracy"]),
              _pct(r["drop"]), _pct(r["agreement"]), r["size_mb"], r["size_ratio"], len(r.get("fp32_nodes", [])))
@@ -77,9 +77,9 @@ def _print(report: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..errors import QuantizationError
-    from ..quantization import QuantizeConfig, quantize
+    from edgetl.core import ui as _ui
+    from edgetl.errors import QuantizationError
+    from edgetl.workstation.quantization import QuantizeConfig, quantize
 
     if args.json:
         _ui.quiet()

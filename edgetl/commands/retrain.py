@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import fraction, non_negative_int, positive_float, positive_int
+from edgetl.commands._args import fraction, non_negative_int, positive_float, positive_int
 
 HELP = "retrain a bundle's head on the device from labelled images (torch-free)"
 DESCRIPTION = """\
@@ -47,23 +47,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="holdout split, batch order, memory (default: 0)")
     p.add_argument("--strict", action="store_true", help="refuse DATA with unreadable files instead of skipping them")
     p.add_argument("--force", action="store_true", help="switch to the new head even if holdout accuracy drops")
+    p.add_argument("--trainer", choices=["auto", "ort", "numpy"], default="auto",
+                   help="who takes the AdamW steps: ONNX Runtime training artifacts (ort), numpy (exactly the same "
+                        "update, for devices without onnxruntime-training), or auto: ort where installed "
+                        "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip checking the bundle's file hashes first")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..device.retraining import RetrainConfig, retrain
+    from edgetl.core import ui as _ui
+    from edgetl.device.retraining import RetrainConfig, retrain
 
     if args.json:
         _ui.quiet()
     config = RetrainConfig(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, holdout=args.holdout, patience=args.patience,
         memory_per_class=args.memory_per_class, seed=args.seed, strict=args.strict, force=args.force,
-        verify=args.verify,
+        verify=args.verify, trainer=args.trainer,
     )
-    report = retrain(args.bundle, args.data, config=config)
+    report = retrain(args.bundle, args.data, config)
     if args.json:
         _ui.print_json(report.to_dict())
     else:
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         new = ", ".join(report.new_classes) or "none"
         _ui.info(f"{report.n_images} image(s) embedded in {report.seconds.get('embed', 0):.1f} s "
                  f"({len(report.skipped)} skipped), {report.n_train} training rows with the replay memory, "
-                 f"{report.epochs} epoch(s) (best {report.best_epoch}, lr {report.lr:.3g}) in {report.seconds.get('train', 0):.1f} s; "
+                 f"{report.epochs} epoch(s) (best {report.best_epoch}, lr {report.lr:.3g}, {report.trainer} trainer) "
+                 f"in {report.seconds.get('train', 0):.1f} s; "
                  f"new classes: {new}")
     if not report.switched:
         print(f"edgetl retrain: {report.reason}", file=sys.stderr)

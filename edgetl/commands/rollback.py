@@ -25,16 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..bundle import rollback
+    from edgetl.core import ui as _ui
+    from edgetl.device.bundle import rollback
 
     if args.json:
         _ui.quiet()
-    bundle = rollback(args.bundle)
-    from_version = bundle.history[-1].get("from_version")
+    report = rollback(args.bundle)
     if args.json:
-        _ui.print_json({"bundle": str(bundle.root), "version": bundle.version, "from_version": from_version,
-                        "history": bundle.history})
+        _ui.print_json(report.to_dict())
     else:
-        _ui.info(f"{bundle.root}: rolled back from version {from_version} to version {bundle.version}")
+        _ui.info(f"{report.bundle}: rolled back from version {report.from_version} to version {report.version}")
     return 0

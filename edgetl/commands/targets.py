@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..targets import list_targets, load_target
+    from edgetl.core import ui as _ui
+    from edgetl.core.targets import list_targets, load_target
 
     if args.json:
         _ui.quiet()

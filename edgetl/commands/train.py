@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import fraction, non_negative_int, positive_float, positive_int
+from edgetl.commands._args import fraction, non_negative_int, positive_float, positive_int
 
 HELP = "train a classifier on an image folder with a pretrained backbone"
 DESCRIPTION = """\
@@ -67,8 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _ui
-    from ..training import TrainConfig, train
+    from edgetl.core import ui as _ui
+    from edgetl.workstation.training import TrainConfig, train
 
     if args.json:
         _ui.quiet()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .predictor import Adapter, Evaluation, Prediction, Predictor, evaluate_bundle, evaluate_folder
-from .runtimes import Session, available_runtimes, load_session
+from edgetl.device.evaluation import EvaluateConfig, EvaluateReport, Evaluation, evaluate_bundle, evaluate_folder
+from edgetl.device.predictor import Adapter, PredictConfig, Prediction, Predictor, PredictReport, predict
+from edgetl.runtimes import Session, available_runtimes, load_session
 
 # Retraining and adaptation live in their own modules, loaded on first use.
 _LAZY = {
@@ -21,13 +22,22 @@ _LAZY = {
     "RetrainConfig": "edgetl.device.retraining",
     "RetrainReport": "edgetl.device.retraining",
     "adapt": "edgetl.device.alignment",
+    "AdaptConfig": "edgetl.device.alignment",
+    "AdaptReport": "edgetl.device.alignment",
+    "rollback": "edgetl.device.bundle",
+    "RollbackReport": "edgetl.device.bundle",
 }
 
 __all__ = [
     "Predictor",
     "Prediction",
+    "predict",
+    "PredictConfig",
+    "PredictReport",
     "Adapter",
     "Evaluation",
+    "EvaluateConfig",
+    "EvaluateReport",
     "evaluate_folder",
     "evaluate_bundle",
     "Session",

@@ -25,7 +25,6 @@ live adapter is not applied), so adapting twice replaces the adapter, never stac
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -35,29 +34,35 @@ from typing import Any
 
 import numpy as np
 
-from ..data import check_image, find_images
-from ..errors import BundleError, ConfigError, DataError, RetrainError
-from ..preprocess import IMAGE_SUFFIXES
+from edgetl.modalities.image import check_image, find_images
+from edgetl.core.registry import Registry
+from edgetl.core.report import Report
+from edgetl.errors import BundleError, ConfigError, DataError, RetrainError
+from edgetl.modalities.image import IMAGE_SUFFIXES
 
 __all__ = [
     "AlignMethod",
     "SourceStats",
     "adapt",
+    "AdaptConfig",
+    "AdaptReport",
     "coral_map",
     "standardize_map",
     "list_unlabelled",
     "source_stats",
     "write_source_stats",
     "SOURCE_STATS",
+    "ADAPTERS",
 ]
 
 SOURCE_STATS = "source_stats.npz"
 ADAPTER = "adapter.npz"
-_MEMORY_KEYS = ("embeddings", "features", "X", "z")  # raw embeddings in a replay memory
 MIN_IMAGES = 2
 
 
 class AlignMethod(str, Enum):
+    """The registered methods (:data:`ADAPTERS`), as an enum for configs."""
+
     CORAL = "coral"
     STANDARDIZE = "standardize"
 
@@ -127,12 +132,10 @@ def _read_stats(path: Path) -> SourceStats:
 
 
 def _read_memory(path: Path) -> SourceStats | None:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            key = next((k for k in _MEMORY_KEYS if k in f.files), None)
-            return SourceStats.from_embeddings(f[key]) if key else None
-    except (OSError, ValueError, ConfigError):
-        return None
+    from edgetl.device.memory import ReplayMemory
+
+    memory = ReplayMemory.load(path)  # raw embeddings, as this module expects
+    return SourceStats.from_embeddings(memory.embeddings) if len(memory) >= MIN_IMAGES else None
 
 
 def _shrink(cov: np.ndarray, n: int, shrinkage: float | None) -> np.ndarray:
@@ -169,6 +172,12 @@ def standardize_map(source: np.ndarray | SourceStats, target: np.ndarray) -> tup
     return np.diag(scale), s.mean - scale * t.mean
 
 
+# name -> fit(source stats, target embeddings, *, shrinkage) -> (A, b); the CLI's --method choices
+ADAPTERS: Registry[Any] = Registry("adaptation method", ConfigError)
+ADAPTERS.register("coral", coral_map)
+ADAPTERS.register("standardize", lambda source, target, *, shrinkage=None: standardize_map(source, target))
+
+
 # --------------------------------------------------------------------------- the bundle
 
 
@@ -194,7 +203,7 @@ def _accuracy(predictor: Any, z_raw: np.ndarray, y: np.ndarray, adapter: Any) ->
 
 
 def _eval_set(predictor: Any, folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    from ..data import scan_folder
+    from edgetl.modalities.image import scan_folder
 
     ev = scan_folder(folder, min_classes=1)
     index = {label: i for i, label in enumerate(predictor.labels)}
@@ -206,20 +215,48 @@ def _eval_set(predictor: Any, folder: str | os.PathLike) -> tuple[np.ndarray, np
     return predictor.embed(ev.paths, adapted=False), y
 
 
-def adapt(bundle_path: str | os.PathLike, unlabelled_dir: str | os.PathLike, *,
-          method: AlignMethod | str = AlignMethod.CORAL, shrinkage: float | None = None,
-          source: str | os.PathLike | None = None, eval_dir: str | os.PathLike | None = None,
-          verify: bool = True) -> dict[str, Any]:
-    """Fit a feature alignment from ``unlabelled_dir`` to the source domain and make it live
-    in a new bundle version. Returns ``{"method", "n_images", "version", "source",
-    "accuracy_before", "accuracy_after"}`` (accuracies on ``eval_dir``, else None)."""
-    from ..bundle import update_bundle
-    from .predictor import Adapter, Predictor
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Options of :func:`adapt` (the CLI builds the same object)."""
 
-    try:
-        method = AlignMethod(getattr(method, "value", method))
-    except ValueError:
-        raise ConfigError(f"unknown alignment method {method!r}; choose coral or standardize") from None
+    method: AlignMethod = AlignMethod.CORAL
+    shrinkage: float | None = None  # coral: toward the diagonal; None: d / (n + d)
+    source: str | os.PathLike | None = None  # source-domain images, when the bundle has no statistics
+    eval_dir: str | os.PathLike | None = None  # labelled target images: accuracy before and after
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "method", AlignMethod(getattr(self.method, "value", self.method)))
+        except ValueError:
+            raise ConfigError(f"unknown alignment method {self.method!r}; choose "
+                              f"{' or '.join(ADAPTERS.names())}") from None
+        if self.shrinkage is not None and not 0.0 <= self.shrinkage <= 1.0:
+            raise ConfigError(f"shrinkage must be in [0, 1], got {self.shrinkage}")
+
+
+@dataclass(frozen=True)
+class AdaptReport(Report):
+    """What :func:`adapt` did; accuracies are on ``eval_dir`` (None without one)."""
+
+    method: str
+    n_images: int
+    source: str  # where the source statistics came from: source_stats | memory | images
+    accuracy_before: float | None
+    accuracy_after: float | None
+    version: int
+    bundle: str
+
+
+def adapt(bundle_path: str | os.PathLike, unlabelled_dir: str | os.PathLike,
+          config: AdaptConfig | None = None) -> AdaptReport:
+    """Fit a feature alignment from ``unlabelled_dir`` to the source domain and make it live
+    in a new bundle version (see the module docstring)."""
+    from edgetl.device.bundle import update_bundle
+    from edgetl.device.predictor import Adapter, Predictor
+
+    cfg = config or AdaptConfig()
+    method, shrinkage, source, eval_dir, verify = cfg.method, cfg.shrinkage, cfg.source, cfg.eval_dir, cfg.verify
     paths = list_unlabelled(unlabelled_dir)
     predictor = Predictor.from_bundle(bundle_path, verify=verify)
     bundle = predictor.bundle
@@ -229,24 +266,22 @@ def adapt(bundle_path: str | os.PathLike, unlabelled_dir: str | os.PathLike, *,
     if stats.mean.shape != (z.shape[1],):
         raise BundleError(f"{bundle.root}: source statistics have {stats.mean.shape[0]} features but the backbone "
                           f"makes {z.shape[1]}; re-package the bundle")
-    A, b = coral_map(stats, z, shrinkage=shrinkage) if method is AlignMethod.CORAL else standardize_map(stats, z)
+    A, b = ADAPTERS.get(method.value)(stats, z, shrinkage=shrinkage)
     adapter = Adapter(A.astype(np.float32), b.astype(np.float32))  # checks shapes and finiteness
     before = after = None
     if evaluation is not None:
         before = _accuracy(predictor, *evaluation, predictor.adapter)
         after = _accuracy(predictor, *evaluation, adapter)
     models = dict(bundle.manifest["models"])
-    buffer = io.BytesIO()
-    np.savez(buffer, A=adapter.A, b=adapter.b)
 
     def write(staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         if manifest["models"] != models:  # another update changed the backbone meanwhile
             raise RetrainError(f"{bundle.root}: the bundle changed while adapting; run adapt again")
-        (staging / ADAPTER).write_bytes(buffer.getvalue())
+        adapter.save(staging / ADAPTER)
         manifest["adapter"] = f"v{manifest['version']}/{ADAPTER}"
         return manifest
 
     details = {"method": method.value, "n_images": len(paths), "source": origin,
                "accuracy_before": before, "accuracy_after": after}
     updated = update_bundle(bundle.root, "adapt", write, details=details)
-    return {**details, "version": updated.version, "bundle": str(updated.root)}
+    return AdaptReport(**details, version=updated.version, bundle=str(updated.root))

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError
+from edgetl.errors import BundleError, ConfigError
 
 __all__ = ["MEMORY_FILE", "DEFAULT_PER_CLASS", "ReplayMemory", "memory_from_run", "embed_images"]
 
@@ -29,7 +29,7 @@ MEMORY_FILE = "memory.npz"
 DEFAULT_PER_CLASS = 20
 
 
-def _check_per_class(per_class: Any) -> int:
+def check_per_class(per_class: Any) -> int:
     if not (isinstance(per_class, int) and not isinstance(per_class, bool) and per_class >= 1):
         raise ConfigError(f"memory_per_class must be an integer >= 1, got {per_class!r}")
     return per_class
@@ -125,7 +125,7 @@ class ReplayMemory:
         class. Per class, the kept rows are a uniform sample of every sample ever offered:
         the number taken from the old memory is hypergeometric in (seen so far, new, K).
         Label names are the current ones followed by the new names, in order."""
-        per_class = _check_per_class(per_class)
+        per_class = check_per_class(per_class)
         z = np.ascontiguousarray(embeddings, dtype=np.float32)
         y = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
         new_names = [str(n) for n in label_names]
@@ -168,7 +168,7 @@ class ReplayMemory:
     def split(self, fraction: float, seed: int = 0, classes: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(train rows, holdout rows)``: a seeded per-class slice of ``fraction`` of the rows
         of ``classes`` (default all) is held out; classes with fewer than 2 rows stay in train."""
-        from ..data import stratified_split
+        from edgetl.core.data import stratified_split
 
         rows = np.arange(len(self))
         if classes is not None:
@@ -216,7 +216,7 @@ def memory_from_run(
     embedded by ``predictor`` (the deployed backbone; raw, no adapter). Returns the memory
     and a list of problems (missing or unreadable images, a missing data root), for the
     caller to warn about; an empty memory when nothing could be read."""
-    per_class = _check_per_class(per_class)
+    per_class = check_per_class(per_class)
     labels = [str(x) for x in info["labels"]]
     problems: list[str] = []
     root = Path(str(info.get("data_root") or ""))
@@ -259,12 +259,12 @@ def embed_images(
     """Raw backbone embeddings (no adapter) of the readable ``paths`` with the predictor's
     own batching, and the indices of those paths; unreadable ones are left out (with
     ``strict``, the first raises :class:`~edgetl.errors.DataError`)."""
-    from .._ui import progress_bar
+    from edgetl.core.ui import progress_bar
 
     chunks: list[np.ndarray] = []
     ok: list[int] = []
     with progress_bar(description, len(paths)) as advance:
-        for indices, batch, errors in predictor._batches(list(paths), None, strict=strict):
+        for indices, batch, errors in predictor.batches(list(paths), None, strict=strict):
             if indices:
                 chunks.append(predictor.embed_tensor(batch, adapted=False)[: len(indices)])
                 ok += indices

@@ -4,19 +4,21 @@ fed by exactly the training preprocessing. Torch-free."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..errors import BundleError, ConfigError, DataError, EdgeTLError
-from ..data import find_images
-from ..preprocess import ImageInput, PreprocessSpec, preprocess
-from .runtimes import Session, load_session
+from edgetl.core.report import Report
+from edgetl.errors import BundleError, ConfigError
+from edgetl.modalities import Modality, batches, get_modality
+from edgetl.modalities.image import PreprocessSpec
+from edgetl.modalities.image import find_images
+from edgetl.runtimes import Session, load_session
 
-__all__ = ["Prediction", "Predictor", "Adapter", "Evaluation", "evaluate_folder", "evaluate_bundle", "expand_inputs"]
+__all__ = ["Prediction", "Predictor", "Adapter", "expand_inputs", "softmax", "PredictConfig", "PredictReport", "predict"]
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -76,6 +78,16 @@ class Adapter:
         out += self.b
         return out
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``adapter.npz`` (``A``, ``b``): the one writer of the format :meth:`load` reads."""
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, A=self.A, b=self.b)
+        path = Path(path)
+        path.write_bytes(buffer.getvalue())
+        return path
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Adapter":
         try:
@@ -102,7 +114,7 @@ def _value(x: Any) -> Any:
     return getattr(x, "value", x)  # an enum (targets.Runtime, ...) -> its string
 
 
-def _as_list(images: Any) -> list[ImageInput]:
+def _as_list(images: Any) -> list[Any]:
     if isinstance(images, (str, os.PathLike, Image.Image)):
         return [images]
     if isinstance(images, np.ndarray):
@@ -110,7 +122,7 @@ def _as_list(images: Any) -> list[ImageInput]:
     return list(images)
 
 
-def _describe(source: ImageInput) -> str | None:
+def _describe(source: Any) -> str | None:
     return str(source) if isinstance(source, (str, os.PathLike)) else None
 
 
@@ -133,14 +145,16 @@ class Predictor:
         backbone: Session,
         head: Session,
         labels: Sequence[str],
-        spec: PreprocessSpec,
+        spec: Any,
         *,
         adapter: Adapter | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         bundle: Any = None,
+        modality: Modality | str | None = None,
     ):
         self.backbone, self.head = backbone, head
         self.labels = tuple(labels)
+        self.modality = modality if hasattr(modality, "load") else get_modality(modality)  # type: ignore[arg-type]
         self.spec = spec
         self.adapter = adapter
         self.bundle = bundle
@@ -152,10 +166,7 @@ class Predictor:
         self._check_shapes()
 
     def _check_shapes(self) -> None:
-        shape = self.backbone.input_shape
-        size = self.spec.input_size
-        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, size, size))):
-            raise BundleError(f"backbone input is {list(shape)}, but the preprocessing makes [N, 3, {size}, {size}]")
+        self.modality.check_session(self.backbone, self.spec)
         features = getattr(self.backbone, "output_shape", (None, None))[-1]
         head_in = self.head.input_shape[-1] if self.head.input_shape else None
         if isinstance(features, int) and isinstance(head_in, int) and features != head_in:
@@ -177,7 +188,7 @@ class Predictor:
     ) -> "Predictor":
         """Open a bundle (checking its file hashes unless ``verify`` is False) and load its
         models on the target's runtime, or on ``runtime`` when given."""
-        from ..bundle import open_bundle
+        from edgetl.device.bundle import open_bundle
 
         bundle = open_bundle(path, verify=verify)
         target = bundle.target
@@ -201,8 +212,8 @@ class Predictor:
         adapter_rel = bundle.manifest.get("adapter")
         adapter = Adapter.load(bundle.path(adapter_rel)) if adapter_rel else None
         return cls(
-            backbone, head, bundle.labels, bundle.preprocess, adapter=adapter,
-            batch_size=target.batch_size or DEFAULT_BATCH_SIZE, bundle=bundle,
+            backbone, head, bundle.labels, bundle.spec, adapter=adapter,
+            batch_size=target.batch_size or DEFAULT_BATCH_SIZE, bundle=bundle, modality=bundle.modality,
         )
 
     @classmethod
@@ -218,12 +229,13 @@ class Predictor:
         threads: int | None = None,
         adapter: Adapter | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        modality: str | None = None,
     ) -> "Predictor":
         """Load a backbone and head model file directly (no bundle)."""
         return cls(
             load_session(backbone, runtime, threads=threads, precision=precision),
             load_session(head, runtime, threads=threads, precision="fp32"),
-            labels, spec, adapter=adapter, batch_size=batch_size,
+            labels, spec, adapter=adapter, batch_size=batch_size, modality=modality,
         )
 
     # -- properties ---------------------------------------------------------------
@@ -247,9 +259,9 @@ class Predictor:
 
     # -- tensors in, arrays out --------------------------------------------------
 
-    def embed_tensor(self, x: np.ndarray, *, adapted: bool = True) -> np.ndarray:
-        """Preprocessed batch [N, 3, H, W] -> embeddings [N, F] (adapter applied unless
-        ``adapted`` is False)."""
+    def embed_tensor(self, x: Any, *, adapted: bool = True) -> np.ndarray:
+        """Model inputs (``{name: array}``, or the image batch [N, 3, H, W]) -> embeddings
+        [N, F] (adapter applied unless ``adapted`` is False)."""
         z = self.backbone.run(x)
         return self.adapter.apply(z) if adapted and self.adapter is not None else z
 
@@ -257,8 +269,8 @@ class Predictor:
         """Head-input embeddings (what :meth:`embed` returns) -> logits [N, C]."""
         return self.head.run(z)
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Preprocessed batch [N, 3, H, W] -> logits [N, C]."""
+    def logits(self, x: Any) -> np.ndarray:
+        """Model inputs (as for :meth:`embed_tensor`) -> logits [N, C]."""
         return self.head.run(self.embed_tensor(x))
 
     def apply_adapter(self, z: np.ndarray) -> np.ndarray:
@@ -267,42 +279,33 @@ class Predictor:
 
     # -- images in ----------------------------------------------------------------
 
-    def _batches(self, sources: list[ImageInput], batch_size: int | None, *, strict: bool):
-        """Yield ``(indices, batch, errors)`` per chunk: the rows of ``batch`` are the
-        readable images at ``indices``; ``errors`` maps the others to their reason."""
+    def batches(self, sources: Sequence[Any], batch_size: int | None = None, *, strict: bool = False):
+        """Yield ``(indices, inputs, errors)`` per chunk: ``inputs`` are the model inputs of
+        the loadable items at ``indices`` (padded to a fixed-batch backbone's batch);
+        ``errors`` maps the others to their reason. With ``strict`` the first raises."""
         n = self.batch_size if batch_size is None else batch_size
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {n!r}")
         fixed = self.backbone.input_shape[0]
         n = fixed if isinstance(fixed, int) else n
-        size = self.spec.input_size
-        buffer = np.empty((n, 3, size, size), dtype=np.float32)
-        for start in range(0, len(sources), n):
-            chunk = sources[start:start + n]
-            indices: list[int] = []
-            errors: dict[int, str] = {}
-            for i, source in enumerate(chunk, start):
-                try:
-                    buffer[len(indices)] = preprocess(source, self.spec)
-                except (EdgeTLError, OSError, ValueError) as exc:
-                    if strict and isinstance(exc, DataError):
-                        raise
-                    if strict:
-                        raise DataError(f"{_describe(source) or 'image'}: {exc}") from None
-                    is_dir = isinstance(source, (str, os.PathLike)) and Path(source).is_dir()
-                    errors[i] = f"{source}: a folder with no images" if is_dir else str(exc)
-                    continue
-                indices.append(i)
-            # a fixed-batch backbone gets the whole buffer; a dynamic one only the filled rows
-            batch = buffer if isinstance(fixed, int) else buffer[: len(indices)]
-            yield indices, batch, errors
+        for indices, inputs, errors in batches(self.modality, sources, self.spec, n, strict=strict,
+                                               describe=lambda s: _describe(s) or self.modality.item_noun):
+            for i in errors:
+                source = sources[i]
+                if isinstance(source, (str, os.PathLike)) and self.modality.name == "image" and Path(source).is_dir():
+                    errors[i] = f"{source}: a folder with no images"
+            if inputs is not None and isinstance(fixed, int) and len(indices) < fixed:
+                # a fixed-batch backbone gets a full batch; the extra rows are dropped after
+                inputs = {k: np.concatenate([v, np.zeros((fixed - len(v), *v.shape[1:]), v.dtype)])
+                          for k, v in inputs.items()}
+            yield indices, inputs, errors
 
     def embed(self, images: Any, *, batch_size: int | None = None, adapted: bool = True) -> np.ndarray:
         """Images (paths, PIL images or uint8 arrays) -> embeddings [N, F] float32, in
         batches. Raises :class:`DataError` on the first unreadable image."""
         sources = _as_list(images)
         chunks = []
-        for indices, batch, _ in self._batches(sources, batch_size, strict=True):
+        for indices, batch, _ in self.batches(sources, batch_size, strict=True):
             if indices:
                 chunks.append(self.embed_tensor(batch, adapted=adapted)[: len(indices)])
         if not chunks:
@@ -318,7 +321,7 @@ class Predictor:
         k = min(top_k, self.num_classes)
         sources = _as_list(images)
         results: list[Prediction | None] = [None] * len(sources)
-        for indices, batch, errors in self._batches(sources, batch_size, strict=False):
+        for indices, batch, errors in self.batches(sources, batch_size, strict=False):
             for i, reason in errors.items():
                 results[i] = Prediction(_describe(sources[i]), None, None, (), reason)
             if not indices:
@@ -332,92 +335,49 @@ class Predictor:
         return results  # type: ignore[return-value]
 
 
+# --------------------------------------------------------------------------- the verb
+
+
 @dataclass(frozen=True)
-class Evaluation:
-    """Accuracy on labelled images. ``confusion[t, p]`` counts images of class ``t``
-    predicted as ``p`` (indices into ``labels``, the model's classes)."""
+class PredictConfig:
+    """Options of :func:`predict` (the CLI builds the same object)."""
 
-    labels: tuple[str, ...]
-    confusion: np.ndarray
-    errors: tuple[tuple[str, str], ...] = ()  # (file, reason) of images that could not be read
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. runtime, precision_executed
+    top_k: int = 1
+    batch_size: int | None = None  # None: the target's batch size
+    runtime: str | None = None  # None: the bundle's own runtime
+    threads: int | None = None
+    verify: bool = True
 
-    @classmethod
-    def from_predictions(
-        cls, labels: Sequence[str], y_true: Sequence[int], y_pred: Sequence[int], **kwargs: Any
-    ) -> "Evaluation":
-        c = len(labels)
-        confusion = np.zeros((c, c), dtype=np.int64)
-        np.add.at(confusion, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
-        return cls(tuple(labels), confusion, **kwargs)
+    def __post_init__(self) -> None:
+        for name in ("top_k", "batch_size", "threads"):
+            v = getattr(self, name)
+            if v is None and name != "top_k":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
 
-    @property
-    def n(self) -> int:
-        return int(self.confusion.sum())
 
-    @property
-    def accuracy(self) -> float:
-        return float(np.trace(self.confusion) / self.n) if self.n else float("nan")
+@dataclass(frozen=True)
+class PredictReport(Report):
+    """One :class:`Prediction` per item, in order, and what ran them."""
 
-    @property
-    def per_class(self) -> dict[str, float]:
-        """Accuracy (recall) of each class that has at least one image."""
-        totals = self.confusion.sum(axis=1)
-        return {lab: float(self.confusion[i, i] / totals[i]) for i, lab in enumerate(self.labels) if totals[i]}
+    predictions: list[Prediction]
+    runtime: str
+    precision_executed: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "accuracy": self.accuracy,
-            "n": self.n,
-            "per_class": self.per_class,
-            "labels": list(self.labels),
-            "confusion": self.confusion.tolist(),
-            "errors": [{"file": f, "error": e} for f, e in self.errors],
-            **self.extra,
-        }
+        return {"predictions": [p.to_dict() for p in self.predictions], "runtime": self.runtime,
+                "precision_executed": self.precision_executed}
+
+    @property
+    def failed(self) -> list[Prediction]:
+        return [p for p in self.predictions if not p.ok]
 
 
-def evaluate_folder(
-    predictor: Predictor, data: str | os.PathLike, *, batch_size: int | None = None
-) -> Evaluation:
-    """Accuracy of ``predictor`` on an image folder (one subfolder per class, named by
-    label). Every class in ``data`` must be one of the model's labels."""
-    from ..data import scan_folder
-
-    folder = scan_folder(data, min_classes=1, verify=False)  # unreadable files are counted below
-    index = {label: i for i, label in enumerate(predictor.labels)}
-    unknown = [name for name in folder.labels if name not in index]
-    if unknown:
-        raise DataError(
-            f"{folder.root}: class folder(s) {', '.join(map(repr, unknown))} are not among the model's labels "
-            f"({', '.join(predictor.labels)}); evaluate on known classes, or retrain the bundle with them"
-        )
-    to_model = np.asarray([index[name] for name in folder.labels], dtype=np.int64)
-    predictions = predictor.predict(folder.paths, batch_size=batch_size)
-    y_true, y_pred, errors = [], [], []
-    for (path, target), pred in zip(folder.samples, predictions):
-        if pred.ok:
-            y_true.append(to_model[target])
-            y_pred.append(pred.index)
-        else:
-            errors.append((str(path), pred.error or ""))
-    if not y_true:
-        raise DataError(f"{folder.root}: none of its {len(predictions)} image(s) could be read")
-    return Evaluation.from_predictions(
-        predictor.labels, y_true, y_pred, errors=tuple(errors),
-        extra={"runtime": predictor.runtime, "precision_executed": predictor.precision_executed},
-    )
-
-
-def evaluate_bundle(
-    bundle: str | os.PathLike,
-    data: str | os.PathLike,
-    *,
-    batch_size: int | None = None,
-    verify: bool = True,
-    runtime: str | None = None,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """``{"accuracy", "n", "per_class", "confusion", ...}`` of a bundle on an image folder."""
-    predictor = Predictor.from_bundle(bundle, verify=verify, runtime=runtime, threads=threads)
-    return evaluate_folder(predictor, data, batch_size=batch_size).to_dict()
+def predict(bundle: str | os.PathLike, items: Any, config: PredictConfig | None = None) -> PredictReport:
+    """Classify ``items`` (image paths, PIL images or arrays; texts for a text bundle) with a
+    bundle on its deployed runtime. An unreadable item gives a prediction with ``error`` set."""
+    cfg = config or PredictConfig()
+    predictor = Predictor.from_bundle(bundle, verify=cfg.verify, runtime=cfg.runtime, threads=cfg.threads)
+    predictions = predictor.predict(items, top_k=cfg.top_k, batch_size=cfg.batch_size)
+    return PredictReport(predictions, predictor.runtime, predictor.precision_executed)

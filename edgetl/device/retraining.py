@@ -6,13 +6,13 @@
 
 The flow: DATA is embedded once by the bundle's deployed backbone (its runtime and
 precision, raw output; the live adapter, if any, is applied before the head). Classes the
-bundle does not know grow the head (:func:`~edgetl.device.head_training.grow_head`; new
+bundle does not know grow the head (:func:`~edgetl.device.learn.grow_head`; new
 rows start at the mean of the old ones, so no old prediction changes). The replay memory
 (:mod:`edgetl.device.memory`) joins the training side, so classes DATA lacks are not
 forgotten. The head is trained with ONNX Runtime training artifacts, the best epoch by
 holdout loss is kept, and the new version (head, training artifacts for it, merged
 memory, extended labels) is written beside the old one and switched in atomically by
-:func:`edgetl.bundle.update_bundle`; ``edgetl rollback`` returns to the old one.
+:func:`edgetl.device.bundle.update_bundle`; ``edgetl rollback`` returns to the old one.
 
 **What "accuracy before/after" means.** The holdout is a seeded, stratified ``holdout``
 fraction of DATA's images *plus*, for classes that are in the memory but not in DATA, the
@@ -37,32 +37,35 @@ all work happens in a temporary folder, and the bundle is written only by the fi
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import _ui
-from ..errors import BundleError, ConfigError, DataError
-from .head_training import (
-    ARTIFACT_FILES,
-    BIAS,
-    WEIGHT,
+from edgetl.core import ui as _ui
+from edgetl.errors import BundleError, ConfigError, DataError
+from edgetl.core.report import Report
+from edgetl.device.learn import (
     HeadTrainConfig,
+    HeadTrainResult,
+    Trainer,
+    artifacts_start_from,
+    fit_head,
     grow_head,
+    head_metadata,
     make_head_onnx,
     make_training_artifacts,
     read_head,
-    train_head,
+    resolve_trainer,
 )
-from .memory import DEFAULT_PER_CLASS, MEMORY_FILE, ReplayMemory, embed_images
+from edgetl.device.memory import DEFAULT_PER_CLASS, MEMORY_FILE, ReplayMemory, embed_images
 
 __all__ = ["RetrainConfig", "RetrainReport", "retrain"]
 
@@ -85,6 +88,7 @@ class RetrainConfig:
     strict: bool = False  # refuse DATA with unreadable files instead of skipping them
     force: bool = False  # switch even if the holdout accuracy got worse
     verify: bool = True  # check the bundle's file hashes before retraining
+    trainer: Trainer = Trainer.AUTO  # ort (training artifacts) where installed, else numpy
 
     def __post_init__(self) -> None:
         if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 1.0):
@@ -100,7 +104,7 @@ class RetrainConfig:
         if lr is None:
             raise ConfigError("head_config needs a learning rate when RetrainConfig.lr is None (automatic)")
         return HeadTrainConfig(epochs=self.epochs, lr=lr, batch_size=self.batch_size, seed=self.seed,
-                               patience=self.patience, weight_decay=self.weight_decay)
+                               patience=self.patience, weight_decay=self.weight_decay, trainer=self.trainer)
 
 
 def _auto_lr(X: np.ndarray) -> float:
@@ -114,7 +118,7 @@ def _auto_lr(X: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class RetrainReport:
+class RetrainReport(Report):
     """What :func:`retrain` did. ``version`` is the live version afterwards (unchanged
     when ``switched`` is False, with ``reason`` saying why)."""
 
@@ -141,33 +145,148 @@ class RetrainReport:
     reason: str | None = None
     forced: bool = False
     seconds: dict[str, float] = field(default_factory=dict)  # embed, train, total
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    trainer: str = "ort"  # which trainer ran: ort (training artifacts) or numpy
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- the steps
 
 
-def _config(config: RetrainConfig | None, options: dict[str, Any]) -> RetrainConfig:
-    if config is not None and options:
-        raise ConfigError(f"pass either config or options ({', '.join(options)}), not both")
-    if config is not None:
-        return config
-    try:
-        return RetrainConfig(**options)
-    except TypeError:
-        known = ", ".join(f.name for f in dataclasses.fields(RetrainConfig))
-        raise ConfigError(f"unknown retrain option(s) {', '.join(options)}; known: {known}") from None
+@dataclass
+class _Live:
+    """The version retraining starts from: its predictor, head, labels and memory."""
+
+    root: Path
+    predictor: Any
+    manifest: dict[str, Any]
+    W: np.ndarray
+    b: np.ndarray
+    labels: list[str]
+    memory: ReplayMemory
+    head_path: Path
 
 
-def _scan(data: str | os.PathLike, strict: bool):
-    from ..data import scan_folder
+@dataclass
+class _Sets:
+    """DATA embedded and joined with the replay memory: training and holdout rows."""
 
+    z_raw: np.ndarray  # DATA embeddings, raw backbone output (what the memory keeps)
+    y_data: np.ndarray
+    n_images: int
+    skipped: list[tuple[str, str]]
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_hold: np.ndarray
+    y_hold: np.ndarray
+    n_holdout_memory: int
+    embed_seconds: float
+
+
+def _check_writable(root: Path) -> None:
+    if not root.is_dir():
+        raise BundleError(f"{root}: retraining needs a bundle folder (extract an archive first)")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise BundleError(f"{root}: the bundle folder is not writable; retraining would fail to save, "
+                          "nothing was changed (fix its permissions)")
+
+
+def _scan(data: str | os.PathLike, modality: Any, strict: bool):
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        folder = scan_folder(data, min_classes=1, strict=strict)
-    return folder
+        return modality.scan(data, strict=strict, min_classes=1)
+
+
+def _open_live(root: Path, verify: bool) -> _Live:
+    from edgetl.device.predictor import Predictor
+
+    predictor = Predictor.from_bundle(root, verify=verify)
+    bundle = predictor.bundle
+    labels = list(bundle.labels)
+    head_path = bundle.model_path("head")
+    W, b, head_labels = read_head(head_path)
+    if head_labels != labels:
+        raise BundleError(f"{root}: head.onnx labels {head_labels} differ from the manifest's {labels}; re-package")
+    memory_path = bundle.optional_path("memory")
+    memory = ReplayMemory.load(memory_path) if memory_path else ReplayMemory.empty(labels, W.shape[1])
+    if len(memory) and memory.num_features != W.shape[1]:
+        raise BundleError(f"{root}: replay memory has {memory.num_features} features, the head {W.shape[1]}; re-package")
+    return _Live(root, predictor, bundle.manifest, W, b, labels, memory, head_path)
+
+
+def _check_classes(folder: Any, live: _Live, memory: ReplayMemory) -> None:
+    if len(set(folder.labels) | set(memory.classes)) < 2:
+        have = "the bundle has no replay memory" if not len(memory) else "its replay memory holds no other class"
+        raise DataError(f"{folder.root}: holds only class {folder.labels[0]!r} and {have}; retraining needs "
+                        "examples of at least 2 classes")
+    missing = [c for c in live.labels if c not in folder.labels]
+    if not len(memory) and missing:
+        _ui.warn(f"the bundle has no replay memory and DATA lacks class(es) {', '.join(missing)}: "
+                 "the retrained head may forget them, and the holdout cannot measure it")
+
+
+def _embed_and_assemble(live: _Live, folder: Any, memory: ReplayMemory, all_labels: list[str],
+                        cfg: RetrainConfig) -> _Sets:
+    """Embed DATA once (raw; the live adapter is applied to what trains), then split it and
+    the memory: the holdout is DATA's stratified slice plus a slice of the memory for
+    classes DATA lacks (see the module docstring)."""
+    from edgetl.core.data import stratified_split
+
+    predictor = live.predictor
+    t0 = time.perf_counter()
+    z_raw, ok = embed_images(predictor, list(folder.items), strict=cfg.strict, description="embedding DATA")
+    embed_seconds = time.perf_counter() - t0
+    skipped = list(folder.skipped)
+    skipped += [(folder.describe(i), "could not be read") for i in sorted(set(range(len(folder.items))) - set(ok))]
+    if skipped:
+        _ui.warn(f"skipped {len(skipped)} unreadable item(s) in {folder.root}, e.g. {skipped[0][0]}: {skipped[0][1]}")
+    if not ok:
+        raise DataError(f"{folder.root}: none of its items could be read; nothing to retrain on")
+    index = {c: i for i, c in enumerate(all_labels)}
+    y_data = np.asarray([index[folder.labels[folder.targets[i]]] for i in ok], np.int64)
+    z_data = predictor.apply_adapter(z_raw)
+    tr, ho = stratified_split(y_data, cfg.holdout, cfg.seed)
+    memory_only = [c for c in memory.classes if c not in folder.labels]
+    mem_tr, mem_ho = memory.split(cfg.holdout, cfg.seed, classes=memory_only)
+    z_mem = predictor.apply_adapter(memory.embeddings) if len(memory) else memory.embeddings
+    return _Sets(
+        z_raw, y_data, len(ok), skipped,
+        np.concatenate([z_data[tr], z_mem[mem_tr]]).astype(np.float32), np.concatenate([y_data[tr], memory.labels[mem_tr]]),
+        np.concatenate([z_data[ho], z_mem[mem_ho]]).astype(np.float32), np.concatenate([y_data[ho], memory.labels[mem_ho]]),
+        len(mem_ho), embed_seconds,
+    )
+
+
+def _train(live: _Live, sets: _Sets, all_labels: list[str], n_new: int, cfg: RetrainConfig, work: Path,
+           trainer: Trainer) -> tuple[HeadTrainResult, float]:
+    """The grown head trained on the training rows, best epoch by holdout loss, exported to
+    ``work/new/head.onnx``. ONNX Runtime reuses the bundle's artifacts when they start from
+    this head, else generates them; numpy needs none."""
+    W, b = grow_head(live.W, live.b, n_new) if n_new else (live.W, live.b)
+    metadata = {k: v for k, v in head_metadata_of(live.head_path).items()}
+    artifacts = None
+    if trainer is Trainer.ORT:
+        training_rel = live.manifest.get("training")
+        if not n_new and training_rel and artifacts_start_from(live.predictor.bundle.path(training_rel), W, b):
+            artifacts = live.predictor.bundle.path(training_rel)  # read only: training never writes to it
+        else:
+            if not n_new and training_rel:
+                _ui.warn("the bundle's training artifacts do not match its head; generating new ones")
+            start = make_head_onnx(W, b, all_labels, work / "start" / HEAD_FILE, metadata=metadata)
+            artifacts = work / "start" / TRAINING_DIR
+            make_training_artifacts(start, artifacts)
+    lr = cfg.lr if cfg.lr is not None else _auto_lr(sets.X_train)
+    has_holdout = len(sets.y_hold) > 0
+    result = fit_head(W, b, all_labels, sets.X_train, sets.y_train, sets.X_hold if has_holdout else None,
+                      sets.y_hold if has_holdout else None, cfg.head_config(lr), metadata=metadata,
+                      artifacts_dir=artifacts, export_path=work / "new" / HEAD_FILE)
+    return result, lr
+
+
+def head_metadata_of(path: Path) -> dict[str, str]:
+    """The head file's ``edgetl.*`` metadata other than labels and width (kept on re-export)."""
+    import onnx
+
+    meta = head_metadata(onnx.load(str(path)))
+    return {k: v for k, v in meta.items() if k.startswith("edgetl.") and k not in ("edgetl.labels", "edgetl.num_features")}
 
 
 def _accuracy(pred: np.ndarray, y: np.ndarray) -> float | None:
@@ -182,206 +301,123 @@ def _group(pred_b: np.ndarray, pred_a: np.ndarray | None, y: np.ndarray, mask: n
     return {"before": float((pred_b[mask] == y[mask]).mean()), "after": after, "n": n}
 
 
-def _head_logits(path: Path, X: np.ndarray) -> np.ndarray:
-    """Logits of an exported head file, run by ONNX Runtime (what the device will run)."""
-    import onnxruntime as ort
+def _gate(live: _Live, sets: _Sets, result: HeadTrainResult, new_head: Path, all_labels: list[str], lr: float,
+          cfg: RetrainConfig) -> tuple[dict[str, Any], str | None]:
+    """Accuracy before (the live head) and after (the exported head, on ONNX Runtime) on the
+    holdout, per group and class; and the reason to refuse the switch, if any."""
+    from edgetl.runtimes import load_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: X})[0]
+    y = sets.y_hold
+    has_holdout = len(y) > 0
+    pred_before = (sets.X_hold.astype(np.float64) @ live.W.T.astype(np.float64) + live.b).argmax(1) if has_holdout else y
+    pred_after = load_session(new_head, "onnxruntime").run(sets.X_hold).argmax(1) if has_holdout else y
+    before, after = _accuracy(pred_before, y), _accuracy(pred_after, y)
+    old = y < len(live.labels)
+    worse = has_holdout and after < before
+    stuck = has_holdout and result.best_epoch == 0  # no epoch beat the starting head's holdout loss
+    reason = None
+    if worse and not cfg.force:
+        reason = (f"holdout accuracy would drop from {before:.3f} to {after:.3f}; the bundle is unchanged "
+                  "(pass --force / force=True to switch anyway)")
+    elif stuck and not cfg.force:
+        reason = (f"no epoch improved on the current head (holdout loss; lr {lr:.3g}); the bundle is unchanged "
+                  "(try a lower --lr or more images, or pass --force)")
+    measures = dict(
+        accuracy_before=before, accuracy_after=after,
+        groups={"old": _group(pred_before, pred_after, y, old), "new": _group(pred_before, pred_after, y, ~old)},
+        per_class={all_labels[c]: _group(pred_before, pred_after, y, y == c) for c in np.unique(y)},
+        forced=bool((worse or stuck) and cfg.force),
+    )
+    return measures, reason
 
 
-def _artifacts_match(training_dir: Path, W: np.ndarray, b: np.ndarray) -> bool:
-    """True if the bundle's training artifacts are complete and start from exactly ``W, b``."""
-    from ._ort_training import training_api
-
-    if not all((training_dir / name).exists() for name in ARTIFACT_FILES.values()):
-        return False
-    try:
-        state = training_api().CheckpointState.load_checkpoint(str(training_dir / ARTIFACT_FILES["checkpoint"]))
-        return bool(np.array_equal(state.parameters[WEIGHT].data, W) and np.array_equal(state.parameters[BIAS].data, b))
-    except Exception:  # noqa: BLE001 - unreadable artifacts are regenerated
-        return False
+_BASE_KEYS = ("files", "models", "labels", "adapter", "artifacts", "memory", "training")
 
 
-def _head_metadata(path: Path) -> dict[str, str]:
-    import onnx
+def _commit(live: _Live, work: Path, new_memory: ReplayMemory, all_labels: list[str], trainer: Trainer,
+            details: dict[str, Any]) -> Any:
+    """Write the new version (head, its training artifacts where ONNX Runtime can make them,
+    the merged memory, the labels) and switch to it atomically."""
+    from edgetl.device.bundle import update_bundle
 
-    model = onnx.load(str(path))
-    return {p.key: p.value for p in model.metadata_props
-            if p.key.startswith("edgetl.") and p.key not in ("edgetl.labels", "edgetl.num_features")}
+    new_head = work / "new" / HEAD_FILE
+    if trainer is Trainer.ORT:
+        make_training_artifacts(new_head, work / "new" / TRAINING_DIR)  # the next retrain starts from this head
+    new_memory.save(work / "new" / MEMORY_FILE)
+    base = {k: live.manifest.get(k) for k in _BASE_KEYS}
 
+    def write(staging: Path, draft: dict[str, Any]) -> dict[str, Any]:
+        # The lock is held now; refuse if any update (retrain, adapt, rollback) replaced the
+        # version we trained from: a head must never be combined with another version's parts.
+        if {k: draft.get(k) for k in _BASE_KEYS} != base:
+            raise BundleError(f"{live.root}: the bundle changed while retraining (now version "
+                              f"{draft['version'] - 1}); run retrain again")
+        prefix = f"v{draft['version']}"
+        shutil.copyfile(new_head, staging / HEAD_FILE)
+        shutil.copyfile(work / "new" / MEMORY_FILE, staging / MEMORY_FILE)
+        draft["training"] = None
+        if trainer is Trainer.ORT:
+            shutil.copytree(work / "new" / TRAINING_DIR, staging / TRAINING_DIR)
+            draft["training"] = f"{prefix}/{TRAINING_DIR}"
+        draft["labels"] = all_labels
+        draft["models"] = {**draft["models"], "head": f"{prefix}/{HEAD_FILE}"}
+        draft["memory"] = f"{prefix}/{MEMORY_FILE}"
+        return draft
 
-def _check_writable(root: Path) -> None:
-    if not root.is_dir():
-        raise BundleError(f"{root}: retraining needs a bundle folder (extract an archive first)")
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise BundleError(f"{root}: the bundle folder is not writable; retraining would fail to save, "
-                          "nothing was changed (fix its permissions)")
+    return update_bundle(live.root, "retrain", write, details=details)
 
 
 # --------------------------------------------------------------------------- the verb
 
 
-def retrain(
-    bundle: str | os.PathLike,
-    data: str | os.PathLike,
-    *,
-    config: RetrainConfig | None = None,
-    **options: Any,
-) -> RetrainReport:
-    """Retrain the head of ``bundle`` on the labelled image folder ``data`` and make the
-    result the bundle's new version (see the module docstring). Options are the fields of
-    :class:`RetrainConfig`, passed as ``config=`` or as keywords.
+def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainConfig | None = None) -> RetrainReport:
+    """Retrain the head of ``bundle`` on labelled ``data`` (of the bundle's modality) and make
+    the result the bundle's new version (see the module docstring).
 
-    Raises :class:`DataError` (missing or empty folder, a class without readable images,
-    unreadable files with ``strict``, fewer than two classes across DATA and the replay
+    Raises :class:`DataError` (missing or empty data, a class without readable items,
+    unreadable items with ``strict``, fewer than two classes across DATA and the replay
     memory), :class:`BundleError` (missing, tampered or read-only bundle; the bundle
     changed meanwhile) or :class:`RetrainError` (training failed). The bundle is then
     unchanged.
     """
-    from ..bundle import update_bundle
-    from ..data import stratified_split
-    from .predictor import Predictor
-
-    cfg = _config(config, options)
+    cfg = config or RetrainConfig()
+    if not isinstance(cfg, RetrainConfig):
+        raise ConfigError(f"config must be a RetrainConfig, got {type(cfg).__name__}")
     started = time.perf_counter()
     root = Path(bundle)
     _check_writable(root)
-    folder = _scan(data, cfg.strict)
-    predictor = Predictor.from_bundle(root, verify=cfg.verify)
-    live = predictor.bundle
-    manifest = live.manifest
-    labels = list(live.labels)
-    head_path = live.model_path("head")
-    W0, b0, head_labels = read_head(head_path)
-    if head_labels != labels:
-        raise BundleError(f"{root}: head.onnx labels {head_labels} differ from the manifest's {labels}; re-package")
-
-    memory_path = live.optional_path("memory")
-    memory = ReplayMemory.load(memory_path) if memory_path else ReplayMemory.empty(labels, W0.shape[1])
-    if len(memory) and memory.num_features != W0.shape[1]:
-        raise BundleError(f"{root}: replay memory has {memory.num_features} features, the head {W0.shape[1]}; re-package")
-
-    new_classes = [c for c in folder.labels if c not in labels]
-    all_labels = labels + new_classes
-    memory = memory.relabel(all_labels)
-    trained_classes = set(folder.labels) | set(memory.classes)
-    if len(trained_classes) < 2:
-        have = "the bundle has no replay memory" if not len(memory) else "its replay memory holds no other class"
-        raise DataError(f"{folder.root}: holds only class {folder.labels[0]!r} and {have}; retraining needs images "
-                        "of at least 2 classes (add a folder per class)")
-    if not len(memory):
-        missing = [c for c in labels if c not in folder.labels]
-        if missing:
-            _ui.warn(f"the bundle has no replay memory and DATA lacks class(es) {', '.join(missing)}: "
-                     "the retrained head may forget them, and the holdout cannot measure it")
-
-    # Embed DATA once (raw backbone output; the adapter is applied below, the memory stores raw).
-    t0 = time.perf_counter()
-    z_raw, ok = embed_images(predictor, folder.paths, strict=cfg.strict, description="embedding DATA")
-    embed_seconds = time.perf_counter() - t0
-    skipped = [(str(p), r) for p, r in folder.skipped]
-    unread = sorted(set(range(len(folder.samples))) - set(ok))
-    skipped += [(str(folder.samples[i][0]), "could not be read or preprocessed") for i in unread]
-    if skipped:
-        _ui.warn(f"skipped {len(skipped)} unreadable file(s) in {folder.root}, e.g. {skipped[0][0]}: {skipped[0][1]}")
-    if not ok:
-        raise DataError(f"{folder.root}: none of its images could be read; nothing to retrain on")
-    index = {c: i for i, c in enumerate(all_labels)}
-    y_data = np.asarray([index[folder.labels[folder.samples[i][1]]] for i in ok], np.int64)
-    z_data = predictor.apply_adapter(z_raw)
-
-    # Holdout: DATA's stratified slice, plus a slice of the memory for classes DATA lacks.
-    tr, ho = stratified_split(y_data, cfg.holdout, cfg.seed)
-    memory_only = [c for c in memory.classes if c not in folder.labels]
-    mem_tr, mem_ho = memory.split(cfg.holdout, cfg.seed, classes=memory_only)
-    z_mem = predictor.apply_adapter(memory.embeddings) if len(memory) else memory.embeddings
-    X_train = np.concatenate([z_data[tr], z_mem[mem_tr]]).astype(np.float32)
-    y_train = np.concatenate([y_data[tr], memory.labels[mem_tr]])
-    X_hold = np.concatenate([z_data[ho], z_mem[mem_ho]]).astype(np.float32)
-    y_hold = np.concatenate([y_data[ho], memory.labels[mem_ho]])
-    has_holdout = len(y_hold) > 0
-
-    pred_before = (X_hold.astype(np.float64) @ W0.T.astype(np.float64) + b0).argmax(1) if has_holdout else y_hold
-    acc_before = _accuracy(pred_before, y_hold)
-
+    live = _open_live(root, cfg.verify)
+    folder = _scan(data, live.predictor.modality, cfg.strict)
+    new_classes = [c for c in folder.labels if c not in live.labels]
+    all_labels = live.labels + new_classes
+    memory = live.memory.relabel(all_labels)
+    _check_classes(folder, live, memory)
+    sets = _embed_and_assemble(live, folder, memory, all_labels, cfg)
+    trainer = resolve_trainer(cfg.trainer)
     t1 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgetl-retrain-") as tmp:
-        work = Path(tmp)
-        W, b = grow_head(W0, b0, len(new_classes)) if new_classes else (W0, b0)
-        training_rel = manifest.get("training")
-        if not new_classes and training_rel and _artifacts_match(live.path(training_rel), W0, b0):
-            artifacts = live.path(training_rel)  # read only: train_head never writes to it
-        else:
-            if not new_classes and training_rel:
-                _ui.warn("the bundle's training artifacts do not match its head; generating new ones")
-            start = make_head_onnx(W, b, all_labels, work / "start" / HEAD_FILE, metadata=_head_metadata(head_path))
-            artifacts = work / "start" / TRAINING_DIR
-            make_training_artifacts(start, artifacts)
-        lr = cfg.lr if cfg.lr is not None else _auto_lr(X_train)
-        result = train_head(artifacts, X_train, y_train, X_hold if has_holdout else None,
-                            y_hold if has_holdout else None, cfg.head_config(lr), export_path=work / "new" / HEAD_FILE)
-        new_head = work / "new" / HEAD_FILE
-        pred_after = _head_logits(new_head, X_hold).argmax(1) if has_holdout else y_hold
-        acc_after = _accuracy(pred_after, y_hold)
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgetl-retrain-")))
+        result, lr = _train(live, sets, all_labels, len(new_classes), cfg, work, trainer)
+        measures, reason = _gate(live, sets, result, work / "new" / HEAD_FILE, all_labels, lr, cfg)
         train_seconds = time.perf_counter() - t1
-
-        old_mask = y_hold < len(labels)
-        groups = {"old": _group(pred_before, pred_after, y_hold, old_mask),
-                  "new": _group(pred_before, pred_after, y_hold, ~old_mask)}
-        per_class = {all_labels[c]: _group(pred_before, pred_after, y_hold, y_hold == c) for c in np.unique(y_hold)}
-        worse = has_holdout and acc_after < acc_before
-        stuck = has_holdout and result.best_epoch == 0  # no epoch beat the starting head's holdout loss
-        reason = None
-        if worse and not cfg.force:
-            reason = (f"holdout accuracy would drop from {acc_before:.3f} to {acc_after:.3f}; the bundle is unchanged "
-                      "(pass --force / force=True to switch anyway)")
-        elif stuck and not cfg.force:
-            reason = (f"no epoch improved on the current head (holdout loss; lr {lr:.3g}); the bundle is unchanged "
-                      "(try a lower --lr or more images, or pass --force)")
-        new_memory = memory.merge(z_raw, y_data, all_labels, per_class=cfg.memory_per_class, seed=cfg.seed)
-
+        new_memory = memory.merge(sets.z_raw, sets.y_data, all_labels, per_class=cfg.memory_per_class, seed=cfg.seed)
         common = dict(
-            bundle=str(root), accuracy_before=acc_before, accuracy_after=acc_after, groups=groups,
-            per_class=per_class, labels=all_labels, new_classes=new_classes, n_images=len(ok),
-            n_train=len(y_train), n_holdout=len(y_hold), n_holdout_memory=len(mem_ho),
-            skipped=[{"file": f, "error": e} for f, e in skipped], epochs=len(result.history),
-            best_epoch=result.best_epoch, first_step_loss=result.first_step_loss, forced=bool((worse or stuck) and cfg.force), lr=lr,
+            bundle=str(root), labels=all_labels, new_classes=new_classes, n_images=sets.n_images,
+            n_train=len(sets.y_train), n_holdout=len(sets.y_hold), n_holdout_memory=sets.n_holdout_memory,
+            skipped=[{"file": f, "error": e} for f, e in sets.skipped], epochs=len(result.history),
+            best_epoch=result.best_epoch, first_step_loss=result.first_step_loss, lr=lr, trainer=result.trainer,
+            **measures,
         )
         if reason is not None:
-            return RetrainReport(switched=False, version=live.version, previous_version=live.version,
-                                 n_memory=len(memory), reason=reason,
-                                 seconds=_seconds(embed_seconds, train_seconds, started), **common)
-
-        make_training_artifacts(new_head, work / "new" / TRAINING_DIR)  # the next retrain starts from this head
-        new_memory.save(work / "new" / MEMORY_FILE)
-        head_entry = manifest["files"][manifest["models"]["head"]]
-
-        def write(staging: Path, draft: dict[str, Any]) -> dict[str, Any]:
-            # The lock is held now; refuse if another update replaced the head we trained from.
-            head_rel = draft["models"]["head"]
-            if draft["files"].get(head_rel) != head_entry or list(draft["labels"]) != labels:
-                raise BundleError(f"{root}: the bundle changed while retraining (now version "
-                                  f"{draft['version'] - 1}); run retrain again")
-            prefix = f"v{draft['version']}"
-            shutil.copyfile(new_head, staging / HEAD_FILE)
-            shutil.copytree(work / "new" / TRAINING_DIR, staging / TRAINING_DIR)
-            shutil.copyfile(work / "new" / MEMORY_FILE, staging / MEMORY_FILE)
-            draft["labels"] = all_labels
-            draft["models"] = {**draft["models"], "head": f"{prefix}/{HEAD_FILE}"}
-            draft["training"] = f"{prefix}/{TRAINING_DIR}"
-            draft["memory"] = f"{prefix}/{MEMORY_FILE}"
-            return draft
-
-        details = {
-            "accuracy_before": acc_before, "accuracy_after": acc_after, "n_images": len(ok),
-            "n_train": len(y_train), "n_holdout": len(y_hold), "new_classes": new_classes,
-            "epochs": len(result.history), "best_epoch": result.best_epoch, "lr": lr, "forced": common["forced"],
-            "data": str(Path(data).resolve()),
-        }
-        updated = update_bundle(root, "retrain", write, details=details)
-    return RetrainReport(switched=True, version=updated.version, previous_version=live.version,
-                         n_memory=len(new_memory), seconds=_seconds(embed_seconds, train_seconds, started), **common)
+            return RetrainReport(switched=False, version=live.predictor.bundle.version,
+                                 previous_version=live.predictor.bundle.version, n_memory=len(memory), reason=reason,
+                                 seconds=_seconds(sets.embed_seconds, train_seconds, started), **common)
+        details = {k: common[k] for k in ("accuracy_before", "accuracy_after", "n_images", "n_train", "n_holdout",
+                                          "new_classes", "epochs", "best_epoch", "lr", "forced", "trainer")}
+        updated = _commit(live, work, new_memory, all_labels, trainer, {**details, "data": str(Path(data).resolve())})
+    return RetrainReport(switched=True, version=updated.version, previous_version=live.predictor.bundle.version,
+                         n_memory=len(new_memory), seconds=_seconds(sets.embed_seconds, train_seconds, started),
+                         **common)
 
 
 def _seconds(embed: float, train: float, started: float) -> dict[str, float]:

@@ -1,0 +1,174 @@
+"""Accuracy on labelled data, on the device: a bundle's deployed runtime (or any
+:class:`~edgetl.device.predictor.Predictor`), per class, with a confusion matrix. Torch-free."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgetl.core.report import Report
+from edgetl.errors import ConfigError, DataError
+from edgetl.device.predictor import Predictor
+
+__all__ = ["EvaluateConfig", "EvaluateReport", "Evaluation", "evaluate_folder", "evaluate_bundle", "plot_confusion"]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Options of :func:`evaluate_bundle` (and :func:`edgetl.evaluate`)."""
+
+    batch_size: int | None = None  # None: the target's batch size
+    verify: bool = True  # check the bundle's file hashes first
+    runtime: str | None = None  # None: the bundle's own runtime
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "threads"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+
+
+@dataclass(frozen=True)
+class EvaluateReport(Report):
+    """``{"accuracy", "n", "per_class", "labels", "confusion", "errors", ...}``: ``confusion[t, p]``
+    counts items of class ``t`` predicted as ``p`` (indices into ``labels``, the model's)."""
+
+    accuracy: float
+    n: int
+    per_class: dict[str, float]
+    labels: list[str]
+    confusion: list[list[int]]
+    errors: list[dict[str, str]] = field(default_factory=list)  # items that could not be read
+    extra: dict[str, Any] = field(default_factory=dict)  # runtime, precision_executed
+
+    @classmethod
+    def from_predictions(cls, labels: Sequence[str], y_true: Sequence[int], y_pred: Sequence[int], *,
+                         errors: Sequence[tuple[str, str]] = (), extra: dict[str, Any] | None = None) -> "EvaluateReport":
+        e = Evaluation.from_predictions(labels, y_true, y_pred, errors=tuple(errors), extra=extra or {})
+        return cls(e.accuracy, e.n, e.per_class, list(e.labels), e.confusion.tolist(),
+                   [{"file": f, "error": r} for f, r in e.errors], dict(e.extra))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy on labelled images. ``confusion[t, p]`` counts images of class ``t``
+    predicted as ``p`` (indices into ``labels``, the model's classes)."""
+
+    labels: tuple[str, ...]
+    confusion: np.ndarray
+    errors: tuple[tuple[str, str], ...] = ()  # (file, reason) of images that could not be read
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. runtime, precision_executed
+
+    @classmethod
+    def from_predictions(
+        cls, labels: Sequence[str], y_true: Sequence[int], y_pred: Sequence[int], **kwargs: Any
+    ) -> "Evaluation":
+        c = len(labels)
+        confusion = np.zeros((c, c), dtype=np.int64)
+        np.add.at(confusion, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+        return cls(tuple(labels), confusion, **kwargs)
+
+    @property
+    def n(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / self.n) if self.n else float("nan")
+
+    @property
+    def per_class(self) -> dict[str, float]:
+        """Accuracy (recall) of each class that has at least one image."""
+        totals = self.confusion.sum(axis=1)
+        return {lab: float(self.confusion[i, i] / totals[i]) for i, lab in enumerate(self.labels) if totals[i]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "n": self.n,
+            "per_class": self.per_class,
+            "labels": list(self.labels),
+            "confusion": self.confusion.tolist(),
+            "errors": [{"file": f, "error": e} for f, e in self.errors],
+            **self.extra,
+        }
+
+
+def evaluate_folder(
+    predictor: Predictor, data: str | os.PathLike, *, batch_size: int | None = None
+) -> Evaluation:
+    """Accuracy of ``predictor`` on an image folder (one subfolder per class, named by
+    label). Every class in ``data`` must be one of the model's labels."""
+    from edgetl.modalities.image import scan_folder
+
+    folder = scan_folder(data, min_classes=1, verify=False)  # unreadable files are counted below
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    unknown = [name for name in folder.labels if name not in index]
+    if unknown:
+        raise DataError(
+            f"{folder.root}: class folder(s) {', '.join(map(repr, unknown))} are not among the model's labels "
+            f"({', '.join(predictor.labels)}); evaluate on known classes, or retrain the bundle with them"
+        )
+    to_model = np.asarray([index[name] for name in folder.labels], dtype=np.int64)
+    predictions = predictor.predict(folder.paths, batch_size=batch_size)
+    y_true, y_pred, errors = [], [], []
+    for (path, target), pred in zip(folder.samples, predictions):
+        if pred.ok:
+            y_true.append(to_model[target])
+            y_pred.append(pred.index)
+        else:
+            errors.append((str(path), pred.error or ""))
+    if not y_true:
+        raise DataError(f"{folder.root}: none of its {len(predictions)} image(s) could be read")
+    return Evaluation.from_predictions(
+        predictor.labels, y_true, y_pred, errors=tuple(errors),
+        extra={"runtime": predictor.runtime, "precision_executed": predictor.precision_executed},
+    )
+
+
+def _to_report(e: "Evaluation") -> EvaluateReport:
+    d = e.to_dict()
+    known = {"accuracy", "n", "per_class", "labels", "confusion", "errors"}
+    return EvaluateReport(**{k: d[k] for k in known}, extra={k: v for k, v in d.items() if k not in known})
+
+
+def evaluate_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
+                    config: EvaluateConfig | None = None) -> EvaluateReport:
+    """Accuracy of a bundle, on its deployed runtime and precision, on labelled data."""
+    cfg = config or EvaluateConfig()
+    predictor = Predictor.from_bundle(bundle, verify=cfg.verify, runtime=cfg.runtime, threads=cfg.threads)
+    return _to_report(evaluate_folder(predictor, data, batch_size=cfg.batch_size))
+
+
+def plot_confusion(report: dict[str, Any], labels: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(report["confusion"], dtype=float)
+    shown = [i for i in range(len(labels)) if m[i].sum() or m[:, i].sum()]
+    m = m[np.ix_(shown, shown)]
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.5 * len(shown) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    names = [labels[i] for i in shown]
+    ax.set_xticks(range(len(shown)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(shown)), names)
+    for i in range(len(shown)):
+        for j in range(len(shown)):
+            if m[i, j]:
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black",
+                        fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title or f"accuracy {report['accuracy']:.3f} (n={report['n']})")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

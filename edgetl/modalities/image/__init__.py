@@ -1,0 +1,62 @@
+"""Images: files (or PIL images, uint8 arrays) through exactly the training preprocessing
+to ``images`` float32 [N, 3, S, S]. Torch-free; registered as the modality ``image``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgetl.modalities import MODALITIES, InputSpec, LabelledItems
+from edgetl.modalities.image.folder import (ImageFolder, check_image, find_images, list_images, scan_folder,
+                                            stratified_split, write_digits)
+from edgetl.modalities.image.preprocess import (IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageInput, Interpolation,
+                                                PreprocessSpec, load_image, normalize, preprocess, preprocess_batch,
+                                                resize_and_crop)
+
+__all__ = ["ImageModality", "IMAGE", "PreprocessSpec", "Interpolation", "ImageInput", "load_image", "preprocess",
+           "preprocess_batch", "normalize", "resize_and_crop", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "ImageFolder",
+           "scan_folder", "find_images", "list_images", "check_image", "stratified_split", "write_digits"]
+
+
+class ImageModality:
+    """Images: files (or PIL images, uint8 arrays) -> ``images`` float32 [N, 3, S, S]."""
+
+    name = "image"
+    item_noun = "image"
+    INPUT = "images"
+
+    def spec_from_dict(self, d: Any) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(d)
+
+    def inputs(self, spec: PreprocessSpec) -> tuple[InputSpec, ...]:
+        return (InputSpec(self.INPUT, "float32", (None, 3, spec.input_size, spec.input_size)),)
+
+    def load(self, item: ImageInput, spec: PreprocessSpec) -> dict[str, np.ndarray]:
+        return {self.INPUT: preprocess(item, spec)}
+
+    def collate(self, rows, spec: PreprocessSpec) -> dict[str, np.ndarray]:
+        return {self.INPUT: np.stack([r[self.INPUT] for r in rows])}
+
+    def example(self, spec: PreprocessSpec, batch: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(0)
+        shape = (batch, 3, spec.input_size, spec.input_size)
+        return {self.INPUT: rng.standard_normal(shape, dtype=np.float32)}
+
+    def scan(self, data, *, strict: bool = False, min_classes: int = 2):
+        folder = scan_folder(data, strict=strict, min_classes=min_classes)
+        return LabelledItems(folder.root, folder.labels, tuple(folder.paths), folder.targets,
+                             tuple((str(p), r) for p, r in folder.skipped))
+
+    def check_session(self, session: Any, spec: PreprocessSpec) -> None:
+        from edgetl.errors import BundleError
+
+        shape, size = tuple(session.input_shape), spec.input_size
+        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, size, size))):
+            raise BundleError(f"backbone input is {list(shape)}, but the preprocessing makes [N, 3, {size}, {size}]")
+
+
+IMAGE = ImageModality()
+
+
+MODALITIES.register("image", IMAGE)

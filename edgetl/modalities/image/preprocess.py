@@ -1,0 +1,179 @@
+"""Image loading and the preprocessing spec shared by training and the device.
+
+Torch-free on purpose: the device runs exactly this code, and the training pipeline's
+evaluation transform is built from the same :class:`PreprocessSpec`, so the tensors
+match bit for bit (``tests/test_preprocess.py`` checks it against torchvision).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from edgetl.errors import ConfigError, DataError
+
+__all__ = ["Interpolation", "PreprocessSpec", "load_image", "preprocess", "preprocess_batch", "ImageInput"]
+
+# Refuse decompression bombs: PIL warns above this many pixels and raises above twice it;
+# we refuse both (an edge device has no business decoding a 90-megapixel image).
+MAX_IMAGE_PIXELS = 64_000_000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+
+class Interpolation(str, Enum):
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    NEAREST = "nearest"
+
+    @property
+    def pil(self) -> int:
+        return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[self.value]
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What a backbone needs from an image: resize shorter side to ``input_size / crop_pct``,
+    center-crop ``input_size``, scale to [0, 1], normalize with ``mean`` and ``std``; NCHW float32."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: Interpolation = Interpolation.BICUBIC
+    crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interpolation", Interpolation(self.interpolation))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if not (isinstance(self.input_size, int) and 8 <= self.input_size <= 4096):
+            raise ConfigError(f"input_size must be an integer between 8 and 4096, got {self.input_size!r}")
+        if not 0.1 <= self.crop_pct <= 1.0:
+            raise ConfigError(f"crop_pct must be in [0.1, 1.0], got {self.crop_pct!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError("mean and std need three values each, std all positive")
+
+    @property
+    def resize_size(self) -> int:
+        return int(math.floor(self.input_size / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["interpolation"] = self.interpolation.value
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+        return cls(
+            input_size=int(d["input_size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            interpolation=Interpolation(d["interpolation"]),
+            crop_pct=float(d["crop_pct"]),
+        )
+
+    def with_input_size(self, size: int) -> "PreprocessSpec":
+        return PreprocessSpec(size, self.mean, self.std, self.interpolation, self.crop_pct)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16-bit is rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if a.max() <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(a * scale + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def load_image(source: ImageInput) -> Image.Image:
+    """Open a file, PIL image or HxW[xC] uint8 array as RGB. Raises :class:`DataError` on
+    unreadable, corrupt or oversized images."""
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.dtype != np.uint8:
+            raise DataError(f"array images must be uint8 HxW or HxWxC, got dtype {arr.dtype}")
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise DataError(f"array images must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+        return _to_rgb(Image.fromarray(arr))
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"{path}: no such image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+            try:
+                with Image.open(path) as img:
+                    img = ImageOps.exif_transpose(img) if img.format == "JPEG" else img
+                    img.load()
+                    return _to_rgb(img)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path}: image is larger than {MAX_IMAGE_PIXELS:,} pixels; refusing to decode it") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for corrupt files
+        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+
+
+def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """torchvision ``Resize(resize_size)`` + ``CenterCrop(input_size)``, same arithmetic."""
+    w, h = img.size
+    size = spec.resize_size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), resample=spec.interpolation.pil)
+    crop = spec.input_size
+    if new_w < crop or new_h < crop:  # torchvision pads; never happens with crop_pct <= 1
+        raise ConfigError("crop larger than resized image")
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    return img.crop((left, top, left + crop, top + crop))
+
+
+def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """HxWx3 uint8 image -> 3xHxW float32 normalized, as ``ToTensor`` + ``Normalize``."""
+    # Same float32 operations per element as torchvision, done in HxWxC order and
+    # transposed once at the end, so the result is C-contiguous (runtimes want that) at
+    # half the cost of normalizing a transposed view.
+    x = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    x -= np.asarray(spec.mean, dtype=np.float32)
+    x /= np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess(source: ImageInput, spec: PreprocessSpec) -> np.ndarray:
+    """One image -> 3xHxW float32, ready for the backbone."""
+    return normalize(resize_and_crop(load_image(source), spec), spec)
+
+
+def preprocess_batch(sources: list[ImageInput], spec: PreprocessSpec) -> np.ndarray:
+    """Images -> Nx3xHxW float32."""
+    return np.stack([preprocess(s, spec) for s in sources]) if sources else np.zeros(
+        (0, 3, spec.input_size, spec.input_size), np.float32
+    )

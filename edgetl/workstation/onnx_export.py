@@ -1,0 +1,286 @@
+"""ONNX export of the backbone, head and fused model, validated against PyTorch.
+
+``export(run_dir)`` writes ``RUN/onnx/{backbone,head,model}.onnx`` (dynamic batch, one
+self-contained file each, IR <= 10, metadata inside) and ``RUN/openvino/backbone.xml``
+(fp32 IR), then checks every file on ONNX Runtime and OpenVINO (precision pinned to f32)
+against PyTorch on real validation images. All failures are collected into one
+:class:`ExportMismatchError`; the results go into ``run.json["export"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.core import ui as _ui
+from edgetl.errors import ConfigError, ExportMismatchError, RunDirError
+from edgetl.core.formats import (EMBEDDING, LOGITS, MAX_IR_VERSION, MAX_OPSET, META_BACKBONE, META_LABELS,
+                                 META_MODALITY, META_NUM_FEATURES, META_PREPROCESS)
+from edgetl.core.report import Report
+from edgetl.core.run import package_versions, update_run_json
+from edgetl.modalities import InputSpec, Modality, batches, get_modality
+from edgetl.workstation.run import load_run
+
+__all__ = ["Exporter", "ExportConfig", "ExportReport", "export", "MAX_IR_VERSION"]
+
+FILES = ("backbone", "head", "model")
+Inputs = dict[str, np.ndarray]
+
+
+class Exporter(str, Enum):
+    DYNAMO = "dynamo"  # torch.export based, the maintained exporter
+    TORCHSCRIPT = "torchscript"  # legacy tracer, deprecated but several times faster to run
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    exporter: Exporter = Exporter.DYNAMO
+    validate: bool = True
+    samples: int = 64  # validation images
+    atol: float = 1e-4  # max |onnx - torch| on embeddings and logits
+    min_cosine: float = 0.9999
+    min_agreement: float = 0.99  # top-1 agreement with PyTorch
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exporter", Exporter(self.exporter))
+        if not 13 <= self.opset <= MAX_OPSET:
+            raise ConfigError(f"opset must be between 13 and {MAX_OPSET} (what ONNX Runtime 1.19.2 runs), got {self.opset}")
+        if self.exporter is Exporter.DYNAMO and self.opset < 18:
+            raise ConfigError("the dynamo exporter writes opset 18 or newer; use --opset 18+ or --exporter torchscript")
+        if self.samples <= 0:
+            raise ConfigError(f"samples must be positive, got {self.samples}")
+
+
+def _takes_varargs(module) -> bool:
+    import inspect
+
+    params = inspect.signature(module.forward).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+
+
+def _export_module(module, example: Inputs, path: Path, inputs: tuple[InputSpec, ...], out: str,
+                   cfg: ExportConfig) -> None:
+    """Export ``module(*inputs)`` with the modality's input names and dynamic axes."""
+    import torch
+
+    args = tuple(torch.from_numpy(example[i.name].copy()) for i in inputs)
+    names = [i.name for i in inputs]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if cfg.exporter is Exporter.DYNAMO:
+            from torch.export import Dim
+
+            dims: dict[str, Any] = {}
+            shapes: Any = tuple({axis: dims.setdefault(n, Dim(n)) for axis, n in i.dynamic_axes.items()} for i in inputs)
+            if _takes_varargs(module):  # forward(*inputs): torch.export wants the shapes as one group
+                shapes = (shapes,)
+            torch.onnx.export(
+                module, args, str(path), dynamo=True, external_data=False, opset_version=cfg.opset,
+                input_names=names, output_names=[out], dynamic_shapes=shapes, verbose=False,
+            )
+        else:
+            axes = {i.name: i.dynamic_axes for i in inputs} | {out: {0: "batch"}}
+            torch.onnx.export(
+                module, args, str(path), dynamo=False, opset_version=cfg.opset,
+                input_names=names, output_names=[out], dynamic_axes=axes,
+            )
+
+
+def _finish(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    """Make the file self-describing and loadable by ORT 1.19.2; return its facts."""
+    import onnx
+
+    model = onnx.load(str(path))  # pulls in any external data written beside it
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+    existing = {p.key for p in model.metadata_props}
+    for key, value in metadata.items():
+        if key in existing:
+            continue
+        model.metadata_props.add(key=key, value=value)
+    for stray in path.parent.glob(path.name + "*.data"):
+        stray.unlink()
+    onnx.save(model, str(path))  # one file: weights inline (models are far below 2 GB)
+    onnx.checker.check_model(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"path": path.name, "bytes": path.stat().st_size, "ir_version": model.ir_version, "opset": opset}
+
+
+def _to_openvino(onnx_path: Path, out_dir: Path) -> Path:
+    import openvino as ov
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xml = out_dir / "backbone.xml"
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    return xml
+
+
+def _run(path: Path, runtime: str, x: Inputs | np.ndarray) -> np.ndarray:
+    """One batch through a file on a runtime, loaded as the device loads it (OpenVINO
+    pinned to f32: on CPUs with AMX it would otherwise run this model in bf16)."""
+    from edgetl.runtimes import load_session
+
+    return load_session(path, runtime, precision="fp32").run(x)
+
+
+def _ort_run(path: Path, x: Inputs | np.ndarray) -> np.ndarray:
+    return _run(path, "onnxruntime", x)
+
+
+def _ov_run(path: Path, x: Inputs | np.ndarray) -> np.ndarray:
+    return _run(path, "openvino", x)
+
+
+def _rows(x: Inputs, n: int) -> Inputs:
+    return {k: v[:n] for k, v in x.items()}
+
+
+def _compare(name: str, got: np.ndarray, ref: np.ndarray, cfg: ExportConfig, logits: bool) -> tuple[dict, list[str]]:
+    failures = []
+    if got.shape != ref.shape:
+        return {"shape": list(got.shape)}, [f"{name}: shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)}"]
+    diff = float(np.abs(got - ref).max())
+    a, b = got.reshape(len(got), -1).astype(np.float64), ref.reshape(len(ref), -1).astype(np.float64)
+    # Cosine is meaningless for vectors whose norm is within the absolute tolerance (a
+    # randomly initialised network can emit ~1e-8 embeddings); those rows are judged by
+    # the absolute difference alone.
+    norms = np.linalg.norm(b, axis=1)
+    rows = norms > cfg.atol
+    cos = float(np.min((a[rows] * b[rows]).sum(1) / (np.linalg.norm(a[rows], axis=1) * norms[rows]))) if rows.any() else None
+    row = {"max_abs_diff": diff, "min_cosine": cos}
+    if diff > cfg.atol:
+        failures.append(f"{name}: max |diff| {diff:.2e} > {cfg.atol:.0e}")
+    if cos is not None and cos < cfg.min_cosine:
+        failures.append(f"{name}: cosine {cos:.6f} < {cfg.min_cosine}")
+    if logits:
+        agree = float((got.argmax(1) == ref.argmax(1)).mean())
+        row["top1_agreement"] = agree
+        if agree < cfg.min_agreement:
+            failures.append(f"{name}: top-1 agreement {agree:.3f} < {cfg.min_agreement}")
+    return row, failures
+
+
+def _validation_inputs(run, modality: Modality, spec: Any, n: int) -> Inputs:
+    """Model inputs of up to ``n`` real held-out items (training ones if there is no split)."""
+    try:
+        items, _ = run.split_items("val")
+    except RunDirError:
+        items, _ = run.split_items("train")
+    step = max(1, len(items) // n)  # spread over classes: the split is sorted by class
+    chosen = items[::step][:n]
+    return next(batches(modality, chosen, spec, len(chosen), strict=True))[1]
+
+
+def _validate(onnx_dir: Path, ov_xml: Path, torch_out: dict[str, np.ndarray], x: Inputs,
+              cfg: ExportConfig) -> tuple[dict, list[str]]:
+    results: dict[str, Any] = {}
+    failures: list[str] = []
+    z_ref = torch_out["embedding"]
+    checks = [
+        ("onnxruntime/backbone", lambda: _ort_run(onnx_dir / "backbone.onnx", x), z_ref, False),
+        ("onnxruntime/head", lambda: _ort_run(onnx_dir / "head.onnx", z_ref), torch_out["logits"], True),
+        ("onnxruntime/model", lambda: _ort_run(onnx_dir / "model.onnx", x), torch_out["logits"], True),
+        ("onnxruntime/head(backbone)", lambda: _ort_run(onnx_dir / "head.onnx", _ort_run(onnx_dir / "backbone.onnx", x)),
+         _ort_run(onnx_dir / "model.onnx", x), True),
+        ("openvino-f32/backbone", lambda: _ov_run(ov_xml, x), z_ref, False),
+        ("openvino-f32/model", lambda: _ov_run(onnx_dir / "model.onnx", x), torch_out["logits"], True),
+    ]
+    for name, run_fn, ref, logits in _ui.progress(checks, "validating"):
+        try:
+            got = run_fn()
+        except Exception as exc:  # noqa: BLE001 - a runtime refusing the file is a failed check
+            failures.append(f"{name}: runtime error {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
+        results[name], fails = _compare(name, got, ref, cfg, logits)
+        failures += fails
+    # Dynamic batch: one image alone gives the same output as inside a batch.
+    single = _ort_run(onnx_dir / "model.onnx", _rows(x, 1))
+    results["dynamic_batch_max_abs_diff"] = float(np.abs(single - _ort_run(onnx_dir / "model.onnx", x)[:1]).max())
+    if results["dynamic_batch_max_abs_diff"] > cfg.atol:
+        n = len(next(iter(x.values())))
+        failures.append(f"dynamic batch: batch 1 differs from batch {n} by {results['dynamic_batch_max_abs_diff']:.2e}")
+    return results, failures
+
+
+@dataclass(frozen=True)
+class ExportReport(Report):
+    """``run.json["export"]``: files written, validation against PyTorch, timings, versions."""
+
+    config: dict[str, Any]
+    files: dict[str, Any]
+    openvino: dict[str, Any]
+    seconds: dict[str, float]
+    versions: dict[str, str]
+    validation: dict[str, Any] | None = None
+
+
+def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> ExportReport:
+    """Export RUN's model to ONNX (backbone, head, fused) and OpenVINO IR; validate; return the report."""
+    import torch
+
+    from edgetl.device.learn import make_head_onnx
+
+    cfg = config or ExportConfig()
+    run = load_run(run_dir)
+    root = Path(run_dir)
+    onnx_dir, ov_dir = root / "onnx", root / "openvino"
+    onnx_dir.mkdir(exist_ok=True)
+    modality = get_modality(run.modality)
+    spec = run.spec
+    model = run.model.eval()
+    metadata = {
+        META_LABELS: json.dumps(run.labels),
+        META_PREPROCESS: json.dumps(spec.to_dict()),
+        META_NUM_FEATURES: str(run.info["num_features"]),
+        META_BACKBONE: run.info["backbone"],
+        META_MODALITY: modality.name,
+    }
+    x = _validation_inputs(run, modality, spec, cfg.samples)
+    example = _rows(x, 2)
+    inputs = modality.inputs(spec)
+
+    files, seconds = {}, {}
+    for name in _ui.progress(FILES, f"exporting ({cfg.exporter.value})"):
+        t0 = time.perf_counter()
+        path = onnx_dir / f"{name}.onnx"
+        if name == "head":  # one Gemm, written directly: the format the device retrains
+            make_head_onnx(model.head.weight.detach().numpy(), model.head.bias.detach().numpy(), run.labels, path,
+                           metadata={k: v for k, v in metadata.items() if k != META_LABELS})
+        else:
+            module = model.backbone if name == "backbone" else model
+            _export_module(module, example, path, inputs, EMBEDDING if name == "backbone" else LOGITS, cfg)
+        files[name] = _finish(path, metadata)
+        seconds[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    xml = _to_openvino(onnx_dir / "backbone.onnx", ov_dir)
+    seconds["openvino"] = time.perf_counter() - t0
+
+    report: dict[str, Any] = {
+        "config": {**asdict(cfg), "exporter": cfg.exporter.value},
+        "files": files,
+        "openvino": {"xml": str(xml.relative_to(root)), "bytes": xml.with_suffix(".bin").stat().st_size},
+        "seconds": seconds,
+        "versions": package_versions("torch", "onnx", "onnxscript", "onnxruntime-training-cpu", "openvino"),
+    }
+    failures: list[str] = []
+    if cfg.validate:
+        with torch.no_grad():
+            z = model.forward_features(*(torch.from_numpy(x[i.name]) for i in inputs))
+            torch_out = {"embedding": z.numpy(), "logits": model.forward_head(z).numpy()}
+        report["validation"], failures = _validate(onnx_dir, xml, torch_out, x, cfg)
+        report["validation"]["samples"] = len(x)
+        report["validation"]["passed"] = not failures
+        report["validation"]["failures"] = failures
+    update_run_json(root, "export", report)
+    if failures:
+        raise ExportMismatchError(failures)
+    return ExportReport(**report)

@@ -1,0 +1,343 @@
+"""Packaging: a RUN's models for a target, copied into a new bundle. Re-exported as
+:func:`edgetl.device.bundle.package`; the bundle format itself lives in :mod:`edgetl.device.bundle`."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from dataclasses import dataclass
+
+from edgetl.core.formats import MAX_IR_VERSION
+from edgetl.core.report import Report
+from edgetl.device.alignment import SOURCE_STATS, write_source_stats
+from edgetl.device.memory import DEFAULT_PER_CLASS, check_per_class
+from edgetl.modalities import get_modality
+from edgetl.core.files import fsync_dir, fsync_tree, hash_dir, remove, utc_now
+from edgetl.core.ui import warn
+from edgetl.errors import BundleError, EdgeTLError, RunDirError
+from edgetl.core.targets import Precision, Runtime, Target, load_target
+
+
+
+def _model_sources(run_dir: Path, target: Target) -> tuple[list[tuple[Path, str]], str]:
+    """The RUN files the target needs as ``(source, name in the version folder)`` and the
+    backbone's name; a missing one raises :class:`RunDirError` naming the stage to run."""
+    onnx_dir, ov_dir = run_dir / "onnx", run_dir / "openvino"
+    export_hint = f"run 'edgetl export {run_dir}' first"
+    quantize_hint = f"run 'edgetl quantize {run_dir}' first"
+    if target.runtime is Runtime.ONNXRUNTIME:
+        name = "backbone.int8.onnx" if target.precision is Precision.INT8 else "backbone.onnx"
+        backbone = [onnx_dir / name]
+    else:
+        stem = "backbone.int8" if target.precision is Precision.INT8 else "backbone"  # bf16 runs the fp32 IR
+        backbone = [ov_dir / f"{stem}.xml", ov_dir / f"{stem}.bin"]
+    needed = [*backbone, onnx_dir / "head.onnx"]
+    for src in needed:
+        if not src.is_file():
+            # export writes the fp32 ONNX models and the fp32 OpenVINO IR; quantize the int8 ones
+            made_by_export = ".int8." not in src.name or not (onnx_dir / "backbone.onnx").is_file()
+            hint = export_hint if made_by_export else quantize_hint
+            raise RunDirError(
+                f"{run_dir}: target {target.name!r} needs {src.relative_to(run_dir).as_posix()}, which is missing; {hint}"
+            )
+    return [(src, src.name) for src in needed], backbone[0].name
+
+
+def _onnx_info(paths: list[Path], target: Target) -> dict[str, int]:
+    import onnx
+
+    ir, opset = 0, 0
+    for path in paths:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, OSError, ...
+            raise BundleError(f"{path}: not a readable ONNX model ({exc}); re-run 'edgetl export'") from None
+        if model.ir_version > MAX_IR_VERSION:
+            raise BundleError(
+                f"{path}: ONNX IR version {model.ir_version} is newer than onnxruntime 1.19.2 loads "
+                f"({MAX_IR_VERSION}); re-export it with ir_version <= {MAX_IR_VERSION}"
+            )
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            raise BundleError(f"{path}: weights are in an external data file; re-export as a single .onnx file")
+        size = target.input_size
+        if size and path.name.startswith("backbone") and model.graph.input:
+            dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][2:4]
+            if any(d and d != size for d in dims):
+                raise BundleError(
+                    f"{path}: the backbone takes fixed {dims} images but target {target.name!r} sets input_size = "
+                    f"{size}; remove input_size from the target or re-export with a dynamic image size"
+                )
+        ir = max(ir, model.ir_version)
+        opset = max([opset, *(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))])
+    return {"ir_version": ir, "opset": opset}
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    from edgetl.core.version import __version__
+
+    def first(*names: str) -> str | None:
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    return {
+        "edgetl": __version__,
+        "onnx": first("onnx"),
+        "onnxruntime": first("onnxruntime-training-cpu", "onnxruntime-training", "onnxruntime"),
+        "openvino": first("openvino"),
+    }
+
+
+def _accuracy(info: Mapping[str, Any], target: Target) -> dict[str, Any] | None:
+    """What the RUN knows about accuracy: the fp32 reference (the report's fp32 row for the
+    target's runtime, else training's validation accuracy) and, when ``edgetl quantize``
+    measured it, the accuracy of the target's runtime and precision."""
+    from edgetl.core.run import deployed_accuracy
+
+    metrics = info.get("metrics") if isinstance(info.get("metrics"), dict) else {}
+    fp32_row = deployed_accuracy(info, target.runtime.value, "fp32")
+    row = deployed_accuracy(info, target.runtime.value, target.precision.value) or {}
+    fp32 = fp32_row["deployed"] if fp32_row else metrics.get("val_accuracy")
+    if fp32 is None and row.get("deployed") is None:
+        return None
+    return {"fp32": fp32, "deployed": row.get("deployed"), "precision_executed": row.get("precision_executed")}
+
+
+def _add_training_artifacts(head_path: Path, out_dir: Path) -> bool:
+    """ORT training artifacts for the head (checked loadable before they are kept), where this
+    ONNX Runtime can make them; without a training build the device trains in numpy, which
+    needs none (and a device with ONNX Runtime training generates them on its first retrain)."""
+    from edgetl.device.learn import make_training_artifacts, ort_training_available
+
+    if not ort_training_available():
+        warn("this ONNX Runtime has no training build, so the bundle gets no training artifacts; "
+             "retraining on the device uses the numpy trainer (or makes artifacts where it can)")
+        return False
+    make_training_artifacts(head_path, out_dir)
+    return True
+
+
+# --- replay memory (for on-device retraining; see edgetl.device.memory) ---------------------
+
+
+
+
+def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any], per_class: int) -> str | None:
+    """Write ``v1/memory.npz``: embeddings of up to ``per_class`` images per class of the RUN's
+    training split, computed by the bundle being written (a Predictor on its own files, so
+    they are what the device computes: deployed backbone, runtime and precision). Returns
+    its manifest path, or None (with a warning) when the images or the runtime are missing."""
+    from edgetl.device.bundle import MANIFEST
+    from edgetl.device.memory import MEMORY_FILE, memory_from_run
+    from edgetl.device.predictor import Predictor
+    from edgetl.errors import EdgeTLError
+
+    (tmp / MANIFEST).write_text(json.dumps(manifest))  # provisional: Predictor reads a bundle
+    try:
+        predictor = Predictor.from_bundle(tmp, verify=False)
+        memory, problems = memory_from_run(predictor, info, per_class=per_class)
+    except EdgeTLError as exc:
+        memory, problems = None, [f"cannot compute the replay memory ({exc})"]
+    finally:
+        (tmp / MANIFEST).unlink()
+    if memory is None or not len(memory):
+        warn(f"the bundle gets no replay memory ({'; '.join(problems) or 'no training images'}); "
+             "retraining on new classes only may then forget the old ones")
+        return None
+    for problem in problems:
+        warn(f"replay memory: {problem}")
+    memory.save(tmp / "v1" / MEMORY_FILE)
+    # The same embeddings describe the source domain for on-device adaptation; unlike the
+    # memory, they stay as packaged when retraining later mixes in the device's domain.
+    write_source_stats(tmp / "v1" / SOURCE_STATS, memory.embeddings)
+    return f"v1/{MEMORY_FILE}"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    from edgetl.device.bundle import MANIFEST
+
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BundleError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise BundleError(f"{out}: already exists; pass --force to replace it, or choose another --out")
+        if not (out / MANIFEST).is_file():
+            # --force replaces a bundle, never an arbitrary folder the user pointed at by mistake.
+            raise BundleError(f"{out}: exists and is not a bundle; refusing to replace it, even with --force")
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    """Options of :func:`package`."""
+
+    archive: bool = False  # also write BUNDLE.tar.gz
+    overwrite: bool = False  # replace an existing bundle at ``out`` (never another folder)
+    memory_per_class: int = DEFAULT_PER_CLASS  # replay-memory rows per class, when the target retrains
+
+    def __post_init__(self) -> None:
+        check_per_class(self.memory_per_class)
+
+
+@dataclass(frozen=True)
+class PackageReport(Report):
+    """The bundle written (a report that is also its path: ``open_bundle(report)`` works)."""
+
+    bundle: Path
+    archive: Path | None
+    version: int
+    target: str
+    runtime: str
+    precision: str
+    files: dict[str, Any]
+    accuracy: dict[str, Any] | None
+
+    def __fspath__(self) -> str:
+        return str(self.bundle)
+
+    def __truediv__(self, other: str) -> Path:
+        return self.bundle / other
+
+
+def _spec(info: Mapping[str, Any], run_dir: Path, target: Target) -> Any:
+    """The modality's spec from run.json, with the target's input size where it sets one."""
+    modality = get_modality(info.get("modality"))
+    try:
+        spec = modality.spec_from_dict(info["preprocess"])
+    except (KeyError, TypeError, ValueError, EdgeTLError) as exc:
+        raise RunDirError(f"{run_dir}/run.json: bad 'preprocess' ({exc}); re-run 'edgetl train'") from None
+    if target.input_size:
+        if not hasattr(spec, "with_input_size"):
+            raise BundleError(f"target {target.name!r} sets input_size, which {modality.name} models do not take")
+        spec = spec.with_input_size(target.input_size)
+    return spec
+
+
+def _copy_artifacts(run_dir: Path, info: Mapping[str, Any], vdir: Path) -> dict[str, str]:
+    """The RUN's extra files (``run.json["artifacts"]``: a tokenizer, say) into the version."""
+    out = {}
+    for name, rel in (info.get("artifacts") or {}).items():
+        src = run_dir / str(rel)
+        if not src.is_file():
+            raise RunDirError(f"{run_dir}: run.json names artifact {name!r} at {rel}, which is missing; re-run 'edgetl train'")
+        shutil.copyfile(src, vdir / src.name)
+        out[str(name)] = f"v1/{src.name}"
+    return out
+
+
+def _manifest(run_dir: Path, info: Mapping[str, Any], target: Target, spec: Any, vdir: Path, backbone_name: str,
+              training: str | None, artifacts: dict[str, str], onnx_facts: dict[str, int]) -> dict[str, Any]:
+    from edgetl.device.bundle import FORMAT_VERSION
+
+    now = utc_now()
+    return {
+        "format_version": FORMAT_VERSION,
+        "version": 1,
+        "created": now,
+        "labels": list(info["labels"]),
+        "modality": get_modality(info.get("modality")).name,
+        "preprocess": spec.to_dict(),
+        "num_features": info["num_features"],
+        "backbone": info.get("backbone"),
+        "target": target.to_dict(),
+        "runtime": target.runtime.value,
+        "precision": target.precision.value,
+        "models": {"backbone": f"v1/{backbone_name}", "head": "v1/head.onnx"},
+        "training": training,
+        "memory": None,
+        "adapter": None,
+        "artifacts": artifacts,
+        "files": hash_dir(vdir, "v1"),
+        "onnx": onnx_facts,
+        "versions": _versions(),
+        "accuracy": _accuracy(info, target),
+        "history": [{"version": 1, "event": "package", "time": now, "run": str(run_dir.resolve())}],
+    }
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished bundle into place (an old bundle is swapped out, then removed)."""
+    fsync_tree(tmp)
+    if out.is_dir() and any(out.iterdir()):
+        old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
+        os.rename(out, old)
+        os.rename(tmp, out)
+        remove(old)
+    else:
+        os.replace(tmp, out)  # replaces an empty folder too
+    fsync_dir(out.parent)
+
+
+def package(
+    run_dir: str | os.PathLike,
+    target: str | os.PathLike | Target,
+    out: str | os.PathLike,
+    config: PackageConfig | None = None,
+) -> PackageReport:
+    """Make a bundle for ``target`` from an exported (and, for int8, quantized) RUN.
+
+    Copies the models the target's runtime and precision need (and the RUN's artifacts, such
+    as a tokenizer) into ``out/v1/``, adds the head's training artifacts and a replay memory
+    when the target retrains, and writes ``manifest.json``. The bundle is built beside
+    ``out`` and renamed into place, so a crash leaves no half bundle.
+    """
+    from edgetl.core.run import read_run_json  # torch-free reader; the RUN format's one owner
+    from edgetl.device.bundle import MANIFEST, check_manifest, write_archive
+
+    cfg = config or PackageConfig()
+    run_dir, out = Path(run_dir), Path(out)
+    target = load_target(target)
+    info = read_run_json(run_dir)
+    sources, backbone_name = _model_sources(run_dir, target)
+    _prepare_out(out, cfg.overwrite)
+    tar_path = out.with_name(out.name + ".tar.gz")
+    if cfg.archive and tar_path.exists() and not cfg.overwrite:
+        raise BundleError(f"{tar_path}: already exists; pass --force to replace it")
+    spec = _spec(info, run_dir, target)
+    onnx_files = [src for src, _ in sources if src.suffix == ".onnx"]
+    if target.runtime is not Runtime.ONNXRUNTIME and (run_dir / "onnx" / "backbone.onnx").is_file():
+        onnx_files.append(run_dir / "onnx" / "backbone.onnx")  # the IR's input size comes from it
+    onnx_facts = _onnx_info(onnx_files, target)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
+        tmp.mkdir()
+    except OSError as exc:
+        raise BundleError(f"{out}: cannot create the bundle ({exc.strerror or exc})") from None
+    try:
+        vdir = tmp / "v1"
+        vdir.mkdir()
+        for src, name in sources:
+            shutil.copyfile(src, vdir / name)
+        artifacts = _copy_artifacts(run_dir, info, vdir)
+        training = None
+        if target.retraining:
+            if _add_training_artifacts(vdir / "head.onnx", vdir / "training"):
+                training = "v1/training"
+        manifest = _manifest(run_dir, info, target, spec, vdir, backbone_name, training, artifacts, onnx_facts)
+        if target.retraining:
+            memory = _add_replay_memory(tmp, manifest, info, cfg.memory_per_class)
+            if memory is not None:
+                manifest.update(memory=memory, source_stats=f"v1/{SOURCE_STATS}", files=hash_dir(vdir, "v1"))
+        check_manifest(tmp, manifest, "new manifest")
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+        _publish(tmp, out)
+    except OSError as exc:
+        raise BundleError(f"{out}: packaging failed ({exc.strerror or exc}); nothing was written") from None
+    finally:
+        remove(tmp)
+    if cfg.archive:
+        write_archive(out, tar_path)
+    return PackageReport(out, tar_path if cfg.archive else None, 1, target.name, manifest["runtime"],
+                         manifest["precision"], manifest["files"], manifest["accuracy"])

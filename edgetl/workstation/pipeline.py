@@ -1,0 +1,168 @@
+"""One call from an image folder to a deployed, benchmarked bundle:
+train -> export (validated) -> quantize (guarded) -> package -> bench."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from edgetl.core import ui as _ui
+from edgetl.errors import EdgeTLError, StageError
+from edgetl.core.targets import Precision, Runtime, Target, load_target
+
+__all__ = ["BuildConfig", "BuildReport", "BuildResult", "build", "summary_rows"]
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Options of :func:`build`: each stage's own config (None: its defaults) and the run."""
+
+    train: Any = None  # TrainConfig
+    export: Any = None  # ExportConfig
+    quantize: Any = None  # QuantizeConfig (the engine follows the target's runtime)
+    bench: Any = None  # BenchConfig
+    run_dir: str | os.PathLike | None = None  # default: <out>.run beside the bundle
+    run_bench: bool = True  # benchmark the bundle against PyTorch at the end
+    archive: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class BuildReport:
+    """What :func:`build` made: the RUN, the bundle, the time per stage and a summary."""
+
+    run_dir: Path
+    bundle: Path
+    target: Target
+    stages: list[dict[str, Any]] = field(default_factory=list)  # name, seconds
+    summary: dict[str, Any] = field(default_factory=dict)
+    bench: Any = None  # edgetl.benchmarking.BenchReport, when the bench stage ran
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": str(self.run_dir), "bundle": str(self.bundle), "target": self.target.name,
+                "stages": self.stages, "summary": self.summary}
+
+
+BuildResult = BuildReport  # the earlier name
+
+
+def _quantize_config(target: Target, config):
+    """int8 targets need the quantized backbone of their own runtime only."""
+    from edgetl.workstation.quantization import Engine, QuantizeConfig
+
+    engine = Engine.ORT if target.runtime is Runtime.ONNXRUNTIME else Engine.NNCF
+    return replace(config or QuantizeConfig(), engine=engine)
+
+
+def build(
+    data: str | os.PathLike,
+    target: str | os.PathLike | Target,
+    out: str | os.PathLike,
+    config: BuildConfig | None = None,
+) -> BuildReport:
+    """Train on ``data``, export, quantize (int8 targets), package for ``target`` into
+    ``out``, then benchmark the bundle against PyTorch. The RUN directory defaults to
+    ``<out>.run`` beside the bundle. Stops at the first failing stage with a
+    :class:`StageError` naming it."""
+    from edgetl.benchmarking import BenchConfig, bench as run_bench
+    from edgetl.workstation.packaging import PackageConfig, package
+    from edgetl.workstation.onnx_export import export
+    from edgetl.workstation.quantization import quantize
+    from edgetl.core.run import read_run_json
+    from edgetl.workstation.training import train
+
+    cfg = config or BuildConfig()
+    train_config, export_config, quantize_config, bench_config = cfg.train, cfg.export, cfg.quantize, cfg.bench
+    archive, overwrite = cfg.archive, cfg.overwrite
+    tgt = load_target(target)
+    out = Path(out)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir is not None else out.with_name(out.name + ".run")
+    result = BuildReport(run_dir, out, tgt)
+    int8 = tgt.precision is Precision.INT8
+
+    stages: list[tuple[str, Callable[[], Any]]] = [
+        ("train", lambda: train(data, run_dir, train_config, overwrite=overwrite)),
+        ("export", lambda: export(run_dir, export_config)),
+    ]
+    if int8:
+        stages.append(("quantize", lambda: quantize(run_dir, _quantize_config(tgt, quantize_config))))
+    stages.append(("package", lambda: package(run_dir, tgt, out, PackageConfig(archive=archive, overwrite=overwrite))))
+    if cfg.run_bench:
+        base = bench_config or BenchConfig(duration=2.0, repeats=2)
+        cfg = replace(base, run=base.run or run_dir, targets=base.targets or (tgt,))
+        stages.append(("bench", lambda: run_bench(out, cfg)))
+
+    outputs: dict[str, Any] = {}
+    for index, (name, step) in enumerate(stages, 1):
+        _ui.info(f"[{index}/{len(stages)}] {name}")
+        t0 = time.perf_counter()
+        try:
+            outputs[name] = step()
+        except StageError:
+            raise
+        except EdgeTLError as exc:
+            raise StageError(name, index, len(stages), exc) from exc
+        result.stages.append({"stage": name, "seconds": round(time.perf_counter() - t0, 3)})
+
+    result.bench = outputs.get("bench")
+    result.summary = _summary(read_run_json(run_dir), tgt, out, result.bench)
+    return result
+
+
+def _summary(info: dict[str, Any], target: Target, bundle: Path, report) -> dict[str, Any]:
+    from edgetl.device.bundle import open_bundle
+
+    manifest = open_bundle(bundle).manifest
+    accuracy = manifest.get("accuracy") or {}
+    summary = {
+        "target": target.name,
+        "runtime": target.runtime.value,
+        "precision": target.precision.value,
+        "accuracy_fp32": accuracy.get("fp32", info["metrics"].get("val_accuracy")),
+        "accuracy_deployed": accuracy.get("deployed"),
+        "precision_executed": accuracy.get("precision_executed"),
+        "bundle_mb": sum(f["bytes"] for f in manifest["files"].values()) / 2**20,
+        # What inference loads (the OpenVINO backbone is its .xml and .bin); the rest of the
+        # bundle is for the device's learning: training artifacts, replay memory, statistics.
+        "model_mb": sum(f["bytes"] for rel, f in manifest["files"].items()
+                        if Path(rel).with_suffix("") in {Path(m).with_suffix("") for m in manifest["models"].values()})
+        / 2**20,
+        "p50_ms": None, "p90_ms": None, "torch_p50_ms": None, "speedup_vs_torch": None,
+        "peak_rss_mb": None, "p90_pass": None, "memory_pass": None,
+    }
+    if report is not None:
+        rows = [r for r in report.results if r.get("status") == "ok"]
+        deployed = next((r for r in rows if r.get("mode") == "edgetl" and r.get("batch") == target.batch_size), None)
+        torch_row = next((r for r in rows if r.get("runtime") == "torch" and r.get("batch") == target.batch_size), None)
+        if deployed:
+            summary.update(p50_ms=deployed["p50_ms"], p90_ms=deployed["p90_ms"], peak_rss_mb=deployed["peak_rss_mb"],
+                           speedup_vs_torch=deployed.get("speedup_vs_torch"), p90_pass=deployed.get("p90_pass"),
+                           memory_pass=deployed.get("memory_pass"),
+                           precision_executed=deployed.get("precision_executed") or summary["precision_executed"])
+        if torch_row:
+            summary["torch_p50_ms"] = torch_row["p50_ms"]
+    return summary
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The final table of ``edgetl build`` as (what, value) rows."""
+    def pf(v):
+        return None if v is None else ("pass" if v else "FAIL")
+
+    return [
+        ("target", f"{summary['target']} ({summary['runtime']}, {summary['precision']})"),
+        ("precision executed", summary.get("precision_executed")),
+        ("accuracy fp32 (PyTorch, held-out)", summary.get("accuracy_fp32")),
+        ("accuracy deployed (held-out)", summary.get("accuracy_deployed")),
+        ("model size (MB)", summary.get("model_mb")),
+        ("bundle size with training data (MB)", summary.get("bundle_mb")),
+        ("p50 latency (ms)", summary.get("p50_ms")),
+        ("PyTorch eager p50 (ms)", summary.get("torch_p50_ms")),
+        ("speed-up vs PyTorch", summary.get("speedup_vs_torch")),
+        ("peak memory (MB)", summary.get("peak_rss_mb")),
+        ("p90 budget", pf(summary.get("p90_pass"))),
+        ("memory budget", pf(summary.get("memory_pass"))),
+    ]

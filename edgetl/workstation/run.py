@@ -1,0 +1,84 @@
+"""A loaded RUN directory: its run.json and the rebuilt torch model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetl.core.run import read_run_json
+from edgetl.errors import RunDirError
+from edgetl.modalities import DEFAULT_MODALITY, get_modality
+from edgetl.modalities.image import PreprocessSpec
+
+__all__ = ["Run", "load_run"]
+
+
+@dataclass
+class Run:
+    """A loaded RUN directory: its run.json and the rebuilt model (eval mode)."""
+
+    root: Path
+    info: dict[str, Any]
+    model: Any  # edgetl.workstation.model.EdgeModel
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.info["labels"])
+
+    @property
+    def modality(self) -> str:
+        return str(self.info.get("modality") or DEFAULT_MODALITY)
+
+    @property
+    def spec(self) -> Any:
+        """The modality's spec (for images, the :class:`PreprocessSpec`)."""
+        return get_modality(self.modality).spec_from_dict(self.info["preprocess"])
+
+    def split_items(self, which: str) -> tuple[list[Any], list[int]]:
+        """Items of the ``train`` or ``val`` split (image paths) with class indices."""
+        return self.split_paths(which)
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.info["preprocess"])
+
+    def split_paths(self, which: str) -> tuple[list[Path], list[int]]:
+        """Files of the ``train`` or ``val`` split with class indices, as recorded at training."""
+        split = self.info.get("split", {})
+        root = Path(self.info.get("data_root", ""))
+        items = split.get(which, [])
+        if not items:
+            raise RunDirError(f"{self.root}: run.json records no {which} split")
+        index = {name: i for i, name in enumerate(self.labels)}
+        paths = [root / rel for rel in items]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise RunDirError(
+                f"{missing[0]}: the {which} images recorded at training time are gone; pass the data folder explicitly"
+            )
+        return paths, [index[Path(rel).parts[0]] for rel in items]
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read run.json and rebuild the trained model from model.pt (weights only)."""
+    import torch
+
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.model import EdgeModel
+
+    run_dir = Path(run_dir)
+    info = read_run_json(run_dir)
+    weights = run_dir / "model.pt"
+    if not weights.is_file():
+        raise RunDirError(f"{run_dir}: model.pt is missing; re-run 'edgetl train'")
+    backbone = create_backbone(info.get("arch", info["backbone"]), pretrained=False)
+    model = EdgeModel(backbone.module, int(info["num_features"]), len(info["labels"]))
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - corrupt or mismatched file
+        raise RunDirError(f"{weights}: cannot load the trained weights ({exc.__class__.__name__}); re-run 'edgetl train'") from None
+    model.eval()
+    return Run(run_dir, info, model)

@@ -1,0 +1,281 @@
+"""Unsupervised domain adaptation on the workstation: labelled source images, unlabelled
+target images, one classifier that works on the target.
+
+Two methods, both trained by ``edgetl.workstation.training.train_finetune`` with an alignment loss on
+the embedding (the head's input):
+
+- **DANN** (Ganin et al., 2016): a small MLP domain classifier behind a gradient-reversal
+  layer; its coefficient follows lambda(p) = 2 / (1 + exp(-10 p)) - 1 over training
+  progress p, so early, noisy domain gradients do not wreck the features.
+- **Deep CORAL** (Sun and Saenko, 2016): ||C_s - C_t||_F^2 / (4 d^2) between the batch
+  covariances of source and target embeddings.
+
+``adapt_weight`` multiplies the domain-classification loss (DANN) or the CORAL loss
+times :data:`CORAL_BASE_WEIGHT`. Early stopping still picks the epoch by *source*
+validation accuracy: without target labels there is nothing better to select on.
+
+Each training step runs the source batch and a target batch through the backbone *in one
+forward pass*, so BatchNorm layers of unfrozen blocks normalize with mixed-domain batch
+statistics and keep mixed-domain running statistics: what they see in training is what
+they use at test time, on either domain. (Separate passes would normalize each domain
+by its own statistics in training, then by a blend at test time.)
+
+With a frozen backbone (``unfreeze=0``) the embedding cannot move, so a loss on it has
+nothing to train: DANN is refused, and CORAL becomes feature-level CORAL — the head is
+trained on the source as a linear probe (cached embeddings), then the closed-form map that gives target embeddings the source's
+mean and covariance (:func:`edgetl.device.alignment.coral_map`, exactly what ``edgetl adapt``
+does on a device) is folded into the Linear head. That model is for the target domain.
+
+``target_accuracy_before`` is the accuracy on ``target_eval`` of a source-only linear
+probe on the pretrained backbone fitted to the same source training images (what
+``edgetl train`` makes by default), computed before adaptation starts; cheap, and the
+model a user would otherwise deploy. ``benchmarks/adapt_bench.py`` compares against a
+like-for-like source-only fine-tune instead.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from edgetl.core import ui as _ui
+from edgetl.modalities.image import scan_folder
+from edgetl.device.alignment import coral_map, list_unlabelled
+from edgetl.errors import ConfigError, DataError
+from edgetl.modalities.image import PreprocessSpec
+from edgetl.workstation.training.data import ImageDataset, embed_images, make_loader
+from edgetl.workstation.training.loops import evaluate_model, train_finetune, train_probe
+from edgetl.workstation.training.strategies import STRATEGIES, FitData, Fitted
+
+__all__ = ["AdaptMethod", "train_adapt", "dann_lambda", "coral_loss", "GradientReversal", "DomainClassifier"]
+
+
+class AdaptMethod(str, Enum):
+    DANN = "dann"
+    CORAL = "coral"
+
+
+def dann_lambda(progress: float) -> float:
+    """DANN's schedule for the gradient-reversal coefficient, 0 at the start, -> 1 at the end."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.coeff * grad, None
+
+
+class GradientReversal(nn.Module):
+    """Identity forward; multiplies the gradient by ``-coeff`` backward."""
+
+    def forward(self, x: torch.Tensor, coeff: float) -> torch.Tensor:
+        return _ReverseGrad.apply(x, coeff)
+
+
+def _covariance(z: torch.Tensor) -> torch.Tensor:
+    zc = z - z.mean(0, keepdim=True)
+    return zc.T @ zc / (len(z) - 1)
+
+
+def coral_loss(zs: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
+    """Deep CORAL: ||C_s - C_t||_F^2 / (4 d^2) between batch covariances."""
+    if len(zs) < 2 or len(zt) < 2:  # a covariance needs two samples
+        return zs.sum() * 0.0
+    d = zs.shape[1]
+    return ((_covariance(zs) - _covariance(zt)) ** 2).sum() / (4.0 * d * d)
+
+
+class _TargetStream:
+    """Endless, seeded batches of preprocessed target images; the last one's embeddings
+    are left here by the joint forward pass for the alignment loss to pick up."""
+
+    def __init__(self, paths: Sequence[Path], spec: PreprocessSpec, batch_size: int, augment: bool, seed: int):
+
+        ds = ImageDataset(paths, [0] * len(paths), spec, augment=augment)
+        self.loader = make_loader(ds, min(batch_size, len(paths)), True, seed)
+        self.iterator = iter(self.loader)
+        self.z: torch.Tensor | None = None
+
+    def next_batch(self) -> torch.Tensor:
+        try:
+            x, _ = next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            x, _ = next(self.iterator)
+        return x
+
+
+def _joint_forward(model: nn.Module, stream: _TargetStream) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A ``forward_features`` that, in training mode, runs source and target in one pass
+    (see the module docstring) and returns the source embeddings only."""
+    backbone = model.backbone
+
+    def forward_features(x: torch.Tensor) -> torch.Tensor:
+        if not model.training:
+            return backbone(x)
+        xt = stream.next_batch().to(x.device)
+        z = backbone(torch.cat([x, xt]))
+        stream.z = z[len(x):]
+        return z[: len(x)]
+
+    return forward_features
+
+
+class DomainClassifier(nn.Module):
+    """DANN's discriminator: embedding -> hidden -> hidden -> domain logit, behind the GRL."""
+
+    def __init__(self, num_features: int, hidden: int = 256):
+        super().__init__()
+        self.reverse = GradientReversal()
+        self.net = nn.Sequential(
+            nn.Linear(num_features, hidden), nn.ReLU(), nn.Dropout(0.2),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1),
+        )
+
+    def forward(self, z: torch.Tensor, coeff: float) -> torch.Tensor:
+        return self.net(self.reverse(z, coeff)).squeeze(1)
+
+
+class _DANNLoss(nn.Module):
+    def __init__(self, num_features: int, stream: _TargetStream, weight: float):
+        super().__init__()
+        self.classifier, self.stream, self.weight = DomainClassifier(num_features), stream, weight
+
+    def forward(self, zs: torch.Tensor, progress: float) -> torch.Tensor:
+        zt = self.stream.z
+        logits = self.classifier(torch.cat([zs, zt]), dann_lambda(progress))
+        domain = torch.cat([torch.zeros(len(zs)), torch.ones(len(zt))]).to(logits.device)
+        return self.weight * nn.functional.binary_cross_entropy_with_logits(logits, domain)
+
+
+# With d = 1280 the 1/(4 d^2)-normalized CORAL loss is tiny next to the cross-entropy, so
+# ``adapt_weight`` multiplies this base weight (of 1, 100 and 3000, 100 adapted best on
+# digits under low contrast; 1 barely moves the features).
+CORAL_BASE_WEIGHT = 100.0
+
+
+class _CORALLoss(nn.Module):
+    def __init__(self, stream: _TargetStream, weight: float):
+        super().__init__()
+        self.stream, self.weight = stream, weight * CORAL_BASE_WEIGHT
+
+    def forward(self, zs: torch.Tensor, progress: float) -> torch.Tensor:
+        return self.weight * coral_loss(zs, self.stream.z)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _target_eval_set(folder: str, train_paths: Sequence[Path], train_y: Sequence[int]) -> tuple[list[Path], list[int]]:
+    """Labelled target images mapped onto the source's class indices (by folder name)."""
+    names = {Path(p).parent.name: int(y) for p, y in zip(train_paths, train_y)}
+    ev = scan_folder(folder, min_classes=1)
+    unknown = [c for c in ev.labels if c not in names]
+    if unknown:
+        raise DataError(f"{ev.root}: class folder(s) {', '.join(map(repr, unknown))} are not among the training "
+                        f"labels ({', '.join(sorted(names))}); --target-eval must use the same class names")
+    to_source = [names[c] for c in ev.labels]
+    return ev.paths, [to_source[y] for y in ev.targets]
+
+
+def _accuracy(model: nn.Module, paths, labels, spec: PreprocessSpec, device: torch.device) -> float:
+
+    return evaluate_model(model, make_loader(ImageDataset(paths, labels, spec), 64, False, 0), device)[1]
+
+
+def _fit_linear(z: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int, steps: int = 300) -> nn.Linear:
+    """A quick full-batch softmax regression on cached embeddings (the probe baseline)."""
+    torch.manual_seed(seed)
+    head = nn.Linear(z.shape[1], num_classes)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(head(z), y).backward()
+        opt.step()
+    return head
+
+
+def _probe_baseline(model, train_paths, train_y, eval_paths, eval_y, spec, device, seed: int) -> float:
+
+    zs = embed_images(model.backbone, train_paths, spec, device, description="baseline: embedding source")
+    zt = embed_images(model.backbone, eval_paths, spec, device, description="baseline: embedding target")
+    head = _fit_linear(zs, torch.as_tensor(train_y), model.head.out_features, seed)
+    with torch.no_grad():
+        return float((head(zt).argmax(1) == torch.as_tensor(eval_y)).float().mean())
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _fold_feature_coral(model, train_paths, target_paths, spec, device) -> dict[str, Any]:
+    """Frozen backbone: fold the target->source CORAL map into the Linear head."""
+
+    zs = embed_images(model.backbone, train_paths, spec, device, description="embedding source").double().numpy()
+    zt = embed_images(model.backbone, target_paths, spec, device, description="embedding target").double().numpy()
+    A, b = coral_map(zs, zt)
+    head = model.head
+    with torch.no_grad():
+        W = head.weight.double().cpu()
+        A_t, b_t = torch.from_numpy(A), torch.from_numpy(b)
+        # head(A z + b) = (W A) z + (W b + c)
+        head.bias.copy_((W @ b_t + head.bias.double().cpu()).to(head.bias))
+        head.weight.copy_((W @ A_t).to(head.weight))
+    return {"adapt_mode": "feature-coral (frozen backbone; map folded into the head)"}
+
+
+def train_adapt(model, cfg, train_paths, train_y, val_paths, val_y, spec: PreprocessSpec, device: torch.device,
+                ) -> tuple[list[dict], Any, dict[str, Any]]:
+    """Fine-tune ``model`` on the source while aligning it with ``cfg.target_data``.
+    Returns ``(history, early_stop, extra_metrics)``; ``early_stop.state`` is the model to keep."""
+    try:
+        method = AdaptMethod(cfg.adapt_method)
+    except ValueError:
+        raise ConfigError(f"unknown adapt method {cfg.adapt_method!r}; choose dann or coral") from None
+    if not cfg.adapt_weight > 0:
+        raise ConfigError(f"adapt_weight must be positive, got {cfg.adapt_weight}")
+    if cfg.unfreeze == 0 and method is AdaptMethod.DANN:
+        raise ConfigError("DANN aligns features by training the backbone, which --unfreeze 0 freezes; "
+                          "use --unfreeze 2 (or more), or --adapt coral")
+    target_paths = list_unlabelled(cfg.target_data, what="--target-data")
+    evaluation = _target_eval_set(cfg.target_eval, train_paths, train_y) if cfg.target_eval else None
+    _ui.info(f"adapting with {method.value} to {len(target_paths)} unlabelled target images")
+    extra: dict[str, Any] = {"adapt_method": method.value, "n_target": len(target_paths)}
+    if evaluation is not None:
+        extra["target_accuracy_before"] = _probe_baseline(model, train_paths, train_y, *evaluation, spec, device,
+                                                          cfg.seed)
+        extra["target_baseline"] = "source-only linear probe on the pretrained backbone"
+
+    if cfg.unfreeze == 0:
+        # a frozen backbone trains fastest on cached embeddings
+        history, stop = train_probe(model, cfg, train_paths, train_y, val_paths, val_y, spec, device)
+        model.load_state_dict(stop.state)
+        extra.update(_fold_feature_coral(model, train_paths, target_paths, spec, device))
+        extra["source_val_accuracy_after_fold"] = _accuracy(model, val_paths, val_y, spec, device)
+        stop.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        stream = _TargetStream(target_paths, spec, cfg.batch_size, cfg.augment, cfg.seed + 1)
+        loss: nn.Module = (_DANNLoss(model.num_features, stream, cfg.adapt_weight).to(device)
+                           if method is AdaptMethod.DANN else _CORALLoss(stream, cfg.adapt_weight))
+        history, stop = train_finetune(model, cfg, train_paths, train_y, val_paths, val_y, spec, device,
+                                       extra_loss=loss, features=_joint_forward(model, stream))
+        model.load_state_dict(stop.state)
+        extra["adapt_mode"] = "dann" if method is AdaptMethod.DANN else "deep-coral"
+    if evaluation is not None:
+        extra["target_accuracy_after"] = _accuracy(model, *evaluation, spec, device)
+    return history, stop, extra
+
+
+@STRATEGIES.register("adapt")
+def _adapt(data: FitData) -> Fitted:
+    return Fitted(*train_adapt(*data.loop_args()))

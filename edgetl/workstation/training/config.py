@@ -1,0 +1,107 @@
+"""Options and result of :func:`edgetl.workstation.training.train`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from edgetl.errors import ConfigError
+
+__all__ = ["Strategy", "TrainConfig", "TrainReport", "TrainResult"]
+
+
+class Strategy(str, Enum):
+    LINEAR_PROBE = "linear-probe"
+    FINETUNE = "finetune"
+    ADAPT = "adapt"
+
+
+# Per-strategy defaults where the user gave none: a probe trains only a Linear layer on
+# cached embeddings (cheap epochs, higher rate); fine-tuning moves the backbone too.
+_DEFAULTS = {
+    Strategy.LINEAR_PROBE: dict(epochs=30, lr=3e-3, batch_size=64),
+    Strategy.FINETUNE: dict(epochs=8, lr=1e-3, batch_size=32),
+    Strategy.ADAPT: dict(epochs=8, lr=1e-3, batch_size=32),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``edgetl train``; ``None`` means the strategy's default."""
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    strategy: Strategy = Strategy.LINEAR_PROBE
+    unfreeze: int | None = 2  # last N blocks trainable in finetune/adapt; None = all
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    backbone_lr_scale: float = 0.1  # the backbone learns this much slower than the head
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    patience: int = 5  # early stopping: epochs without a better validation accuracy
+    val_split: float = 0.2
+    seed: int = 0
+    image_size: int | None = None  # override the backbone's input size
+    augment: bool = True  # fine-tuning only: random resized crop + horizontal flip
+    dropout: float = 0.0
+    device: str = "auto"
+    strict: bool = False
+    # domain adaptation (strategy "adapt"), see edgetl.workstation.training.adapt
+    target_data: str | None = None
+    adapt_method: str = "coral"
+    adapt_weight: float = 1.0
+    target_eval: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", Strategy(self.strategy))
+        for name in ("epochs", "batch_size", "image_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.unfreeze is not None and (not isinstance(self.unfreeze, int) or self.unfreeze < 0):
+            raise ConfigError(f"unfreeze must be a number of blocks >= 0 or None (all), got {self.unfreeze!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0.0 < self.val_split < 1.0:
+            raise ConfigError(f"val_split must be in (0, 1), got {self.val_split}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.strategy is Strategy.ADAPT and not self.target_data:
+            raise ConfigError("strategy 'adapt' needs target data: pass --target-data UNLABELLED_DIR")
+
+    def resolved(self) -> "TrainConfig":
+        d = _DEFAULTS[self.strategy]
+        return replace(
+            self,
+            epochs=self.epochs or d["epochs"],
+            lr=self.lr or d["lr"],
+            batch_size=self.batch_size or d["batch_size"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["strategy"] = self.strategy.value
+        return d
+
+
+@dataclass
+class TrainReport:
+    """What :func:`train` made: the RUN folder, the best validation result, the history."""
+
+    run_dir: Path
+    val_accuracy: float
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": str(self.run_dir), "val_accuracy": self.val_accuracy, "best_epoch": self.best_epoch,
+                "metrics": self.metrics}
+
+
+TrainResult = TrainReport  # the earlier name
