@@ -601,3 +601,28 @@ def test_new_classes_on_the_real_pipeline(bundle_0_7, digits_0_7, digits_8_9, tm
     assert new_after >= 0.85, new_after
     assert old_after >= 0.9 * old_before, (old_after, old_before)
     assert open_bundle(bundle).labels == DIGITS
+
+
+def test_numpy_trainer_where_onnxruntime_has_no_training(bundle_0_7, digits_8_9, tmp_path_factory, tmp_path):
+    """Where onnxruntime.training cannot be imported (plain onnxruntime: ARM, Python 3.13),
+    `edgetl retrain` trains in numpy; on the real int8 bundle it learns the new classes and
+    lands within 1 point of the ORT-artifact trainer on the same data, seed and batches."""
+    site = tmp_path_factory.mktemp("no_ort_training")
+    (site / "sitecustomize.py").write_text(
+        'import sys\nsys.modules["torch"] = None\nsys.modules["onnxruntime.training"] = None  # no training build\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]), EDGETL_NO_PROGRESS="1")
+    blocked = _cli(["doctor", "--json"], env, tmp_path)
+    assert blocked.returncode == 0 and json.loads(blocked.stdout)["retraining"]["trainer"] == "numpy", blocked.stderr
+    results = {}
+    for name, trainer_env in (("numpy", env), ("ort", None)):
+        bundle = shutil.copytree(bundle_0_7["bundle"], tmp_path / f"bundle_{name}")
+        args = ["retrain", str(bundle), str(digits_8_9), "--json"]
+        run = _cli(args, trainer_env or dict(os.environ, PYTHONPATH=str(REPO), EDGETL_NO_PROGRESS="1"), tmp_path)
+        assert run.returncode == 0, run.stderr
+        results[name] = json.loads(run.stdout)
+        history = open_bundle(bundle).history[-1]
+        assert history["trainer"] == name and results[name]["trainer"] == name
+    numpy_run, ort_run = results["numpy"], results["ort"]
+    assert numpy_run["new_classes"] == ["8", "9"] and numpy_run["groups"]["new"]["after"] >= 0.85, numpy_run["groups"]
+    assert abs(numpy_run["accuracy_after"] - ort_run["accuracy_after"]) <= 0.01, (numpy_run, ort_run)
+    assert numpy_run["epochs"] == ort_run["epochs"] and numpy_run["best_epoch"] == ort_run["best_epoch"]
