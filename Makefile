@@ -34,4 +34,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .venv-device demo-output build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-device .venv-device-plain demo-output build *.egg-info .pytest_cache

@@ -3,6 +3,10 @@
 # `pip install .` (no extras, so no torch), where torch must not import and the device
 # commands must work.
 #
+# Then the same checks in a third environment with the plain `onnxruntime` package in place
+# of onnxruntime-training-cpu (what a Raspberry Pi or Python 3.13 gets): predict works and
+# retrain runs the numpy trainer. Skip that part with DEVICE_PLAIN_ORT=0.
+#
 # Usage: scripts/check_device_install.sh [BUNDLE [IMAGE...]]
 #   BUNDLE  a bundle folder or .tar.gz; without one, a small real bundle is built with
 #           the workstation venv ($WORKSTATION_PYTHON, default .venv/bin/python).
@@ -88,14 +92,53 @@ PY
     IMAGES=("$WORK/images/noise.png" "$WORK/images/ramp.jpg")
 fi
 
-for bundle in "${BUNDLES[@]}"; do
-    "$EDGETL" predict "$bundle" "${IMAGES[@]}" --json --top-k 2 >"$WORK/predictions.json" \
-        || fail "'edgetl predict $bundle' failed"
-    "$DEVICE_PY" - "$WORK/predictions.json" "${#IMAGES[@]}" <<'PY' || fail "bad predict output for $bundle"
+# device_checks PYTHON EDGETL TRAINER: predict every bundle, then retrain a copy of the first
+# on the digits (when they were built here) and check which trainer ran.
+device_checks() {
+    local py=$1 edgetl=$2 trainer=$3
+    for bundle in "${BUNDLES[@]}"; do
+        "$edgetl" predict "$bundle" "${IMAGES[@]}" --json --top-k 2 >"$WORK/predictions.json" \
+            || fail "'edgetl predict $bundle' failed ($py)"
+        "$py" - "$WORK/predictions.json" "${#IMAGES[@]}" <<'PY' || fail "bad predict output for $bundle"
 import json, sys
 rows = json.load(open(sys.argv[1]))
 assert len(rows) == int(sys.argv[2]) and all(r["error"] is None and r["label"] for r in rows), rows
 PY
-    say "edgetl predict $bundle: ok ($(tr -d '\n ' <"$WORK/predictions.json" | head -c 120)...)"
-done
-say "device install ok: no torch, targets and predict work"
+        say "edgetl predict $bundle: ok ($(tr -d '\n ' <"$WORK/predictions.json" | head -c 120)...)"
+    done
+    if [ -d "$WORK/digits" ]; then
+        rm -rf "$WORK/retrained"
+        cp -r "${BUNDLES[0]}" "$WORK/retrained"
+        "$edgetl" retrain "$WORK/retrained" "$WORK/digits" --epochs 5 --force --json >"$WORK/retrain.json" \
+            || fail "'edgetl retrain' failed ($py)"
+        "$py" - "$WORK/retrain.json" "$trainer" <<'PY' || fail "retrain did not run the $trainer trainer"
+import json, sys
+report = json.load(open(sys.argv[1]))
+assert report["switched"] and report["trainer"] == sys.argv[2], report
+PY
+        say "edgetl retrain: ok ($trainer trainer)"
+    fi
+}
+
+device_checks "$DEVICE_PY" "$EDGETL" ort
+say "device install ok: no torch, targets, predict and retrain work"
+
+if [ "${DEVICE_PLAIN_ORT:-1}" != "0" ]; then
+    PLAIN=${DEVICE_PLAIN_VENV:-.venv-device-plain}
+    cd "$ROOT"
+    if [ ! -x "$PLAIN/bin/python" ]; then
+        say "creating $PLAIN (plain onnxruntime, as on ARM or Python 3.13)"
+        "$PYTHON" -m venv "$PLAIN"
+    fi
+    "$PLAIN/bin/python" -m pip install -q . 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    # On this x86-64 machine the markers pick the training wheel; swap it for the package the
+    # other platforms get (never both: each provides the module onnxruntime).
+    "$PLAIN/bin/python" -m pip uninstall -q -y onnxruntime-training-cpu
+    "$PLAIN/bin/python" -m pip install -q "onnxruntime>=1.20" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    cd "$WORK"
+    if "$ROOT/$PLAIN/bin/python" -c "import onnxruntime.training.api" 2>/dev/null; then
+        fail "$PLAIN still has onnxruntime.training; the plain onnxruntime check would prove nothing"
+    fi
+    device_checks "$ROOT/$PLAIN/bin/python" "$ROOT/$PLAIN/bin/edgetl" numpy
+    say "plain onnxruntime ok: predict works, retrain runs the numpy trainer"
+fi

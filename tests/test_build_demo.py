@@ -38,8 +38,11 @@ def test_build_end_to_end(digits_dir, tmp_path, capsys):
 
 def test_build_names_the_failing_stage(digits_dir, tmp_path, capsys):
     # A budget no int8 model can meet stops the build at the quantize stage, before packaging.
+    from test_quantize import blank_images
+
     code = main(["build", str(digits_dir), "--target", "x86-ort-int8", "--out", str(tmp_path / "b"),
-                 "--image-size", "64", "--epochs", "2", "--max-drop", "0", "--no-bench", "--exporter", "torchscript"])
+                 "--image-size", "64", "--epochs", "2", "--max-drop", "0", "--no-bench", "--exporter", "torchscript",
+                 "--calib", str(blank_images(tmp_path / "calib"))])
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
     assert "build stopped at stage 3/4 (quantize)" in err.strip().splitlines()[-1]

@@ -41,7 +41,8 @@ def test_export_report_passes_and_is_recorded(exported_run):
     assert v["passed"] and not v["failures"]
     for check in ("onnxruntime/backbone", "onnxruntime/head", "onnxruntime/model", "openvino-f32/backbone",
                   "openvino-f32/model", "onnxruntime/head(backbone)"):
-        assert v[check]["max_abs_diff"] < 1e-4
+        # 1e-4 per unit of output scale (logits of a solved probe head reach ~10)
+        assert v[check]["max_abs_diff"] <= v[check]["abs_limit"] <= 1e-4 * 100, v[check]
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
@@ -53,8 +54,8 @@ def test_parity_of_all_three_files(exported_run, runtime):
     go = _ort if runtime == "onnxruntime" else _ov
     d = exported_run / "onnx"
     np.testing.assert_allclose(go(d / "backbone.onnx", x), z, atol=1e-4)
-    np.testing.assert_allclose(go(d / "head.onnx", z), logits, atol=1e-4)
-    np.testing.assert_allclose(go(d / "model.onnx", x), logits, atol=1e-4)
+    np.testing.assert_allclose(go(d / "head.onnx", z), logits, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(go(d / "model.onnx", x), logits, atol=1e-4, rtol=1e-5)
     np.testing.assert_allclose(go(d / "head.onnx", go(d / "backbone.onnx", x)), go(d / "model.onnx", x), atol=1e-5)
     if runtime == "openvino":
         np.testing.assert_allclose(_ov(exported_run / "openvino" / "backbone.xml", x), z, atol=1e-4)

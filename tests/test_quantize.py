@@ -107,11 +107,24 @@ def test_deployed_accuracy_lookup(quantized_run):
     assert deployed_accuracy({}, "openvino", "int8") is None
 
 
+def blank_images(folder: Path, n: int = 16) -> Path:
+    """Calibration images that are all white: activation ranges collapse, so int8 saturates
+    on real inputs (a solved probe head on the digits is otherwise robust enough that int8
+    agrees with fp32 on every held-out image)."""
+    from PIL import Image
+
+    (folder / "blank").mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (32, 32), (255, 255, 255)).save(folder / "blank" / f"{i}.png")
+    return folder
+
+
 def test_impossible_budget_keeps_nodes_in_fp32_then_fails_cleanly(exported_run, tmp_path):
     run = _copy_run(exported_run, tmp_path / "run")
     stale = run / "onnx" / "backbone.int8.onnx"
     stale.write_bytes(b"from an earlier quantize")
-    cfg = QuantizeConfig(engine="ort", max_drop=0.0, min_agreement=1.0, max_steps=2, calib_size=32)
+    cfg = QuantizeConfig(engine="ort", max_drop=0.0, min_agreement=1.0, max_steps=2, calib_size=32,
+                         calib=str(blank_images(tmp_path / "calib")))
     with pytest.raises(QuantizationError, match="cannot meet the accuracy budget.*onnxruntime"):
         quantize(run, cfg)
     report = read_run_json(run)["quantize"]  # the report is written even so

@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     p.add_argument("--max-drop", type=fraction, default=0.01, help="int8 accuracy budget (default: 0.01 = 1 point)")
+    p.add_argument("--calib", metavar="DATA", help="int8 calibration data (default: a sample of the training split)")
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="benchmark at the end")
     p.add_argument("--duration", type=positive_float, default=2.0, help="bench: seconds per configuration")
     p.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                           epochs=args.epochs, lr=args.lr, val_split=args.val_split,
                           image_size=args.image_size, seed=args.seed),
         export=ExportConfig(exporter=args.exporter, opset=18 if args.exporter == "dynamo" else 17),
-        quantize=QuantizeConfig(max_drop=args.max_drop),
+        quantize=QuantizeConfig(max_drop=args.max_drop, calib=args.calib),
         bench=BenchConfig(duration=args.duration, repeats=2) if args.bench else None,
         run_bench=args.bench, archive=args.archive, overwrite=args.force,
     ))

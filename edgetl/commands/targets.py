@@ -18,7 +18,9 @@ A target file holds: name, description, runtime (onnxruntime | openvino), device
 else the model's), latency_budget_ms (p90), memory_budget_mb, retraining (true | false),
 arch (x86_64 | aarch64 | any) and notes.
 
---json prints a list of the targets' keys plus "runtime_available" and "runtime_status".
+--json prints a list of the targets' keys plus "runtime_available", "runtime_status" and,
+for targets that retrain, "trainer_here" (ort: ONNX Runtime training artifacts; numpy: the
+numpy trainer, where this ONNX Runtime has no training build). 'edgetl doctor' shows more.
 
 Examples:
   edgetl targets
@@ -41,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
         _ui.quiet()
     targets = [load_target(args.target)] if args.target else list_targets()
     status = [t.runtime_available() for t in targets]
+    trainer = _trainer_here() if any(t.retraining for t in targets) else None
     if args.json:
-        _ui.print_json(
-            [{**t.to_dict(), "runtime_available": ok, "runtime_status": why} for t, (ok, why) in zip(targets, status)]
-        )
+        _ui.print_json([{**t.to_dict(), "runtime_available": ok, "runtime_status": why,
+                         **({"trainer_here": trainer} if t.retraining else {})}
+                        for t, (ok, why) in zip(targets, status)])
         return 0
     # An 80-column terminal (or a pipe) gets short runtime names and no arch/batch, so
     # that the names stay whole; `--json` has everything.
@@ -62,4 +65,18 @@ def run(args: argparse.Namespace) -> int:
     for t, (ok, why) in zip(targets, status):
         if not ok:
             _ui.info(f"{t.name}: {why}")
+    if trainer:
+        _ui.info(f"retraining here uses the {trainer} trainer "
+                 f"({'ONNX Runtime training artifacts' if trainer == 'ort' else 'no ONNX Runtime training build'}); "
+                 "'edgetl doctor' shows the precisions each runtime executes")
     return 0
+
+
+def _trainer_here() -> str:
+    from importlib.util import find_spec
+
+    if find_spec("onnxruntime") is None:
+        return "numpy"
+    from edgetl.device.learn import ort_training_available
+
+    return "ort" if ort_training_available() else "numpy"

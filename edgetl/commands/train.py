@@ -52,6 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--patience", type=positive_int, default=5, help="early stopping patience in epochs")
     p.add_argument("--val-split", type=fraction, default=0.2, help="held-out fraction per class")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                   help="linear probe: after choosing the L2 strength on the validation split (k-fold when it is "
+                        "small), refit on train + validation (default); --no-refit keeps validation apart")
+    p.add_argument("--lp-ft", dest="lp_ft", action=argparse.BooleanOptionalAction, default=None,
+                   help="start fine-tuning from the solved linear probe (LP-FT; default: on for finetune, "
+                        "off for adapt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=positive_int, help="input size (default: the backbone's)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
@@ -75,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         backbone=args.backbone, pretrained=args.pretrained, strategy=args.strategy, unfreeze=args.unfreeze,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        patience=args.patience, val_split=args.val_split, seed=args.seed, image_size=args.image_size,
+        patience=args.patience, val_split=args.val_split, refit=args.refit, lp_ft=args.lp_ft, seed=args.seed,
+        image_size=args.image_size,
         augment=args.augment, device=args.device, strict=args.strict, target_data=args.target_data,
         adapt_method=args.adapt, adapt_weight=args.adapt_weight, target_eval=args.target_eval,
     )
@@ -83,8 +90,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _ui.print_json({"run": str(result.run_dir), **result.metrics})
         return 0
-    rows = [(h["epoch"], h["train_loss"], h["train_acc"], h["val_loss"], h["val_acc"]) for h in result.history]
+    probe = result.metrics.get("probe")
+    first = ("C", "C") if probe else ("epoch", "epoch")
+    rows = [(h[first[0]], h["train_loss"], h["train_acc"], h["val_loss"], h["val_acc"]) for h in result.history]
     _ui.print_table(f"{cfg.backbone} · {cfg.strategy.value if hasattr(cfg.strategy, 'value') else cfg.strategy}",
-                    ["epoch", "train loss", "train acc", "val loss", "val acc"], rows)
-    _ui.info(f"best validation accuracy {result.val_accuracy:.4f} at epoch {result.best_epoch}; wrote {result.run_dir}")
+                    [first[1], "train loss", "train acc", "val loss", "val acc"], rows)
+    if probe:
+        _ui.info(f"linear probe solved exactly: C = {probe['C']:.3g} chosen by {probe['selection']} log-loss "
+                 f"(held-out accuracy {result.val_accuracy:.4f}), {'refit on train + validation' if probe['refit'] else 'fit on train'}; "
+                 f"wrote {result.run_dir}")
+    else:
+        _ui.info(f"best validation loss at epoch {result.best_epoch} (accuracy {result.val_accuracy:.4f}); "
+                 f"wrote {result.run_dir}")
     return 0

@@ -156,9 +156,13 @@ def _compare(name: str, got: np.ndarray, ref: np.ndarray, cfg: ExportConfig, log
     norms = np.linalg.norm(b, axis=1)
     rows = norms > cfg.atol
     cos = float(np.min((a[rows] * b[rows]).sum(1) / (np.linalg.norm(a[rows], axis=1) * norms[rows]))) if rows.any() else None
-    row = {"max_abs_diff": diff, "min_cosine": cos}
-    if diff > cfg.atol:
-        failures.append(f"{name}: max |diff| {diff:.2e} > {cfg.atol:.0e}")
+    # atol is per unit of output scale: float32 rounding grows with the magnitude of the
+    # values (a solved probe head with little regularisation makes logits of ~10, where
+    # 1e-4 absolute is a few ulps of the kernels' summation order)
+    limit = cfg.atol * max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
+    row = {"max_abs_diff": diff, "min_cosine": cos, "abs_limit": limit}
+    if diff > limit:
+        failures.append(f"{name}: max |diff| {diff:.2e} > {limit:.1e}")
     if cos is not None and cos < cfg.min_cosine:
         failures.append(f"{name}: cosine {cos:.6f} < {cfg.min_cosine}")
     if logits:

@@ -174,8 +174,12 @@ def _verify_export(path: Path, W: np.ndarray, b: np.ndarray, X: np.ndarray) -> N
         raise RetrainError(f"{path}: exported head parameters differ from the trained ones; retrain")
     if len(X):
         got = load_session(path, "onnxruntime").run(X[:64])
-        want = X[:64] @ W.T + b
-        if not np.allclose(got, want, atol=1e-4, rtol=1e-4):
+        x, w = X[:64].astype(np.float64), W.astype(np.float64)
+        want = x @ w.T + b
+        # float32 rounding of a dot product grows with the sum of |x_i w_i|: bound by that,
+        # not by a fixed tolerance (large heads legitimately differ by 1e-4 in absolute terms)
+        bound = 1e-5 * (np.abs(x) @ np.abs(w).T + np.abs(b)) + 1e-6
+        if not (np.abs(got - want) <= bound).all():
             raise RetrainError(f"{path}: exported head disagrees with the trained parameters; retrain")
 
 

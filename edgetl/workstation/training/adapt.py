@@ -258,7 +258,7 @@ def train_adapt(model, cfg, train_paths, train_y, val_paths, val_y, spec: Prepro
 
     if cfg.unfreeze == 0:
         # a frozen backbone trains fastest on cached embeddings
-        history, stop = train_probe(model, cfg, train_paths, train_y, val_paths, val_y, spec, device)
+        history, stop, _ = train_probe(model, cfg, train_paths, train_y, val_paths, val_y, spec, device)
         model.load_state_dict(stop.state)
         extra.update(_fold_feature_coral(model, train_paths, target_paths, spec, device))
         extra["source_val_accuracy_after_fold"] = _accuracy(model, val_paths, val_y, spec, device)

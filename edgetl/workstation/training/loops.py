@@ -7,6 +7,8 @@ import math
 import time
 from typing import Callable
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -36,63 +38,74 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 class EarlyStop:
-    """Keeps the best state by validation accuracy; says when patience ran out."""
+    """Keeps the best state by validation loss (accuracy breaks ties); says when patience ran out.
+    Validation sets are small: accuracy moves in steps of one sample and its maximum is often a
+    lucky early epoch, while the loss is smooth (measured: selection by accuracy kept a
+    barely trained epoch-1 head on a 28-image split)."""
 
     def __init__(self, patience: int):
         self.patience, self.best, self.best_epoch, self.state, self.bad = patience, -1.0, 0, None, 0
+        self.best_key = (float("inf"), 0.0)
 
-    def update(self, epoch: int, acc: float, model: nn.Module) -> bool:
-        if acc > self.best:
-            self.best, self.best_epoch, self.bad = acc, epoch, 0
+    def update(self, epoch: int, acc: float, model: nn.Module, loss: float = float("nan")) -> bool:
+        key = (loss if math.isfinite(loss) else float("inf"), -acc)
+        if self.state is None or key < self.best_key:
+            self.best, self.best_epoch, self.best_key, self.bad = acc, epoch, key, 0
             self.state = copy.deepcopy(model.state_dict())
         else:
             self.bad += 1
         return self.bad >= self.patience
 
 
-def train_probe(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y,
-                 spec: PreprocessSpec, device: torch.device) -> tuple[list[dict], EarlyStop]:
-    # The frozen backbone runs once per image; every epoch after that trains the head on
-    # cached embeddings, which is why a linear probe costs little more than one pass.
-    for p in model.backbone.parameters():
-        p.requires_grad_(False)
+def _probe_history(sol, train_loss: float, train_acc: float, seconds: float) -> list[dict]:
+    """One row per L2 strength tried (``epoch`` numbers them), the chosen one with its
+    training loss and accuracy (the history.csv columns)."""
+    rows = []
+    for i, (C, val_loss, val_acc) in enumerate(sol.table, 1):
+        chosen = C == sol.C
+        rows.append(dict(epoch=i, C=C, train_loss=train_loss if chosen else None,
+                         train_acc=train_acc if chosen else None, val_loss=val_loss, val_acc=val_acc,
+                         lr=None, seconds=seconds if chosen else 0.0))
+    return rows
+
+
+def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y, spec: PreprocessSpec,
+               device: torch.device, *, refit: bool):
+    """Embed once with the frozen backbone, solve the multinomial logistic regression head
+    exactly (L2 strength chosen by validation log-loss, or k-fold for small splits), load it
+    into ``model.head``. Returns the solution and the training embeddings' loss/accuracy."""
+    from edgetl.workstation.probe_solver import solve_probe
+
     z_train = embed_images(model.backbone, train_paths, spec, device, description="embedding train")
     z_val = embed_images(model.backbone, val_paths, spec, device, description="embedding val")
-    y_train, y_val = torch.as_tensor(train_y), torch.as_tensor(val_y)
-    head = model.head.to(device)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = math.ceil(len(y_train) / cfg.batch_size)
-    sched = cosine_with_warmup(opt, cfg.warmup_epochs * steps, cfg.epochs * steps)
-    g = torch.Generator().manual_seed(cfg.seed)
-    loss_fn = nn.CrossEntropyLoss()
-    stop, history = EarlyStop(cfg.patience), []
-    for epoch in _ui.progress(range(1, cfg.epochs + 1), "training head"):
-        t0 = time.perf_counter()
-        head.train()
-        order = torch.randperm(len(y_train), generator=g)
-        total, correct = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i: i + cfg.batch_size]
-            z, y = z_train[idx].to(device), y_train[idx].to(device)
-            logits = model.forward_head(z)
-            loss = loss_fn(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-        head.eval()
-        with torch.no_grad():
-            val_logits = model.forward_head(z_val.to(device))
-            val_loss = float(loss_fn(val_logits, y_val.to(device)))
-        row = dict(epoch=epoch, train_loss=total / len(y_train), train_acc=correct / len(y_train),
-                   val_loss=val_loss, val_acc=_accuracy(val_logits.cpu(), y_val),
-                   lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
-        history.append(row)
-        if stop.update(epoch, row["val_acc"], model):
-            break
-    return history, stop
+    n_classes = model.head.out_features
+    sol = solve_probe(z_train.numpy(), np.asarray(train_y), z_val.numpy(), np.asarray(val_y), n_classes,
+                      refit=refit, seed=cfg.seed)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(sol.W))
+        model.head.bias.copy_(torch.from_numpy(sol.b))
+        logits = model.forward_head(z_train.to(device))
+        train_loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(train_y, device=device)))
+    return sol, train_loss, _accuracy(logits.cpu(), torch.as_tensor(train_y))
+
+
+def train_probe(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y,
+                spec: PreprocessSpec, device: torch.device) -> tuple[list[dict], EarlyStop, dict]:
+    """The linear probe: the frozen backbone runs once per image, then the head is the
+    convex optimum (no epochs, no early stopping). ``stop.best`` is the chosen strength's
+    held-out accuracy (validation split, or out-of-fold)."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    t0 = time.perf_counter()
+    sol, train_loss, train_acc = solve_head(model, cfg, train_paths, train_y, val_paths, val_y, spec, device,
+                                            refit=cfg.refit)
+    stop = EarlyStop(cfg.patience)
+    stop.update(0, sol.val_accuracy, model, sol.val_loss)
+    history = _probe_history(sol, train_loss, train_acc, time.perf_counter() - t0)
+    stop.best_epoch = next(i for i, row in enumerate(history, 1) if row["C"] == sol.C)
+    probe = {"C": sol.C, "selection": sol.selection, "refit": sol.refit, "n_fit": sol.n_train,
+             "val_loss": sol.val_loss, "table": [list(row) for row in sol.table]}
+    return history, stop, {"probe": probe}
 
 
 def set_trainable(model: EdgeModel, unfreeze: int | None) -> list[nn.Module]:
@@ -122,10 +135,15 @@ def evaluate_model(model: EdgeModel, loader, device: torch.device) -> tuple[floa
 
 
 def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y,
-                    spec: PreprocessSpec, device: torch.device, extra_loss=None,
+                   spec: PreprocessSpec, device: torch.device, extra_loss=None,
                    features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[dict], EarlyStop]:
-    """``features`` replaces ``model.forward_features`` during training (domain adaptation
-    embeds target images in the same pass)."""
+    """Fine-tune the last ``cfg.unfreeze`` blocks and the head. With ``cfg.lp_ft`` the head
+    starts from the solved linear probe (LP-FT, Kumar et al. 2022: fine-tuning from a good
+    head distorts the pretrained features less than from a random one). ``features``
+    replaces ``model.forward_features`` during training (adaptation embeds target images in
+    the same pass). The best epoch is kept by validation loss."""
+    if cfg.lp_ft or (cfg.lp_ft is None and cfg.strategy.value == "finetune"):
+        solve_head(model, cfg, train_paths, train_y, val_paths, val_y, spec, device, refit=False)
     features = features or model.forward_features
     frozen = set_trainable(model, cfg.unfreeze)
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
@@ -166,7 +184,7 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
         row = dict(epoch=epoch, train_loss=total / n, train_acc=correct / n, val_loss=val_loss, val_acc=val_acc,
                    lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
         history.append(row)
-        if stop.update(epoch, val_acc, model):
+        if stop.update(epoch, val_acc, model, val_loss):
             break
     return history, stop
 

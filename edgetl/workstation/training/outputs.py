@@ -10,6 +10,8 @@ __all__ = ["write_history", "plot_curves"]
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
     keys = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    if history and "C" in history[0]:  # a solved linear probe: one row per L2 strength
+        keys.insert(1, "C")
     with open(run_dir / "history.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
@@ -22,14 +24,21 @@ def plot_curves(run_dir: Path, history: list[dict], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
+    probe = bool(history) and "C" in history[0]
+    x = [h["C"] if probe else h["epoch"] for h in history]
+    xlabel = "L2 strength C (inverse regularisation)" if probe else "epoch"
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(epochs, [h["train_loss"] for h in history], label="train")
-    a.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    b.plot(epochs, [h["train_acc"] for h in history], label="train")
-    b.plot(epochs, [h["val_acc"] for h in history], label="validation")
-    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax, key, name in ((a, "loss", "cross-entropy loss"), (b, "acc", "accuracy")):
+        if probe:  # the chosen C's training value, the validation curve over every C
+            ax.plot(x, [h[f"val_{key}"] for h in history], "o-", label="validation (selection data)")
+            ax.plot(x, [float("nan") if h[f"train_{key}"] is None else h[f"train_{key}"] for h in history], "s",
+                    label="train (chosen C)")
+            ax.set_xscale("log")
+        else:
+            ax.plot(x, [h[f"train_{key}"] for h in history], label="train")
+            ax.plot(x, [h[f"val_{key}"] for h in history], label="validation")
+        ax.set(xlabel=xlabel, ylabel=name, title=name)
+    b.set(ylim=(0, 1.02))
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -1,0 +1,108 @@
+"""Real labelled image folders built from photos that ship inside installed packages.
+
+``write_photos`` turns scikit-image's bundled photographs (``skimage.data``: a cat, a
+coffee cup, a rocket, brick and gravel textures, a telescope field, ...) into an
+image-classification folder: one class per photo, samples are random square crops
+(scale, position, horizontal flip) of it. The train and test splits are cut from
+disjoint regions of each photo, so a test crop never shares a pixel with a training
+crop and the task is recognising a scene from an unseen part of it, not memorising.
+numpy, Pillow and scikit-image only (scikit-image is in the test extra).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from edgetl.errors import ConfigError, DataError
+
+__all__ = ["PHOTOS", "write_photos"]
+
+# class name -> skimage.data loader; real photographs only (no synthetic images, no
+# binary silhouettes). Ten colour and eight grey photos.
+PHOTOS: dict[str, str] = {
+    "astronaut": "astronaut", "brick": "brick", "camera": "camera", "cell": "cell",
+    "chelsea": "chelsea", "clock": "clock", "coffee": "coffee", "coins": "coins",
+    "grass": "grass", "gravel": "gravel", "hubble": "hubble_deep_field",
+    "ihc": "immunohistochemistry", "moon": "moon", "motorcycle": "stereo_motorcycle",
+    "page": "page", "retina": "retina", "rocket": "rocket", "text": "text",
+}
+
+_SPLITS = ("train", "test")
+# crop side as a fraction of the photo's shorter side: large enough to hold a scene,
+# small enough that crops differ and fit the test band
+_CROP = (0.15, 0.3)
+
+
+def _load(name: str) -> np.ndarray:
+    try:
+        from skimage import data
+    except ImportError:  # pragma: no cover - scikit-image is in the test extra
+        raise DataError("writing the photo data set needs scikit-image: pip install 'edgetl[test]'") from None
+    img = getattr(data, PHOTOS[name])()
+    img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle -> (left, right, disparity)
+    if img.dtype != np.uint8:
+        raise DataError(f"photo {name!r}: expected 8-bit pixels, got {img.dtype}")  # pragma: no cover
+    return img
+
+
+def _region(shape: tuple[int, ...], split: str, test_fraction: float) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the split's band along the photo's longer axis."""
+    h, w = shape[:2]
+    if w >= h:
+        cut = int(round(w * (1.0 - test_fraction)))
+        return (0, 0, h, cut) if split == "train" else (0, cut, h, w - cut)
+    cut = int(round(h * (1.0 - test_fraction)))
+    return (0, 0, cut, w) if split == "train" else (cut, 0, h - cut, w)
+
+
+def _crops(img: np.ndarray, n: int, size: int, region, rng: np.random.Generator) -> list[Image.Image]:
+    top, left, rh, rw = region
+    short = min(img.shape[:2])
+    hi = min(_CROP[1] * short, rh, rw)
+    lo = min(_CROP[0] * short, hi)
+    out = []
+    for _ in range(n):
+        side = int(rng.uniform(lo, hi))
+        y = top + int(rng.integers(0, rh - side + 1))
+        x = left + int(rng.integers(0, rw - side + 1))
+        crop = Image.fromarray(img[y:y + side, x:x + side])
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        out.append(crop.resize((size, size), Image.Resampling.BICUBIC))
+    return out
+
+
+def write_photos(out: str | os.PathLike, *, classes: Sequence[str] | None = None, per_class: int = 40,
+                 size: int = 96, split: str = "train", test_fraction: float = 0.3, seed: int = 0) -> Path:
+    """Write ``per_class`` crops of each photo as ``out/<photo>/<n>.png`` and return ``out``.
+
+    ``split="train"`` crops come from the first ``1 - test_fraction`` of each photo's
+    longer axis, ``split="test"`` from the rest: disjoint regions, same crop scales.
+    ``classes`` picks photos by name (default: all of :data:`PHOTOS`). Crops are drawn
+    from a generator keyed by ``seed``, the photo and the split, so any subset of
+    classes gives the same files."""
+    names = list(PHOTOS) if classes is None else list(classes)
+    unknown = [n for n in names if n not in PHOTOS]
+    if unknown or len(set(names)) != len(names) or len(names) < 2:
+        raise ConfigError(f"classes must be two or more distinct names from {', '.join(PHOTOS)}; got {names}")
+    if split not in _SPLITS:
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if not (isinstance(per_class, int) and per_class >= 1 and isinstance(size, int) and 8 <= size <= 1024):
+        raise ConfigError(f"per_class must be >= 1 and size in [8, 1024], got {per_class!r} and {size!r}")
+    if not 0.1 <= test_fraction <= 0.5:
+        raise ConfigError(f"test_fraction must be in [0.1, 0.5], got {test_fraction!r}")
+    out = Path(out)
+    for name in names:
+        img = _load(name)
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode()), _SPLITS.index(split)])
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, crop in enumerate(_crops(img, per_class, size, _region(img.shape, split, test_fraction), rng)):
+            crop.save(folder / f"{i:04d}.png")
+    return out
