@@ -26,6 +26,7 @@ COMMANDS = (
     "retrain",
     "adapt",
     "rollback",
+    "keygen",
     "bench",
     "targets",
     "doctor",
@@ -105,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except EdgeTLError as exc:
-        print(f"edgetl {args.command}: error: {exc}", file=sys.stderr)
+        message = str(exc).replace("\r", " ").replace("\n", " ")  # one line, whatever a library said
+        print(f"edgetl {args.command}: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"edgetl {args.command}: interrupted", file=sys.stderr)
@@ -113,6 +115,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `edgetl ... --json | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    # Last resorts: the file system and memory refuse things the command did not foresee (a
+    # name too long, a file it may not read, a full disk). One line, never a traceback; the
+    # places that can say more raise an EdgeTLError themselves.
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"edgetl {args.command}: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"edgetl {args.command}: error: out of memory (try a smaller --batch-size, or fewer inputs at once)",
+              file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+# Bounds of the options that size work. The same limits as a target file's ``threads`` and
+# ``batch_size`` (edgetl/core/targets.py), so the CLI can ask for nothing a target could not.
+# Threads: a runtime never gains from more threads than cores, and past a few per core it
+# only adds memory (a stack each) and scheduling cost; so at most 4 per core (at least 8,
+# for small boards), never more than 256. `predict --threads 100000` once started 22,705.
+# Batch: 4096 images of 224 px are 2.4 GB of float32 input, what a workstation can evaluate
+# in one go; beyond that only the allocation grows (`--batch-size 10000000` asked for 5.4 TiB).
+MAX_THREADS = 256
+MAX_BATCH_SIZE = 4096
+# Linux limits (NAME_MAX, PATH_MAX): a longer name fails with "File name too long" anyway;
+# checked here so that the message names the option.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+
+
+def max_threads() -> int:
+    return min(MAX_THREADS, max(8, 4 * (os.cpu_count() or 1)))
 
 
 def positive_int(text: str) -> int:
@@ -53,3 +72,97 @@ def int_list(text: str) -> list[int]:
 
 def str_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _bounded(text: str, what: str, hi: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what} from 1 to {hi}, got {text!r}") from None
+    if not 1 <= value <= hi:
+        raise argparse.ArgumentTypeError(f"expected {what} from 1 to {hi}, got {value}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """1 .. :func:`max_threads` (4 per core, at least 8, at most 256)."""
+    return _bounded(text, "a thread count", max_threads())
+
+
+def batch_size(text: str) -> int:
+    """1 .. ``MAX_BATCH_SIZE``."""
+    return _bounded(text, "a batch size", MAX_BATCH_SIZE)
+
+
+def thread_list(text: str) -> list[int]:
+    return [thread_count(part) for part in text.split(",") if part.strip()]
+
+
+def batch_list(text: str) -> list[int]:
+    return [batch_size(part) for part in text.split(",") if part.strip()]
+
+
+def path_arg(text: str) -> str:
+    """A file or folder path: not empty (``""`` would mean the current folder), no NUL byte,
+    no name longer than the system takes. Existence is the command's to check."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"expected a path, got one with a NUL byte: {text[:60]!r}")
+    raw = os.fsencode(text)
+    if len(raw) > MAX_PATH_BYTES:
+        raise argparse.ArgumentTypeError(f"path of {len(raw):,} bytes is longer than {MAX_PATH_BYTES:,} "
+                                         f"(File name too long): {text[:40]!r}...")
+    for part in raw.split(b"/"):
+        if len(part) > MAX_NAME_BYTES:
+            name = os.fsdecode(part)
+            raise argparse.ArgumentTypeError(f"name of {len(part)} bytes is longer than {MAX_NAME_BYTES} "
+                                             f"(File name too long): {name[:40]!r}...")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write: a :func:`path_arg` whose folder exists."""
+    path_arg(text)
+    folder = os.path.dirname(text) or "."
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{folder}: no such folder to write {os.path.basename(text)!r} in")
+    return text
+
+
+NO_VERIFY_HELP = ("skip hashing the bundle's files (faster start); their sizes, and the hashes of files up to "
+                  "1 MiB (the head, the adapter), are still checked, with a warning naming the files that differ")
+TRUST_HELP = ("refuse the bundle unless its manifest carries a valid signature by this public key "
+              "(KEY.pub from 'edgetl keygen'); repeat to trust several keys")
+SIGN_HELP = "sign the new version's manifest with this private key (from 'edgetl keygen')"
+
+
+def add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust", action="append", type=path_arg, metavar="PUBKEY", help=TRUST_HELP)
+
+
+def require_trust(args: argparse.Namespace, bundle: str) -> None:
+    """With ``--trust``: refuse an unsigned or wrongly signed ``bundle`` (one line), before the
+    command uses it."""
+    if getattr(args, "trust", None):
+        from edgetl.device.bundle import open_bundle
+
+        open_bundle(bundle, verify=getattr(args, "verify", True), trust=args.trust)
+
+
+def check_sign_key(args: argparse.Namespace) -> None:
+    """With ``--sign``: load the key now, so that a bad one fails before any work is done."""
+    if getattr(args, "sign", None):
+        from edgetl.core.signing import load_signing_key
+
+        load_signing_key(args.sign)
+
+
+def sign_update(args: argparse.Namespace, bundle: str) -> None:
+    """With ``--sign``: sign the bundle's (new) live manifest. Interim, for retrain and adapt,
+    until their configs hand the key to ``update_bundle(sign_key=...)``, which also records
+    the signer in the history entry."""
+    if getattr(args, "sign", None):
+        from edgetl.device.bundle import sign_bundle
+
+        sign_bundle(bundle, args.sign)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgetl.commands._args import SIGN_HELP, add_trust, check_sign_key, path_arg, require_trust, sign_update
+
 HELP = "align a bundle to a new domain from unlabelled images (torch-free)"
 DESCRIPTION = """\
 Adapt BUNDLE to a new domain (another camera, lighting, noise) from UNLABELLED_DIR, a
@@ -42,14 +44,18 @@ def _shrinkage(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder (made by 'edgetl package')")
-    p.add_argument("unlabelled", metavar="UNLABELLED_DIR", help="unlabelled images of the new domain")
+    p.add_argument("bundle", metavar="BUNDLE", type=path_arg, help="bundle folder (made by 'edgetl package')")
+    p.add_argument("unlabelled", metavar="UNLABELLED_DIR", type=path_arg, help="unlabelled images of the new domain")
     p.add_argument("--method", choices=["coral", "standardize"], default="coral", help="default: %(default)s")
-    p.add_argument("--eval", metavar="LABELLED_DIR", help="labelled new-domain images to report accuracy on")
-    p.add_argument("--source", metavar="DIR", help="training-domain images, if the bundle holds no statistics")
+    p.add_argument("--eval", metavar="LABELLED_DIR", type=path_arg,
+                   help="labelled new-domain images to report accuracy on")
+    p.add_argument("--source", metavar="DIR", type=path_arg,
+                   help="training-domain images, if the bundle holds no statistics")
     p.add_argument("--shrinkage", type=_shrinkage, metavar="F",
                    help="coral: covariance shrinkage toward the diagonal (default: d / (n + d))")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    add_trust(p)
+    p.add_argument("--sign", type=path_arg, metavar="KEY", help=SIGN_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         _ui.quiet()
+    require_trust(args, args.bundle)  # --trust: refuse an unsigned bundle before using it
+    check_sign_key(args)
     result = adapt(args.bundle, args.unlabelled, AdaptConfig(method=args.method, shrinkage=args.shrinkage,
                                                              source=args.source, eval_dir=args.eval))
+    sign_update(args, args.bundle)  # --sign
     if args.json:
         _ui.print_json(result.to_dict())
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetl.commands._args import int_list, non_negative_int, positive_float, positive_int, str_list
+from edgetl.commands._args import batch_list, non_negative_int, positive_float, positive_int, str_list, thread_list
 
 HELP = "latency, throughput, memory, size and accuracy per runtime and precision"
 DESCRIPTION = """\
@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="check this target's budgets (repeatable; name or .toml path)")
     p.add_argument("--runtimes", type=str_list, metavar="LIST", help="from torch,onnxruntime,openvino (default: all)")
     p.add_argument("--precisions", type=str_list, metavar="LIST", help="from fp32,int8,bf16 (default: all)")
-    p.add_argument("--batch", type=int_list, metavar="LIST", help="batch sizes, e.g. 1,8 (default: 1, or the target's)")
-    p.add_argument("--threads", type=int_list, metavar="LIST", help="thread counts, e.g. 1,2 (default: 2, or the target's)")
+    p.add_argument("--batch", type=batch_list, metavar="LIST", help="batch sizes, e.g. 1,8 (default: 1, or the target's)")
+    p.add_argument("--threads", type=thread_list, metavar="LIST", help="thread counts, e.g. 1,2 (default: 2, or the target's)")
     p.add_argument("--warmup", type=non_negative_int, default=10, metavar="N", help="untimed runs first (default: 10)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--duration", type=positive_float, default=2.0, metavar="S",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import positive_int
+from edgetl.commands._args import NO_VERIFY_HELP, add_trust, batch_size, output_file, path_arg, require_trust
 
 HELP = "accuracy of a RUN or a bundle on a labelled image folder"
 DESCRIPTION = """\
@@ -24,14 +24,14 @@ Examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="RUN_OR_BUNDLE", help="RUN directory or bundle directory")
-    p.add_argument("data", metavar="DATA", help="image folder, one subfolder per class")
+    p.add_argument("model", metavar="RUN_OR_BUNDLE", type=path_arg, help="RUN directory or bundle directory")
+    p.add_argument("data", metavar="DATA", type=path_arg, help="image folder, one subfolder per class")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--plot", metavar="F", help="write the confusion matrix to this PNG")
-    p.add_argument("--batch-size", type=positive_int, metavar="N")
+    p.add_argument("--plot", metavar="F", type=output_file, help="write the confusion matrix to this PNG")
+    p.add_argument("--batch-size", type=batch_size, metavar="N", help="at most 4096")
     p.add_argument("--runtime", choices=["onnxruntime", "openvino"], help="bundle: override the target's runtime")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="bundle: skip checking the file hashes")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="bundle: " + NO_VERIFY_HELP)
+    add_trust(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if (model / "run.json").is_file():
         from edgetl.workstation.evaluation import evaluate_run  # workstation side: torch
 
+        if args.trust:
+            raise RunDirError(f"{model}: --trust checks a bundle's signature; a RUN directory has none")
         kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
         report = evaluate_run(model, args.data, **kwargs)
         labels = report.get("labels") or _run_labels(model)
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     else:  # a bundle folder or its .tar.gz
         from edgetl.device.evaluation import EvaluateConfig, evaluate_bundle
 
+        require_trust(args, args.model)  # --trust: refuse an unsigned bundle before using it
         report = evaluate_bundle(model, args.data, EvaluateConfig(batch_size=args.batch_size, verify=args.verify,
                                                                   runtime=args.runtime))
         labels = report["labels"]

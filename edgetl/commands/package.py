@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgetl.commands._args import path_arg
+
 HELP = "package a trained RUN as a bundle for a deployment target"
 DESCRIPTION = """\
 Copy the models a deployment target needs from RUN into the bundle folder BUNDLE:
@@ -28,12 +30,16 @@ Examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="RUN directory (made by 'edgetl train', then export/quantize)")
+    p.add_argument("run", metavar="RUN", type=path_arg,
+                   help="RUN directory (made by 'edgetl train', then export/quantize)")
     p.add_argument("--target", required=True, metavar="TARGET", help="target name or .toml path (see 'edgetl targets')")
-    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create")
+    p.add_argument("--out", required=True, metavar="BUNDLE", type=path_arg, help="bundle folder to create")
     p.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (and archive)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
+    p.add_argument("--sign", metavar="KEY", type=path_arg,
+                   help="sign the manifest with this private key (from 'edgetl keygen'), into BUNDLE/manifest.sig; "
+                        "devices check it with --trust KEY.pub")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +49,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         _ui.quiet()
-    report = package(args.run, args.target, args.out, PackageConfig(archive=args.archive, overwrite=args.force))
+    signed = _sign_first(args)
+    report = package(args.run, args.target, args.out, PackageConfig(archive=args.archive and not signed,
+                                                                    overwrite=args.force))
+    if signed:  # --sign: the archive must hold the signature, so it is written after it
+        report = _sign_and_archive(args, report)
     out = report.bundle
     m = open_bundle(out, verify=False).manifest  # just written and hashed
     archive = str(report.archive) if report.archive else None
@@ -66,3 +76,34 @@ def _pct(value: object) -> str:
 
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _sign_first(args: argparse.Namespace) -> bool:
+    """With --sign: check the key (and that an archive may be written) before packaging."""
+    if not args.sign:
+        return False
+    from pathlib import Path
+
+    from edgetl.core.signing import load_signing_key
+    from edgetl.errors import BundleError
+
+    load_signing_key(args.sign)
+    tar_path = Path(args.out).with_name(Path(args.out).name + ".tar.gz")
+    if args.archive and tar_path.exists() and not args.force:
+        raise BundleError(f"{tar_path}: already exists; pass --force to replace it")
+    return True
+
+
+def _sign_and_archive(args: argparse.Namespace, report):
+    """Sign the new bundle, then write its archive (with manifest.sig) if --archive."""
+    import dataclasses
+
+    from edgetl.core import ui as _ui
+    from edgetl.device.bundle import sign_bundle, write_archive
+
+    key_id = sign_bundle(report.bundle, args.sign)
+    _ui.info(f"{report.bundle}: manifest signed by key {key_id} ({report.bundle}/manifest.sig)")
+    if not args.archive:
+        return report
+    tar_path = report.bundle.with_name(report.bundle.name + ".tar.gz")
+    return dataclasses.replace(report, archive=write_archive(report.bundle, tar_path))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetl.commands._args import positive_int
+from edgetl.commands._args import (NO_VERIFY_HELP, add_trust, batch_size, path_arg, positive_int, require_trust,
+                                   thread_count)
 
 HELP = "classify images with a bundle (torch-free)"
 DESCRIPTION = """\
@@ -24,15 +25,16 @@ Examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", metavar="BUNDLE", help="bundle directory (made by 'edgetl package')")
-    p.add_argument("files", metavar="FILE", nargs="+", help="image file, or a folder of images")
+    p.add_argument("bundle", metavar="BUNDLE", type=path_arg, help="bundle directory (made by 'edgetl package')")
+    p.add_argument("files", metavar="FILE", nargs="+", type=path_arg, help="image file, or a folder of images")
     p.add_argument("--top-k", type=positive_int, default=1, metavar="K", help="show the K best labels (default: 1)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", help="default: the target's batch size")
+    p.add_argument("--batch-size", type=batch_size, metavar="N", help="default: the target's batch size (at most 4096)")
     p.add_argument("--runtime", choices=["onnxruntime", "openvino"], help="override the target's runtime")
-    p.add_argument("--threads", type=positive_int, metavar="N", help="override the target's thread count")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip checking the bundle's file hashes (faster start)")
+    p.add_argument("--threads", type=thread_count, metavar="N",
+                   help="override the target's thread count (at most 4 per core, at least 8, at most 256)")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help=NO_VERIFY_HELP)
+    add_trust(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         _ui.quiet()
+    require_trust(args, args.bundle)  # --trust: refuse an unsigned bundle before using it
     files = expand_inputs(args.files)
     report = predict(args.bundle, [str(f) for f in files], PredictConfig(
         top_k=args.top_k, batch_size=args.batch_size, runtime=args.runtime, threads=args.threads, verify=args.verify))

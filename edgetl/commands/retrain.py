@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetl.commands._args import fraction, non_negative_int, positive_float, positive_int
+from edgetl.commands._args import (NO_VERIFY_HELP, SIGN_HELP, add_trust, batch_size, check_sign_key, fraction,
+                                   non_negative_int, path_arg, positive_float, positive_int, require_trust,
+                                   sign_update)
 
 HELP = "retrain a bundle's head on the device from labelled images (torch-free)"
 DESCRIPTION = """\
@@ -32,12 +34,12 @@ Examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder (made by 'edgetl package')")
-    p.add_argument("data", metavar="DATA", help="image folder, one subfolder per class")
+    p.add_argument("bundle", metavar="BUNDLE", type=path_arg, help="bundle folder (made by 'edgetl package')")
+    p.add_argument("data", metavar="DATA", type=path_arg, help="image folder, one subfolder per class")
     p.add_argument("--epochs", type=positive_int, default=50, metavar="N", help="at most N epochs (default: 50)")
     p.add_argument("--lr", type=positive_float, metavar="F",
                    help="AdamW learning rate (default: automatic, 1 / mean L1 norm of the embeddings)")
-    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="default: 32")
+    p.add_argument("--batch-size", type=batch_size, default=32, metavar="N", help="default: 32 (at most 4096)")
     p.add_argument("--holdout", type=fraction, default=0.2, metavar="F",
                    help="fraction held out for early stopping and before/after accuracy (default: 0.2)")
     p.add_argument("--patience", type=non_negative_int, default=10, metavar="N",
@@ -52,8 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "update, for devices without onnxruntime-training), or auto: ort where installed "
                         "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip checking the bundle's file hashes first")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help=NO_VERIFY_HELP)
+    add_trust(p)
+    p.add_argument("--sign", type=path_arg, metavar="KEY", help=SIGN_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         _ui.quiet()
+    require_trust(args, args.bundle)  # --trust: refuse an unsigned bundle before using it
+    check_sign_key(args)
     config = RetrainConfig(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, holdout=args.holdout, patience=args.patience,
         memory_per_class=args.memory_per_class, seed=args.seed, strict=args.strict, force=args.force,
@@ -89,4 +94,5 @@ def run(args: argparse.Namespace) -> int:
     if not report.switched:
         print(f"edgetl retrain: {report.reason}", file=sys.stderr)
         return 1
+    sign_update(args, args.bundle)  # --sign
     return 0

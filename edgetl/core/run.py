@@ -15,25 +15,75 @@ from edgetl.errors import RunDirError
 __all__ = ["RUN_FORMAT", "read_run_json", "write_run_json", "update_run_json", "package_versions", "deployed_accuracy"]
 
 RUN_FORMAT = 1
+MAX_RUN_JSON_BYTES = 256 << 20  # the split lists every training image's path
 _REQUIRED = ("format", "labels", "backbone", "preprocess", "num_features", "strategy")
+
+
+def _check_fields(info: Any, path: Path) -> None:
+    """The types of the fields every stage reads (the workstation builds the spec and the
+    model from them); one line naming the first bad one."""
+    def bad(field: str, problem: str, value: Any) -> RunDirError:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return RunDirError(f"{path}: run.json field {field!r} {problem}, got {shown}; re-run 'edgetl train'")
+
+    labels = info["labels"]
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels)):
+        raise bad("labels", "must be a non-empty list of label strings", labels)
+    if len(set(labels)) != len(labels):
+        raise bad("labels", "holds the same label twice", labels)
+    for key in ("backbone", "strategy"):
+        if not isinstance(info[key], str):
+            raise bad(key, "must be a string", info[key])
+    if not isinstance(info["preprocess"], dict):
+        raise bad("preprocess", "must be a JSON object", info["preprocess"])
+    n = info["num_features"]
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1 << 20:
+        raise bad("num_features", "must be an integer from 1 to 1,048,576", n)
+    for key in ("modality",):
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise bad(key, "must be a string", info[key])
+    for key in ("artifacts", "config", "split", "metrics", "export", "quantize"):
+        if info.get(key) is not None and not isinstance(info[key], dict):
+            raise bad(key, "must be a JSON object", info[key])
+    artifacts = info.get("artifacts") or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in artifacts.items()):
+        raise bad("artifacts", "must map names to paths", artifacts)
 
 
 def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    try:
+        is_dir = run_dir.is_dir()
+    except OSError as exc:  # a name too long, say
+        raise RunDirError(f"{run_dir}: {exc.strerror or exc}") from None
+    if not is_dir:
         raise RunDirError(f"{run_dir}: no such RUN directory; create one with 'edgetl train DATA --out {run_dir}'")
     path = run_dir / "run.json"
     if not path.is_file():
         raise RunDirError(f"{run_dir}: not a RUN directory (no run.json); create one with 'edgetl train'")
     try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunDirError(f"{path}: corrupt run.json ({exc}); re-run 'edgetl train'") from None
+        with open(path, "rb") as f:
+            data = f.read(MAX_RUN_JSON_BYTES + 1)
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > MAX_RUN_JSON_BYTES:
+        raise RunDirError(f"{path}: larger than {MAX_RUN_JSON_BYTES:,} bytes, not a run.json; re-run 'edgetl train'")
+    try:
+        info = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path}: corrupt run.json (not UTF-8 text); re-run 'edgetl train'") from None
+    except RecursionError:
+        raise RunDirError(f"{path}: corrupt run.json (nested too deeply); re-run 'edgetl train'") from None
+    except ValueError as exc:  # JSONDecodeError, and integers beyond the digit limit
+        raise RunDirError(f"{path}: corrupt run.json ({' '.join(str(exc).split())[:200]}); re-run 'edgetl train'") from None
+    if not isinstance(info, dict):
+        raise RunDirError(f"{path}: corrupt run.json (expected a JSON object); re-run 'edgetl train'")
     missing = [k for k in _REQUIRED if k not in info]
     if missing:
         raise RunDirError(f"{path}: incomplete run.json, missing {', '.join(missing)}; re-run 'edgetl train'")
-    if info["format"] != RUN_FORMAT:
-        raise RunDirError(f"{path}: RUN format {info['format']} is not supported (this edgetl reads {RUN_FORMAT})")
+    if type(info["format"]) is not int or info["format"] != RUN_FORMAT:
+        raise RunDirError(f"{path}: RUN format {info['format']!r} is not supported (this edgetl reads {RUN_FORMAT})")
+    _check_fields(info, path)
     return info
 
 

@@ -75,7 +75,8 @@ def list_unlabelled(folder: str | os.PathLike | None, *, what: str = "UNLABELLED
         raise DataError(f"{what}: no folder given; pass a folder of unlabelled images of the new domain")
     root = Path(folder)
     if not root.is_dir():
-        raise DataError(f"{root}: no such folder; {what} must be a folder of unlabelled images of the new domain")
+        problem = "is a file, not a folder" if root.exists() else "no such folder"
+        raise DataError(f"{root}: {problem}; {what} must be a folder of unlabelled images of the new domain")
     paths, bad = [], []
     for path in find_images(root):
         reason = check_image(path)

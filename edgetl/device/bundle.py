@@ -16,12 +16,17 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from edgetl.core import ui as _ui
 from edgetl.device import archive as _archive
 from edgetl.device.archive import extract_archive
-from edgetl.core.files import fsync_dir, fsync_tree, hash_dir, remove, sha256_file, utc_now, write_json_atomic
+from edgetl.device.manifest import (FORMAT_VERSION, MANIFEST, OPTIONAL_PATHS, check_head, check_manifest,
+                                    check_relpath, covered, manifest_paths, path_kind, quick_check, read_json,
+                                    read_manifest, verify_bundle, verify_files)
+from edgetl.core.files import (OwnedDir, fsync_dir, fsync_tree, hash_dir, remove, remove_stale, utc_now,
+                               write_json_atomic)
 from edgetl.core.report import Report
 from edgetl.errors import BundleError
 from edgetl.modalities import DEFAULT_MODALITY, get_modality
@@ -43,125 +48,19 @@ __all__ = [
     "RollbackReport",
     "write_archive",
     "extract_archive",
+    "work_dir",
+    "sign_bundle",
+    "check_trust",
 ]
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 PREVIOUS = "previous.json"
+SIGNATURES = "manifest.sig"  # Ed25519 signatures of manifests (see sign_bundle); not hashed, it authenticates
 LOCK = ".lock"
 STAGING_PREFIX = ".staging-"
+WORK_PREFIX = ".work-"  # scratch folders of retrain/adapt (work_dir); a killed one's is garbage
+MAX_SIGNATURES_BYTES = 1 << 20
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,8})$")
-_OPTIONAL_PATHS = ("training", "memory", "adapter", "source_stats")
-_REQUIRED = ("format_version", "version", "labels", "preprocess", "target", "models", "files")
-
-
-# --- manifest checks --------------------------------------------------------------------------
-
-def _check_relpath(root: Path, rel: Any) -> Path:
-    """``root / rel`` if ``rel`` stays inside ``root`` (no absolute path, ``..``, or symlink)."""
-    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
-        raise BundleError(f"{root}: manifest path {rel!r} is not a relative POSIX path; re-package the bundle")
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or any(part in ("..", ".", "") for part in rel.split("/")) or ":" in pure.parts[0]:
-        raise BundleError(f"{root}: manifest path {rel!r} points outside the bundle; refusing it (re-package the bundle)")
-    here = root
-    for part in pure.parts:
-        here = here / part
-        if here.is_symlink():
-            raise BundleError(f"{root}: {rel!r} goes through a symbolic link; refusing it (re-package the bundle)")
-    return root / rel
-
-
-def _manifest_paths(m: Mapping[str, Any]) -> list[str]:
-    """Every path the version uses: models, the named optional files, and the open map
-    ``artifacts`` (``{name: relpath}``; a tokenizer, say), so a new kind of file stays hashed,
-    carried across retrain/adapt and archived without this module knowing it."""
-    models = m.get("models") or {}
-    artifacts = m.get("artifacts") or {}
-    return [*models.values(), *(m[k] for k in _OPTIONAL_PATHS if m.get(k)), *artifacts.values()]
-
-
-def _covered(rel: str, files: Mapping[str, Any]) -> bool:
-    return rel in files or any(f.startswith(rel + "/") for f in files)
-
-
-def check_manifest(root: Path, m: Any, source: str) -> dict[str, Any]:
-    if not isinstance(m, dict):
-        raise BundleError(f"{source}: not a bundle manifest (expected a JSON object); re-package the bundle")
-    fv = m.get("format_version")
-    if fv != FORMAT_VERSION:
-        raise BundleError(
-            f"{source}: bundle format_version {fv!r} is not supported (this edgetl reads format_version "
-            f"{FORMAT_VERSION}); re-package the bundle with this edgetl, or use the edgetl that made it"
-        )
-    missing = [k for k in _REQUIRED if k not in m]
-    if missing:
-        raise BundleError(f"{source}: manifest is missing {', '.join(missing)}; re-package the bundle")
-    files, models = m["files"], m["models"]
-    if not isinstance(files, dict) or not all(
-        isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("bytes"), int) for e in files.values()
-    ):
-        raise BundleError(f"{source}: 'files' must map paths to {{sha256, bytes}}; re-package the bundle")
-    if not isinstance(models, dict) or not {"backbone", "head"} <= set(models):
-        raise BundleError(f"{source}: 'models' must name a backbone and a head; re-package the bundle")
-    artifacts = m.get("artifacts", {})
-    if artifacts is not None and not (isinstance(artifacts, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in artifacts.items())):
-        raise BundleError(f"{source}: 'artifacts' must map names to paths; re-package the bundle")
-    for rel in files:
-        _check_relpath(root, rel)
-    for rel in _manifest_paths(m):
-        _check_relpath(root, rel)
-        if not _covered(rel, files):
-            raise BundleError(f"{source}: {rel!r} is used but not listed in 'files'; re-package the bundle")
-    return m
-
-
-def _read_manifest(root: Path, name: str = MANIFEST) -> dict[str, Any]:
-    path = root / name
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        if name == MANIFEST:
-            raise BundleError(
-                f"{root}: not a bundle (no {MANIFEST}); make one with 'edgetl package RUN --target NAME --out {root}'"
-            ) from None
-        raise
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        m = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc}); the bundle is corrupted, re-package it") from None
-    return check_manifest(root, m, str(path))
-
-
-def _verify_files(root: Path, m: Mapping[str, Any]) -> None:
-    for rel, entry in m["files"].items():
-        path = _check_relpath(root, rel)
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            raise BundleError(f"{root}: {rel} is missing; the bundle was modified or corrupted; re-package it or pass --no-verify") from None
-        if not path.is_file():
-            raise BundleError(f"{root}: {rel} is not a regular file; the bundle was modified or corrupted; re-package it")
-        if st.st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
-            raise BundleError(
-                f"{root}: {rel} does not match its SHA-256 in the manifest; the bundle was modified or corrupted; "
-                "re-package it or pass --no-verify"
-            )
-
-
-def verify_bundle(path: str | os.PathLike) -> dict[str, Any]:
-    """Check a bundle folder without loading any model: a known ``format_version``, every
-    path inside the bundle, every listed file present with its size and SHA-256. Returns
-    the manifest; raises :class:`BundleError` naming the first problem."""
-    root = Path(path)
-    if not root.is_dir():
-        raise BundleError(f"{root}: no such bundle folder")
-    m = _read_manifest(root)
-    _verify_files(root, m)
-    return m
+_OPTIONAL_PATHS = OPTIONAL_PATHS  # the name tests/test_adapt.py reads (now owned by device/manifest.py)
 
 
 # --- the bundle object ------------------------------------------------------------------------
@@ -214,7 +113,7 @@ class Bundle:
 
     def path(self, relpath: str) -> Path:
         """The absolute path of a manifest path; refuses one that leaves the bundle."""
-        return _check_relpath(self.root, relpath)
+        return check_relpath(self.root, relpath)
 
     def model_path(self, which: str) -> Path:
         """``"backbone"`` (an OpenVINO backbone is its ``.xml``) or ``"head"``."""
@@ -226,23 +125,135 @@ class Bundle:
     def optional_path(self, key: str) -> Path | None:
         """The ``training``, ``memory``, ``adapter`` or ``source_stats`` path, or an entry of
         ``artifacts`` (e.g. ``tokenizer``); None when the bundle has none."""
-        rel = self.manifest.get(key) if key in _OPTIONAL_PATHS else (self.manifest.get("artifacts") or {}).get(key)
+        rel = self.manifest.get(key) if key in OPTIONAL_PATHS else (self.manifest.get("artifacts") or {}).get(key)
         return self.path(rel) if rel else None
 
 
 def open_bundle(
-    path: str | os.PathLike, *, verify: bool = True, extract_to: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    *,
+    verify: bool = True,
+    extract_to: str | os.PathLike | None = None,
+    trust: Sequence[str | os.PathLike] | None = None,
 ) -> Bundle:
     """Open a bundle folder or a ``.tar.gz`` of one. An archive is extracted safely into a
-    hidden folder beside it (or under ``extract_to``), named by its hash and reused. With
-    ``verify`` (the default) every file's size and SHA-256 is checked."""
+    hidden folder beside it (or under ``extract_to``), named by its hash and reused; an
+    extraction that turns out not to be a good bundle is removed again. With ``verify`` (the
+    default) every file's size and SHA-256 is checked; without, sizes and small files only,
+    with a warning naming the files that fail. With ``trust`` (public key files), the
+    manifest must carry a valid signature by one of them (see :func:`check_trust`)."""
     p = Path(path)
-    if p.is_file():
-        p = _archive.extract_cached(p, Path(extract_to) if extract_to else p.parent, MANIFEST)
-    elif not p.exists():
+    extracted = None
+    kind = path_kind(p)
+    if kind == "file":
+        extracted = _archive.cache_dir(p, Path(extract_to) if extract_to else p.parent)
+        p = _archive.extract_cached(p, extracted.parent, MANIFEST, dest=extracted)
+    elif kind is None:
         raise BundleError(f"{p}: no such bundle; make one with 'edgetl package RUN --target NAME --out {p}'")
-    m = verify_bundle(p) if verify else _read_manifest(p)
-    return Bundle(p, m)
+    try:
+        if verify:
+            m = verify_bundle(p)
+        else:
+            m = read_manifest(p)
+            failed = quick_check(p, m)
+            if failed:
+                more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+                _ui.warn(f"{p}: --no-verify, but {len(failed)} file(s) differ from the manifest: "
+                         f"{', '.join(failed[:3])}{more}; the bundle was modified or corrupted")
+            if m["models"]["head"] not in failed:  # a damaged head was named above; the user opted out
+                check_head(p, m, str(p / MANIFEST))
+        bundle = Bundle(p, m)
+        if trust:
+            check_trust(bundle, trust)
+    except BundleError:
+        if extracted is not None:
+            remove(extracted)  # a refused extraction is useless; the next open extracts again
+        raise
+    return bundle
+
+
+# --- signatures ---------------------------------------------------------------------------------
+# A signature covers the manifest without its ``history``: the device appends to the history
+# (a rollback does) without the signer's key, and nothing the device runs depends on it. So a
+# rollback to a signed version is signed again, by the signature it had.
+
+def signed_part(m: Mapping[str, Any]) -> dict[str, Any]:
+    """What a manifest's signature covers: every field but ``history``."""
+    return {k: v for k, v in m.items() if k != "history"}
+
+
+def _read_signatures(root: Path) -> list[dict[str, Any]]:
+    """The entries of ``manifest.sig`` (none when the bundle is unsigned)."""
+    path = root / SIGNATURES
+    if not path.exists():
+        return []
+    doc = read_json(path, MAX_SIGNATURES_BYTES, "signature file")
+    if not isinstance(doc, dict) or doc.get("format") != 1:
+        raise BundleError(f"{path}: not an edgetl signature file (format 1); re-sign the bundle")
+    entries = doc.get("signatures")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise BundleError(f"{path}: 'signatures' must be a list of objects; re-sign the bundle")
+    return entries
+
+
+def _write_signatures(root: Path, entries: list[dict[str, Any]], keep: Sequence[Mapping[str, Any] | None]) -> None:
+    """Keep the entries of the manifests in ``keep`` (live, previous, new), written before
+    the manifests are replaced: a kill in between leaves a file that covers either."""
+    from edgetl.core.signing import document_digest
+
+    wanted = {document_digest(signed_part(m)) for m in keep if m}
+    kept = [e for e in entries if e.get("document_sha256") in wanted]
+    unique = {(e.get("document_sha256"), e.get("key_id")): e for e in kept}
+    write_json_atomic(root / SIGNATURES, {"format": 1, "signatures": list(unique.values())})
+
+
+def check_trust(bundle: Bundle, trust: Sequence[str | os.PathLike]) -> str:
+    """Refuse ``bundle`` unless ``manifest.sig`` holds a valid Ed25519 signature of its
+    manifest by one of the public keys in ``trust``; returns that key's id."""
+    from edgetl.core.signing import verify
+
+    return verify(signed_part(bundle.manifest), _read_signatures(bundle.root), trust, str(bundle.root))
+
+
+def sign_bundle(path: str | os.PathLike, key: str | os.PathLike, *, lock_timeout: float = 60.0) -> str:
+    """Sign the live manifest of a bundle folder with the private key file ``key`` (from
+    ``edgetl keygen``): the signature goes to ``manifest.sig`` beside it. Returns the key id."""
+    from edgetl.core.signing import load_signing_key, sign
+
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle folder (sign the folder before archiving it)")
+    private, key_id = load_signing_key(key)
+    with _locked(root, lock_timeout):
+        live = read_manifest(root)
+        previous = _read_previous(root)
+        try:
+            entries = [*_read_signatures(root), sign(signed_part(live), private, key_id)]
+            _write_signatures(root, entries, [live, previous])
+        except OSError as exc:
+            raise BundleError(f"{root}: cannot write {SIGNATURES} ({exc.strerror or exc})") from None
+    return key_id
+
+
+# --- scratch space for updates ----------------------------------------------------------------
+
+@contextmanager
+def work_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A scratch folder ``BUNDLE/.work-<random>`` for an update being prepared (retrain's
+    trained heads, say), removed on exit. One that a killed process left is removed by the
+    next update's garbage collection or the next ``work_dir``; a live one never is (its
+    owner holds a lock on it). Inside the bundle, so it is on the same file system and
+    counted against the bundle's space, never left in /tmp."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle folder (an archive must be extracted before it can be updated)")
+    remove_stale(root, WORK_PREFIX)
+    try:
+        owned = OwnedDir(root, WORK_PREFIX)
+    except OSError as exc:
+        raise BundleError(f"{root}: cannot make a work folder in the bundle ({exc.strerror or exc})") from None
+    with owned as folder:
+        yield folder
 
 
 # --- atomic updates and rollback --------------------------------------------------------------
@@ -276,7 +287,7 @@ def _locked(root: Path, timeout: float) -> Iterator[None]:
 def _read_previous(root: Path) -> dict[str, Any] | None:
     if not (root / PREVIOUS).is_file():
         return None
-    return _read_manifest(root, PREVIOUS)
+    return read_manifest(root, PREVIOUS)
 
 
 def _collect_garbage(root: Path, live: Mapping[str, Any], previous: Mapping[str, Any] | None) -> None:
@@ -292,6 +303,7 @@ def _collect_garbage(root: Path, live: Mapping[str, Any], previous: Mapping[str,
         )
         if garbage:
             remove(entry)
+    remove_stale(root, WORK_PREFIX)  # scratch folders of killed retrains (live ones hold their lock)
 
 
 def _next_version(root: Path, live: Mapping[str, Any], previous: Mapping[str, Any] | None) -> int:
@@ -315,17 +327,17 @@ def _finish_manifest(
         raise TypeError(f"update_bundle's write() must return the new manifest dict, got {type(new).__name__}")
     prefix = f"v{n}"
     files = hash_dir(staging, prefix)
-    for rel in _manifest_paths(new):
+    for rel in manifest_paths(new):
         if rel.split("/", 1)[0] == prefix:
-            if not _covered(rel, files):
+            if not covered(rel, files):
                 raise BundleError(f"{root}: the update refers to {rel}, but did not write it")
-        elif _covered(rel, live["files"]):
+        elif covered(rel, live["files"]):
             files.update(_carried_files(rel, live["files"]))
         else:
             raise BundleError(f"{root}: the update refers to {rel}, which is in neither the new nor the live version")
     now = utc_now()
     new.update(format_version=FORMAT_VERSION, version=n, created=now, files=files)
-    new["history"] = [*live.get("history", []), {"version": n, "event": event, "time": now, **details}]
+    new["history"] = [*(live.get("history") or []), {"version": n, "event": event, "time": now, **details}]
     return check_manifest(root, new, "updated manifest")
 
 
@@ -336,6 +348,7 @@ def update_bundle(
     *,
     details: Mapping[str, Any] | None = None,
     lock_timeout: float = 60.0,
+    sign_key: str | os.PathLike | None = None,
 ) -> Bundle:
     """Make a new version of a bundle, atomically.
 
@@ -348,10 +361,21 @@ def update_bundle(
     A kill at any moment leaves the old or the new version live, both complete. An
     ``OSError`` (disk full, permissions) raises :class:`BundleError`; any failure leaves
     the old version live. The old manifest becomes ``previous.json`` (see :func:`rollback`).
+
+    The history entry records ``"device_made": true`` and ``"signed_by"``: the id of
+    ``sign_key`` (a private key file; the new manifest is then signed in ``manifest.sig``),
+    or null (the new version is unsigned; signatures of the old versions are kept, so a
+    rollback to a signed version is signed again).
     """
     root = Path(path)
-    if not root.is_dir():
+    if path_kind(root) != "dir":
         raise BundleError(f"{root}: not a bundle folder (an archive must be extracted before it can be updated)")
+    signer = None
+    if sign_key is not None:
+        from edgetl.core.signing import load_signing_key, sign
+
+        signer = load_signing_key(sign_key)  # a bad key fails before anything is done
+    details = {**(details or {}), "device_made": True, "signed_by": signer[1] if signer else None}
     with _locked(root, lock_timeout):
         live = verify_bundle(root)
         previous = _read_previous(root)
@@ -366,10 +390,15 @@ def update_bundle(
         try:
             draft = copy.deepcopy(live)
             draft["version"] = n
-            new = _finish_manifest(root, staging, n, live, write(staging, draft), event, dict(details or {}))
+            new = _finish_manifest(root, staging, n, live, write(staging, draft), event, details)
             fsync_tree(staging)
             os.rename(staging, final)
             fsync_dir(root)
+            check_head(root, new, "updated manifest")
+            signatures = _read_signatures(root)
+            if signer is not None or signatures:
+                entries = [*signatures, sign(signed_part(new), *signer)] if signer is not None else signatures
+                _write_signatures(root, entries, [live, previous, new])
             # previous.json first: a kill between the two replaces leaves the old version live
             # with itself as previous, never a previous.json naming a folder GC may remove.
             write_json_atomic(root / PREVIOUS, live)
@@ -411,20 +440,21 @@ def rollback(path: str | os.PathLike, *, lock_timeout: float = 60.0) -> Rollback
     previous one, so a second rollback returns to it. Raises :class:`BundleError` when
     there is nothing to roll back to."""
     root = Path(path)
-    if not root.is_dir():
+    if path_kind(root) != "dir":
         raise BundleError(f"{root}: not a bundle folder")
     with _locked(root, lock_timeout):
-        live = _read_manifest(root)  # not hash-checked: rolling back from a damaged version must work
+        live = read_manifest(root)  # not hash-checked: rolling back from a damaged version must work
         previous = _read_previous(root)
         if previous is None or int(previous["version"]) == int(live["version"]):
             raise BundleError(f"{root}: nothing to roll back to (no previous version; version {live['version']} is the only one)")
         try:
-            _verify_files(root, previous)
+            verify_files(root, previous)
+            check_head(root, previous, str(root / PREVIOUS))
         except BundleError as exc:
             raise BundleError(f"cannot roll back to version {previous['version']}: {exc}") from None
         restored = copy.deepcopy(previous)
         restored["history"] = [
-            *live.get("history", []),
+            *(live.get("history") or []),
             {"version": previous["version"], "event": "rollback", "time": utc_now(), "from_version": live["version"]},
         ]
         try:
@@ -440,8 +470,9 @@ def rollback(path: str | os.PathLike, *, lock_timeout: float = 60.0) -> Rollback
 # --- archives ---------------------------------------------------------------------------------
 
 def write_archive(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:
-    """Write the live version of a bundle (its manifest and the files it lists, in a
-    folder named like the bundle) to a ``.tar.gz``, atomically."""
+    """Write the live version of a bundle (its manifest, its signatures if any, and the files
+    it lists, in a folder named like the bundle) to a ``.tar.gz``, atomically."""
     root = Path(bundle_dir)
     m = verify_bundle(root)
-    return _archive.write_tar(root, [MANIFEST, *sorted(m["files"])], Path(tar_path))
+    signed = [SIGNATURES] if (root / SIGNATURES).is_file() else []
+    return _archive.write_tar(root, [MANIFEST, *signed, *sorted(m["files"])], Path(tar_path))

@@ -293,7 +293,8 @@ class Predictor:
             for i in errors:
                 source = sources[i]
                 if isinstance(source, (str, os.PathLike)) and self.modality.name == "image" and Path(source).is_dir():
-                    errors[i] = f"{source}: a folder with no images"
+                    if "cannot read" not in errors[i]:  # an unreadable folder says so (find_images lists it)
+                        errors[i] = f"{source}: a folder with no images"
             if inputs is not None and isinstance(fixed, int) and len(indices) < fixed:
                 # a fixed-batch backbone gets a full batch; the extra rows are dropped after
                 inputs = {k: np.concatenate([v, np.zeros((fixed - len(v), *v.shape[1:]), v.dtype)])

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from contextlib import ExitStack
@@ -52,6 +51,7 @@ import numpy as np
 from edgetl.core import ui as _ui
 from edgetl.errors import BundleError, ConfigError, DataError
 from edgetl.core.report import Report
+from edgetl.device.bundle import work_dir
 from edgetl.device.learn import (
     HeadTrainConfig,
     HeadTrainResult,
@@ -396,7 +396,9 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
     trainer = resolve_trainer(cfg.trainer)
     t1 = time.perf_counter()
     with ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgetl-retrain-")))
+        # inside the bundle (same file system; a killed retrain's folder is collected by the
+        # next update), never in /tmp
+        work = stack.enter_context(work_dir(root))
         result, lr = _train(live, sets, all_labels, len(new_classes), cfg, work, trainer)
         measures, reason = _gate(live, sets, result, work / "new" / HEAD_FILE, all_labels, lr, cfg)
         train_seconds = time.perf_counter() - t1

@@ -14,7 +14,7 @@ from PIL import Image
 
 from edgetl.core.data import stratified_split  # noqa: F401 - re-exported
 from edgetl.errors import DataError
-from edgetl.modalities.image.preprocess import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+from edgetl.modalities.image.preprocess import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, check_shape
 
 __all__ = ["ImageFolder", "scan_folder", "stratified_split", "write_digits", "list_images", "find_images", "check_image"]
 
@@ -52,25 +52,46 @@ def check_image(path: Path) -> str | None:
             with Image.open(path) as img:
                 if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
                     return f"larger than {MAX_IMAGE_PIXELS:,} pixels"
+                check_shape(*img.size, name=str(path))
                 img.verify()
         return None
+    except DataError as exc:
+        return str(exc).split(": ", 1)[-1] if str(exc).startswith(str(path)) else str(exc)
+    except OSError as exc:
+        return exc.strerror or f"{exc.__class__.__name__}: {exc}".strip()
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt files
         return f"{exc.__class__.__name__}: {exc}".strip()
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Files in ``folder`` (not recursive), sorted, hidden files ignored."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Files in ``folder`` (not recursive), sorted, hidden files ignored. Raises
+    :class:`DataError` when the folder cannot be read."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot read this folder ({exc.strerror or exc})") from None
 
 
 def find_images(folder: Path) -> list[Path]:
     """Files with an image extension anywhere under ``folder``, sorted; hidden files and
-    folders ignored."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    folders ignored. A subfolder that cannot be read is listed itself, in place of its
+    images, so that the caller reports it as an unreadable item instead of silently
+    skipping what it holds (:func:`~edgetl.modalities.image.load_image` says why)."""
+    folder = Path(folder)
+    found: list[Path] = []
+    unreadable: list[Path] = []
+
+    def failed(exc: OSError) -> None:
+        unreadable.append(Path(exc.filename) if exc.filename else folder)
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=failed):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        base = Path(dirpath)
+        for name in filenames:
+            path = base / name
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                found.append(path)
+    return sorted(found + [p for p in unreadable if p != folder])
 
 
 def scan_folder(
@@ -83,12 +104,21 @@ def scan_folder(
     """Scan ``root/<class>/<image>``. Unreadable files are skipped (and listed in
     ``skipped``), or with ``strict`` rejected. Raises :class:`DataError` for a missing
     folder, fewer than ``min_classes`` classes, or a class with no usable image."""
+    if isinstance(root, str) and not root:
+        raise DataError("DATA is an empty path; pass a folder with one subfolder per class")
     root = Path(root)
-    if not root.exists():
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+    except OSError as exc:  # a name too long, say
+        raise DataError(f"{root}: {exc.strerror or exc}") from None
+    if not exists:
         raise DataError(f"{root}: no such folder; DATA must be a folder with one subfolder per class")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder; DATA must be a folder with one subfolder per class")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not is_dir:
+        raise DataError(f"{root}: is a file, not a folder; DATA must be a folder with one subfolder per class")
+    try:
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"{root}: cannot read this folder ({exc.strerror or exc})") from None
     if len(class_dirs) < min_classes:
         found = ", ".join(p.name for p in class_dirs) or "none"
         raise DataError(

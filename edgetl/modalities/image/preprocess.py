@@ -8,22 +8,31 @@ match bit for bit (``tests/test_preprocess.py`` checks it against torchvision).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from edgetl.errors import ConfigError, DataError
 
-__all__ = ["Interpolation", "PreprocessSpec", "load_image", "preprocess", "preprocess_batch", "ImageInput"]
+__all__ = ["Interpolation", "PreprocessSpec", "load_image", "preprocess", "preprocess_batch", "ImageInput",
+           "check_shape", "MAX_ASPECT", "MAX_RESIZED_PIXELS"]
 
 # Refuse decompression bombs: PIL warns above this many pixels and raises above twice it;
 # we refuse both (an edge device has no business decoding a 90-megapixel image).
 MAX_IMAGE_PIXELS = 64_000_000
+# The pixel guard alone does not bound the work: resizing scales the *shorter* side to the
+# resize size, so a 118-byte 1x20000 PNG would become 256x5,120,000 pixels (6.3 GB of RGB)
+# before the centre crop. Refuse images longer than MAX_ASPECT times their width (a
+# panorama is 4:1 to 12:1; a receipt strip about 10:1) and any resize to more than
+# MAX_RESIZED_PIXELS (192 MB of RGB).
+MAX_ASPECT = 50
+MAX_RESIZED_PIXELS = MAX_IMAGE_PIXELS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -72,17 +81,55 @@ class PreprocessSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
-        return cls(
-            input_size=int(d["input_size"]),
-            mean=tuple(d["mean"]),
-            std=tuple(d["std"]),
-            interpolation=Interpolation(d["interpolation"]),
-            crop_pct=float(d["crop_pct"]),
-        )
+    def from_dict(cls, d: Any) -> "PreprocessSpec":
+        """From :meth:`to_dict`'s output (run.json, a manifest, ONNX metadata: untrusted), each
+        field checked for its type; raises :class:`ConfigError` naming the field."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"preprocess must be a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k not in d]
+        if missing:
+            raise ConfigError(f"preprocess is missing {', '.join(missing)}")
+        size = d["input_size"]
+        if isinstance(size, float) and size.is_integer():
+            size = int(size)
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ConfigError(f"preprocess.input_size must be an integer, got {_show(size)}")
+        for key in ("mean", "std"):
+            v = d[key]
+            if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_finite(x) for x in v)):
+                raise ConfigError(f"preprocess.{key} must be three finite numbers, got {_show(v)}")
+        if d["interpolation"] not in [i.value for i in Interpolation]:
+            raise ConfigError(f"preprocess.interpolation must be one of {', '.join(i.value for i in Interpolation)}, "
+                              f"got {_show(d['interpolation'])}")
+        if not _finite(d["crop_pct"]):
+            raise ConfigError(f"preprocess.crop_pct must be a number, got {_show(d['crop_pct'])}")
+        try:
+            return cls(input_size=size, mean=tuple(d["mean"]), std=tuple(d["std"]),
+                       interpolation=Interpolation(d["interpolation"]), crop_pct=float(d["crop_pct"]))
+        except ConfigError as exc:
+            raise ConfigError(f"preprocess.{exc}") from None
 
     def with_input_size(self, size: int) -> "PreprocessSpec":
         return PreprocessSpec(size, self.mean, self.std, self.interpolation, self.crop_pct)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_shape(width: int, height: int, name: str = "image") -> None:
+    """Refuse an image so elongated that resizing its shorter side blows up (see
+    ``MAX_ASPECT``), or an empty one. Raises :class:`DataError` naming ``name``."""
+    if width < 1 or height < 1:
+        raise DataError(f"{name}: image has no pixels ({width}x{height})")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise DataError(f"{name}: image is {width}x{height} pixels, more than {MAX_ASPECT}:1; refusing it "
+                        "(resizing its shorter side would make a huge image)")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -118,7 +165,19 @@ def load_image(source: ImageInput) -> Image.Image:
             raise DataError(f"array images must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
         return _to_rgb(Image.fromarray(arr))
     path = Path(source)
-    if not path.is_file():
+    if not str(source):
+        raise DataError("an empty path is not an image file")
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except OSError as exc:  # a name too long, say
+        raise DataError(f"{path}: {exc.strerror or exc}") from None
+    if is_dir:
+        try:
+            os.listdir(path)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read this folder ({exc.strerror or exc})") from None
+        raise DataError(f"{path}: no such image file (a folder, holding no {', '.join(IMAGE_SUFFIXES)} files)")
+    if not is_file:
         raise DataError(f"{path}: no such image file")
     try:
         with warnings.catch_warnings():
@@ -127,6 +186,7 @@ def load_image(source: ImageInput) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
             try:
                 with Image.open(path) as img:
+                    check_shape(*img.size, name=str(path))  # before decoding a single pixel
                     img = ImageOps.exif_transpose(img) if img.format == "JPEG" else img
                     img.load()
                     return _to_rgb(img)
@@ -138,14 +198,20 @@ def load_image(source: ImageInput) -> Image.Image:
         raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
-def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
-    """torchvision ``Resize(resize_size)`` + ``CenterCrop(input_size)``, same arithmetic."""
+def resize_and_crop(img: Image.Image, spec: PreprocessSpec, *, name: str = "image") -> Image.Image:
+    """torchvision ``Resize(resize_size)`` + ``CenterCrop(input_size)``, same arithmetic.
+    Refuses (:class:`DataError` naming ``name``) an image whose resize would exceed
+    ``MAX_RESIZED_PIXELS`` or whose aspect ratio exceeds ``MAX_ASPECT``."""
     w, h = img.size
+    check_shape(w, h, name)
     size = spec.resize_size
     if w <= h:
         new_w, new_h = size, int(size * h / w)
     else:
         new_w, new_h = int(size * w / h), size
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise DataError(f"{name}: resizing {w}x{h} to {new_w}x{new_h} pixels exceeds {MAX_RESIZED_PIXELS:,}; "
+                        "refusing it")
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), resample=spec.interpolation.pil)
     crop = spec.input_size
@@ -169,7 +235,8 @@ def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 def preprocess(source: ImageInput, spec: PreprocessSpec) -> np.ndarray:
     """One image -> 3xHxW float32, ready for the backbone."""
-    return normalize(resize_and_crop(load_image(source), spec), spec)
+    name = str(source) if isinstance(source, (str, Path)) else "image"
+    return normalize(resize_and_crop(load_image(source), spec, name=name), spec)
 
 
 def preprocess_batch(sources: list[ImageInput], spec: PreprocessSpec) -> np.ndarray:
