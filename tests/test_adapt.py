@@ -358,3 +358,5 @@ def test_device_adapt_kill_9_at_any_moment_leaves_a_working_bundle(bundle, devic
         assert not seen or b.version >= seen[-1]
         seen.append(b.version)
     assert seen[-1] > 1, "no adapt ever finished; the test proves nothing"
+    adapt(bundle, target, AdaptConfig(source=source))  # the next command collects the killed ones' folders
+    assert not [p.name for p in bundle.iterdir() if p.name.startswith((".staging-", ".work-"))]

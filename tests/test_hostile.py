@@ -712,3 +712,19 @@ def test_package_sign_puts_the_signature_in_the_archive(capsys, tmp_path, models
     (tmp_path / "device").mkdir()
     shutil.copy(tmp_path / "b.tar.gz", tmp_path / "device" / "b.tar.gz")
     assert run_cli(capsys, ["predict", str(tmp_path / "device" / "b.tar.gz"), image, "--trust", vendor_pub])[0] == 0
+
+
+def test_retrain_and_adapt_sign_the_version_they_make(capsys, bundle, data, image, keys):
+    device_pub = str(keys["device"]) + ".pub"
+    code, _, lines = run_cli(capsys, ["retrain", str(bundle), str(data), "--epochs", "2", "--force",
+                                      "--sign", str(keys["device"])])
+    assert code == 0, lines
+    made = open_bundle(bundle, trust=[device_pub])  # refused unless the new version is signed by it
+    assert made.history[-1]["event"] == "retrain" and made.history[-1]["signed_by"]
+    code, _, lines = run_cli(capsys, ["adapt", str(bundle), str(data), "--source", str(data),
+                                      "--sign", str(keys["device"])])
+    assert code == 0, lines
+    made = open_bundle(bundle, trust=[device_pub])
+    assert made.history[-1]["event"] == "adapt" and made.history[-1]["signed_by"]
+    assert run_cli(capsys, ["predict", str(bundle), image, "--trust", device_pub])[0] == 0
+    refused(capsys, ["retrain", str(bundle), str(data), "--sign", str(data / "0" / Path(image).name)], "key")

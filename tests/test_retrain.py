@@ -476,8 +476,10 @@ def test_kill_9_at_random_moments_never_breaks_the_bundle(tmp_path, tiny, digits
     # the loop really moved the bundle on, and the next update cleans up after the kills
     assert max(known) >= 3, known.keys()
     report = retrain(bundle, data, RetrainConfig(epochs=2, force=True))
-    leftovers = [p.name for p in bundle.iterdir() if p.name.startswith(".staging-")]
+    # no temporary folder outlives the next command: staging, work folders, nothing in TMPDIR
+    leftovers = [p.name for p in bundle.iterdir() if p.name.startswith((".staging-", ".work-"))]
     assert report.switched and not leftovers
+    assert not list((tmp_path / "tmp").iterdir())
     print(f"kill -9: {trials} trials in {elapsed:.1f} s, {moved} moved the bundle on, {len(known)} versions seen, "
           f"{kills_in_commit} kill(s) between the switch and the child's report")
 

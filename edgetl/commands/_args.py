@@ -156,13 +156,3 @@ def check_sign_key(args: argparse.Namespace) -> None:
         from edgetl.core.signing import load_signing_key
 
         load_signing_key(args.sign)
-
-
-def sign_update(args: argparse.Namespace, bundle: str) -> None:
-    """With ``--sign``: sign the bundle's (new) live manifest. Interim, for retrain and adapt,
-    until their configs hand the key to ``update_bundle(sign_key=...)``, which also records
-    the signer in the history entry."""
-    if getattr(args, "sign", None):
-        from edgetl.device.bundle import sign_bundle
-
-        sign_bundle(bundle, args.sign)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import SIGN_HELP, add_trust, check_sign_key, path_arg, require_trust, sign_update
+from edgetl.commands._args import SIGN_HELP, add_trust, check_sign_key, path_arg, require_trust
 
 HELP = "align a bundle to a new domain from unlabelled images (torch-free)"
 DESCRIPTION = """\
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     require_trust(args, args.bundle)  # --trust: refuse an unsigned bundle before using it
     check_sign_key(args)
     result = adapt(args.bundle, args.unlabelled, AdaptConfig(method=args.method, shrinkage=args.shrinkage,
-                                                             source=args.source, eval_dir=args.eval))
-    sign_update(args, args.bundle)  # --sign
+                                                             source=args.source, eval_dir=args.eval,
+                                                             sign_key=args.sign))
     if args.json:
         _ui.print_json(result.to_dict())
         return 0

@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from edgetl.commands._args import (NO_VERIFY_HELP, SIGN_HELP, add_trust, batch_size, check_sign_key, fraction,
-                                   non_negative_int, path_arg, positive_float, positive_int, require_trust,
-                                   sign_update)
+                                   non_negative_int, path_arg, positive_float, positive_int, require_trust)
 
 HELP = "retrain a bundle's head on the device from labelled images (torch-free)"
 DESCRIPTION = """\
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     config = RetrainConfig(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, holdout=args.holdout, patience=args.patience,
         memory_per_class=args.memory_per_class, seed=args.seed, strict=args.strict, force=args.force,
-        verify=args.verify, trainer=args.trainer,
+        verify=args.verify, trainer=args.trainer, sign_key=args.sign,
     )
     report = retrain(args.bundle, args.data, config)
     if args.json:
@@ -94,5 +93,4 @@ def run(args: argparse.Namespace) -> int:
     if not report.switched:
         print(f"edgetl retrain: {report.reason}", file=sys.stderr)
         return 1
-    sign_update(args, args.bundle)  # --sign
     return 0

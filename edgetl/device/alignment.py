@@ -225,6 +225,7 @@ class AdaptConfig:
     source: str | os.PathLike | None = None  # source-domain images, when the bundle has no statistics
     eval_dir: str | os.PathLike | None = None  # labelled target images: accuracy before and after
     verify: bool = True
+    sign_key: str | os.PathLike | None = None  # a private key file: the new version is signed with it
 
     def __post_init__(self) -> None:
         try:
@@ -284,5 +285,5 @@ def adapt(bundle_path: str | os.PathLike, unlabelled_dir: str | os.PathLike,
 
     details = {"method": method.value, "n_images": len(paths), "source": origin,
                "accuracy_before": before, "accuracy_after": after}
-    updated = update_bundle(bundle.root, "adapt", write, details=details)
+    updated = update_bundle(bundle.root, "adapt", write, details=details, sign_key=cfg.sign_key)
     return AdaptReport(**details, version=updated.version, bundle=str(updated.root))

@@ -89,6 +89,7 @@ class RetrainConfig:
     force: bool = False  # switch even if the holdout accuracy got worse
     verify: bool = True  # check the bundle's file hashes before retraining
     trainer: Trainer = Trainer.AUTO  # ort (training artifacts) where installed, else numpy
+    sign_key: str | os.PathLike | None = None  # a private key file: the new version is signed with it
 
     def __post_init__(self) -> None:
         if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 1.0):
@@ -335,7 +336,7 @@ _BASE_KEYS = ("files", "models", "labels", "adapter", "artifacts", "memory", "tr
 
 
 def _commit(live: _Live, work: Path, new_memory: ReplayMemory, all_labels: list[str], trainer: Trainer,
-            details: dict[str, Any]) -> Any:
+            details: dict[str, Any], sign_key: str | os.PathLike | None = None) -> Any:
     """Write the new version (head, its training artifacts where ONNX Runtime can make them,
     the merged memory, the labels) and switch to it atomically."""
     from edgetl.device.bundle import update_bundle
@@ -364,7 +365,7 @@ def _commit(live: _Live, work: Path, new_memory: ReplayMemory, all_labels: list[
         draft["memory"] = f"{prefix}/{MEMORY_FILE}"
         return draft
 
-    return update_bundle(live.root, "retrain", write, details=details)
+    return update_bundle(live.root, "retrain", write, details=details, sign_key=sign_key)
 
 
 # --------------------------------------------------------------------------- the verb
@@ -384,6 +385,10 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
     if not isinstance(cfg, RetrainConfig):
         raise ConfigError(f"config must be a RetrainConfig, got {type(cfg).__name__}")
     started = time.perf_counter()
+    if cfg.sign_key is not None:
+        from edgetl.core.signing import load_signing_key
+
+        load_signing_key(cfg.sign_key)  # a bad key fails before any work is done
     root = Path(bundle)
     _check_writable(root)
     live = _open_live(root, cfg.verify)
@@ -416,7 +421,8 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
                                  seconds=_seconds(sets.embed_seconds, train_seconds, started), **common)
         details = {k: common[k] for k in ("accuracy_before", "accuracy_after", "n_images", "n_train", "n_holdout",
                                           "new_classes", "epochs", "best_epoch", "lr", "forced", "trainer")}
-        updated = _commit(live, work, new_memory, all_labels, trainer, {**details, "data": str(Path(data).resolve())})
+        updated = _commit(live, work, new_memory, all_labels, trainer, {**details, "data": str(Path(data).resolve())},
+                          cfg.sign_key)
     return RetrainReport(switched=True, version=updated.version, previous_version=live.predictor.bundle.version,
                          n_memory=len(new_memory), seconds=_seconds(sets.embed_seconds, train_seconds, started),
                          **common)
