@@ -11,6 +11,15 @@ import pytest
 os.environ.setdefault("EDGETL_NO_PROGRESS", "1")
 # Tests never reach a hub; the real loading code then fails fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The embedding cache of the whole session lives in one temporary folder (never ~/.cache);
+# tests that check what is computed give train their own --cache-dir.
+if "EDGETL_CACHE_DIR" not in os.environ:
+    import atexit as _atexit
+    import shutil as _shutil
+    import tempfile as _tempfile
+
+    os.environ["EDGETL_CACHE_DIR"] = _tempfile.mkdtemp(prefix="edgetl-test-cache-")
+    _atexit.register(_shutil.rmtree, os.environ["EDGETL_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,8 @@ def test_run_directory_is_complete(probe_run):
 
 
 def test_linear_probe_runs_backbone_once_per_image(digits_dir, tmp_path, monkeypatch):
+    """Every image is embedded exactly once, whatever the solver does; with --embed-with torch
+    a forward hook counts them. A second run finds all of them in the cache and embeds none."""
     import edgetl.workstation.training as tr
 
     seen = {"images": 0}
@@ -46,9 +48,17 @@ def test_linear_probe_runs_backbone_once_per_image(digits_dir, tmp_path, monkeyp
         return bb
 
     monkeypatch.setattr(tr, "create_backbone", counting_create)
-    result = train(digits_dir, tmp_path / "run", TrainConfig(**{**SMALL, "epochs": 6}, patience=10))
+    cfg = TrainConfig(**{**SMALL, "epochs": 6}, patience=10, embed_with="torch", cache_dir=str(tmp_path / "cache"))
+    result = train(digits_dir, tmp_path / "run", cfg)
     assert result.metrics["epochs_run"] == len(result.metrics["probe"]["table"])  # one row per L2 strength
     assert seen["images"] == 1000  # every image exactly once, whatever the solver does
+    emb = result.metrics["embedding"]
+    assert (emb["engine"], emb["computed"], emb["cached"]) == ("torch", 1000, 0)
+
+    again = train(digits_dir, tmp_path / "run2", cfg)
+    assert seen["images"] == 1000 and again.metrics["embedding"]["cached"] == 1000  # nothing embedded twice
+    assert again.metrics["probe"]["C"] == result.metrics["probe"]["C"]
+    assert again.metrics["val_accuracy"] == result.metrics["val_accuracy"]
 
 
 def test_same_seed_same_result(digits_dir, tmp_path):

@@ -25,6 +25,11 @@ Examples:
   edgetl train photos/ --out runs/ft --strategy finetune --unfreeze 3 --epochs 10
   edgetl train photos/ --out runs/r18 --backbone timm:resnet18 --no-pretrained
   edgetl train photos/ --out runs/da --strategy adapt --target-data new_camera/ --adapt dann
+
+A linear probe embeds each image once, on ONNX Runtime (the backbone exported and checked
+against PyTorch) with decoding in worker threads, and caches the embeddings on disk keyed
+by the files' bytes, the weights and the preprocessing: a second run on the same data
+embeds nothing (--no-cache, --cache-dir, --embed-with torch).
 """
 
 
@@ -65,6 +70,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--strict", action="store_true", help="reject unreadable files instead of skipping them")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--embed-with", choices=["auto", "onnxruntime", "torch"], default="auto",
+                   help="linear probe: what computes the frozen backbone's embeddings (default auto: the backbone "
+                        "exported to ONNX Runtime on the CPU, checked against PyTorch; PyTorch on a GPU)")
+    p.add_argument("--cache", dest="embed_cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse embeddings computed before for the same files, weights and preprocessing "
+                        "(default: on; --no-cache computes everything)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="embedding cache folder (default: $EDGETL_CACHE_DIR or ~/.cache/edgetl/embeddings; 2 GiB at most)")
+    p.add_argument("--workers", type=positive_int, help="image-decoding threads (default: the machine's cores)")
     p.add_argument("--target-data", metavar="DIR", help="adapt: unlabelled images of the target domain")
     p.add_argument("--adapt", choices=["dann", "coral"], default="coral", help="adapt: method (default: coral)")
     p.add_argument("--adapt-weight", type=positive_float, default=1.0, help="adapt: weight of the alignment loss")
@@ -85,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         augment=args.augment, device=args.device, strict=args.strict, target_data=args.target_data,
         adapt_method=args.adapt, adapt_weight=args.adapt_weight, target_eval=args.target_eval,
+        embed_with=args.embed_with, embed_cache=args.embed_cache, cache_dir=args.cache_dir, workers=args.workers,
     )
     result = train(args.data, args.out, cfg, overwrite=args.force)
     if args.json:
@@ -95,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     rows = [(h[first[0]], h["train_loss"], h["train_acc"], h["val_loss"], h["val_acc"]) for h in result.history]
     _ui.print_table(f"{cfg.backbone} · {cfg.strategy.value if hasattr(cfg.strategy, 'value') else cfg.strategy}",
                     [first[1], "train loss", "train acc", "val loss", "val acc"], rows)
+    emb = result.metrics.get("embedding")
+    if emb:
+        _ui.info(f"embeddings: {emb['computed']} computed with {emb['engine']} ({emb['why']}), {emb['cached']} from "
+                 f"the cache, {emb['images_per_s']} images/s")
     if probe:
         _ui.info(f"linear probe solved exactly: C = {probe['C']:.3g} chosen by {probe['selection']} log-loss "
                  f"(held-out accuracy {result.val_accuracy:.4f}), {'refit on train + validation' if probe['refit'] else 'fit on train'}; "

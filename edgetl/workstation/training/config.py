@@ -54,6 +54,11 @@ class TrainConfig:
     dropout: float = 0.0
     device: str = "auto"
     strict: bool = False
+    # frozen-backbone embeddings (probe, LP-FT's probe stage): see edgetl.workstation.embedding
+    embed_with: str = "auto"  # auto: ONNX Runtime on the CPU, PyTorch on a GPU
+    embed_cache: bool = True  # reuse rows computed before for the same bytes and weights (--no-cache)
+    cache_dir: str | None = None  # None: $EDGETL_CACHE_DIR or ~/.cache/edgetl/embeddings
+    workers: int | None = None  # image-decoding threads; None: the machine's cores
     # domain adaptation (strategy "adapt"), see edgetl.workstation.training.adapt
     target_data: str | None = None
     adapt_method: str = "coral"
@@ -76,8 +81,15 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.embed_options()  # validates embed_with and workers
         if self.strategy is Strategy.ADAPT and not self.target_data:
             raise ConfigError("strategy 'adapt' needs target data: pass --target-data UNLABELLED_DIR")
+
+    def embed_options(self):
+        from edgetl.workstation.embedding import EmbedOptions
+
+        return EmbedOptions(engine=self.embed_with, cache=self.embed_cache, cache_dir=self.cache_dir,
+                            workers=self.workers)
 
     def resolved(self) -> "TrainConfig":
         d = _DEFAULTS[self.strategy]

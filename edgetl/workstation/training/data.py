@@ -8,7 +8,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from edgetl.core import ui as _ui
 from edgetl.modalities.image import PreprocessSpec, load_image, normalize, preprocess
 
 __all__ = ["ImageDataset", "make_loader", "embed_images"]
@@ -50,14 +49,16 @@ def make_loader(ds: torch.utils.data.Dataset, batch_size: int, shuffle: bool, se
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0)
 
 
-@torch.no_grad()
 def embed_images(backbone: nn.Module, paths: Sequence[Path], spec: PreprocessSpec, device: torch.device,
-                 batch_size: int = 64, description: str = "embedding") -> torch.Tensor:
-    """Embeddings of images through a frozen backbone, once each, in eval mode."""
-    backbone.eval()
-    ds = ImageDataset(paths, [0] * len(paths), spec)
-    out = []
-    loader = make_loader(ds, batch_size, False, 0)
-    for x, _ in _ui.progress(loader, description):
-        out.append(backbone(x.to(device)).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+                 batch_size: int = 64, description: str = "embedding", options=None,
+                 report: dict | None = None) -> torch.Tensor:
+    """Embeddings of images through a frozen backbone, once each, in eval mode. Without
+    ``options`` PyTorch computes them, uncached; with :class:`~edgetl.workstation.embedding.
+    EmbedOptions` the runtime and the cache may (``report`` receives what happened)."""
+    from edgetl.workstation.embedding import EmbedOptions, embed_paths
+
+    options = options or EmbedOptions(engine="torch", cache=False, batch_size=batch_size)
+    z, info = embed_paths(backbone, paths, spec, device, options, description)
+    if report is not None:
+        report.update(info)
+    return torch.from_numpy(z)

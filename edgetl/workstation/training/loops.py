@@ -69,15 +69,31 @@ def _probe_history(sol, train_loss: float, train_acc: float, seconds: float) -> 
     return rows
 
 
+def _merge_embed_report(seen: dict) -> None:
+    """One report for the train and validation embeddings (counts and seconds added)."""
+    val = seen.pop("val", {})
+    for k in ("images", "computed", "cached", "seconds"):
+        seen[k] = round(seen.get(k, 0) + val.get(k, 0), 3)
+    seen["images_per_s"] = round(seen["images"] / seen["seconds"], 1) if seen["seconds"] else None
+    if val.get("cache"):
+        seen["cache"] = val["cache"]
+
+
 def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y, spec: PreprocessSpec,
                device: torch.device, *, refit: bool):
     """Embed once with the frozen backbone, solve the multinomial logistic regression head
     exactly (L2 strength chosen by validation log-loss, or k-fold for small splits), load it
-    into ``model.head``. Returns the solution and the training embeddings' loss/accuracy."""
+    into ``model.head``. Returns the solution, the training embeddings' loss/accuracy and
+    how the embeddings were computed."""
     from edgetl.workstation.probe_solver import solve_probe
 
-    z_train = embed_images(model.backbone, train_paths, spec, device, description="embedding train")
-    z_val = embed_images(model.backbone, val_paths, spec, device, description="embedding val")
+    options = cfg.embed_options()
+    seen: dict = {}
+    z_train = embed_images(model.backbone, train_paths, spec, device, description="embedding train",
+                           options=options, report=seen)
+    z_val = embed_images(model.backbone, val_paths, spec, device, description="embedding val",
+                         options=options, report=seen.setdefault("val", {}))
+    _merge_embed_report(seen)
     n_classes = model.head.out_features
     sol = solve_probe(z_train.numpy(), np.asarray(train_y), z_val.numpy(), np.asarray(val_y), n_classes,
                       refit=refit, seed=cfg.seed)
@@ -86,7 +102,7 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
         model.head.bias.copy_(torch.from_numpy(sol.b))
         logits = model.forward_head(z_train.to(device))
         train_loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(train_y, device=device)))
-    return sol, train_loss, _accuracy(logits.cpu(), torch.as_tensor(train_y))
+    return sol, train_loss, _accuracy(logits.cpu(), torch.as_tensor(train_y)), seen
 
 
 def train_probe(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y,
@@ -97,7 +113,7 @@ def train_probe(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pa
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     t0 = time.perf_counter()
-    sol, train_loss, train_acc = solve_head(model, cfg, train_paths, train_y, val_paths, val_y, spec, device,
+    sol, train_loss, train_acc, embedding = solve_head(model, cfg, train_paths, train_y, val_paths, val_y, spec, device,
                                             refit=cfg.refit)
     stop = EarlyStop(cfg.patience)
     stop.update(0, sol.val_accuracy, model, sol.val_loss)
@@ -105,7 +121,7 @@ def train_probe(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pa
     stop.best_epoch = next(i for i, row in enumerate(history, 1) if row["C"] == sol.C)
     probe = {"C": sol.C, "selection": sol.selection, "refit": sol.refit, "n_fit": sol.n_train,
              "val_loss": sol.val_loss, "table": [list(row) for row in sol.table]}
-    return history, stop, {"probe": probe}
+    return history, stop, {"probe": probe, "embedding": embedding}
 
 
 def set_trainable(model: EdgeModel, unfreeze: int | None) -> list[nn.Module]:
