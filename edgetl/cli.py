@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _ui.quiet(False)  # a previous in-process call with --json must not silence this one
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # as given: `train --nproc-per-node` relaunches it
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

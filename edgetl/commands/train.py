@@ -84,15 +84,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt-weight", type=positive_float, default=1.0, help="adapt: weight of the alignment loss")
     p.add_argument("--target-eval", metavar="DIR", help="adapt: labelled target images to report accuracy on")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    g = p.add_argument_group("more than one process or machine (torch.distributed; `torchrun -m edgetl.cli train ...` "
+                             "works too)")
+    g.add_argument("--nproc-per-node", type=positive_int, metavar="N",
+                   help="train with N processes on this machine (DDP: gloo on the CPU, nccl on GPUs)")
+    g.add_argument("--nnodes", metavar="M", help="number of machines (with --rdzv-endpoint)")
+    g.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="where the machines meet (the same on every one)")
+    g.add_argument("--node-rank", type=non_negative_int, metavar="R", help="this machine's rank (optional)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from edgetl.core import ui as _ui
-    from edgetl.workstation.training import TrainConfig, train
-
-    if args.json:
-        _ui.quiet()
-    cfg = TrainConfig(
+def _config_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
         backbone=args.backbone, pretrained=args.pretrained, strategy=args.strategy, unfreeze=args.unfreeze,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, val_split=args.val_split, refit=args.refit, lp_ft=args.lp_ft, seed=args.seed,
@@ -101,7 +103,41 @@ def run(args: argparse.Namespace) -> int:
         adapt_method=args.adapt, adapt_weight=args.adapt_weight, target_eval=args.target_eval,
         embed_with=args.embed_with, embed_cache=args.embed_cache, cache_dir=args.cache_dir, workers=args.workers,
     )
+
+
+_LAUNCH = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint", "--node-rank")
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _LAUNCH:
+            skip = True
+        elif not a.startswith(tuple(o + "=" for o in _LAUNCH)):
+            out.append(a)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from edgetl.core import ui as _ui
+    from edgetl.workstation.training import TrainConfig, train
+
+    if (args.nproc_per_node or args.rdzv_endpoint) and "LOCAL_RANK" not in os.environ:
+        from edgetl.workstation.training.distributed import launch
+
+        TrainConfig(**_config_kwargs(args))  # a wrong option fails here, once, not in every worker
+        return launch(_without_launch_options(args._argv), args.nproc_per_node or 1, args.nnodes,
+                      args.rdzv_endpoint, args.node_rank)
+    if args.json or int(os.environ.get("RANK", "0")) != 0:
+        _ui.quiet()  # under torchrun only rank 0 prints
+    cfg = TrainConfig(**_config_kwargs(args))
     result = train(args.data, args.out, cfg, overwrite=args.force)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     if args.json:
         _ui.print_json({"run": str(result.run_dir), **result.metrics})
         return 0

@@ -20,6 +20,7 @@ from edgetl.errors import ConfigError, RunDirError
 from edgetl.workstation.model import EdgeModel
 from edgetl.core.run import RUN_FORMAT, package_versions, write_run_json
 from edgetl.workstation.training.config import Strategy, TrainConfig, TrainReport, TrainResult
+from edgetl.workstation.training import distributed
 from edgetl.workstation.training.data import embed_images
 from edgetl.workstation.training import adapt, loops  # noqa: F401 - register the strategies
 from edgetl.workstation.training.strategies import STRATEGIES, FitData
@@ -50,10 +51,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig |
     cfg = (config or TrainConfig()).resolved()
     out = Path(out)
     folder = scan_folder(data, strict=cfg.strict)
-    _prepare_out(out, overwrite)
+    device = pick_device(cfg.device)
+    dist, device = distributed.setup(device)  # under torchrun: join the job (only rank 0 writes)
+    if dist.main:
+        _prepare_out(out, overwrite)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    device = pick_device(cfg.device)
 
     backbone: Backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained)
     spec = backbone.preprocess if cfg.image_size is None else backbone.preprocess.with_input_size(cfg.image_size)
@@ -61,8 +64,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig |
 
     train_idx, val_idx = stratified_split(folder.targets, cfg.val_split, cfg.seed)
     tr, va = folder.subset(train_idx), folder.subset(val_idx)
-    _ui.info(f"{len(folder.labels)} classes, {len(tr.samples)} training and {len(va.samples)} validation images"
-             + (f", {len(folder.skipped)} unreadable skipped" if folder.skipped else ""))
+    if dist.main:
+        _ui.info(f"{len(folder.labels)} classes, {len(tr.samples)} training and {len(va.samples)} validation images"
+                 + (f", {len(folder.skipped)} unreadable skipped" if folder.skipped else "")
+                 + (f"; {dist.world} processes ({dist.backend})" if dist.active else ""))
     data = FitData(model, cfg, tr.paths, tr.targets.tolist(), va.paths, va.targets.tolist(), spec, device)
     t0 = time.perf_counter()
     fitted = STRATEGIES.get(cfg.strategy.value)(data)
@@ -70,12 +75,16 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig |
     model.load_state_dict(stop.state)
     model.eval().cpu()
     seconds = time.perf_counter() - t0
+    metrics_extra = {"distributed": dist.to_dict()} if dist.active else {}
+    if not dist.main:  # rank 0 writes the RUN
+        return TrainReport(out, stop.best, stop.best_epoch, history, {"val_accuracy": stop.best, **extra,
+                                                                     **metrics_extra})
 
     torch.save(model.state_dict(), out / "model.pt")
     rel = lambda s: [p.relative_to(folder.root).as_posix() for p in s.paths]  # noqa: E731
     metrics = dict(val_accuracy=stop.best, best_epoch=stop.best_epoch, epochs_run=len(history),
                    train_seconds=seconds, n_train=len(tr.samples), n_val=len(va.samples),
-                   skipped_files=len(folder.skipped), **extra)
+                   skipped_files=len(folder.skipped), **extra, **metrics_extra)
     write_run_json(out, {
         "format": RUN_FORMAT,
         "labels": list(folder.labels),
@@ -89,6 +98,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig |
         "data_root": str(folder.root.resolve()),
         "split": {"train": rel(tr), "val": rel(va), "val_fraction": cfg.val_split, "seed": cfg.seed},
         "metrics": metrics,
+        "distributed": dist.to_dict(),
         "versions": package_versions("edgetl", "torch", "torchvision", "timm", "numpy"),
     })
     write_history(out, history)

@@ -16,6 +16,7 @@ from edgetl.core import ui as _ui
 from edgetl.modalities.image import PreprocessSpec
 from edgetl.workstation.backbones import backbone_blocks
 from edgetl.workstation.model import EdgeModel
+from edgetl.workstation.training import distributed
 from edgetl.workstation.training.config import TrainConfig
 from edgetl.workstation.training.data import ImageDataset, embed_images, make_loader
 from edgetl.workstation.training.strategies import STRATEGIES, FitData, Fitted
@@ -87,16 +88,28 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
     how the embeddings were computed."""
     from edgetl.workstation.probe_solver import solve_probe
 
+    d = distributed.current()  # under torchrun each rank embeds its shard; rank 0 solves
     options = cfg.embed_options()
     seen: dict = {}
-    z_train = embed_images(model.backbone, train_paths, spec, device, description="embedding train",
-                           options=options, report=seen)
-    z_val = embed_images(model.backbone, val_paths, spec, device, description="embedding val",
-                         options=options, report=seen.setdefault("val", {}))
+    mine_train, mine_val = distributed.shard(len(train_paths), d), distributed.shard(len(val_paths), d)
+    z_train = embed_images(model.backbone, [train_paths[i] for i in mine_train], spec, device,
+                           description="embedding train", options=options, report=seen).numpy()
+    z_val = embed_images(model.backbone, [val_paths[i] for i in mine_val], spec, device,
+                         description="embedding val", options=options, report=seen.setdefault("val", {})).numpy()
     _merge_embed_report(seen)
+    if d.active:  # counts of the whole job; seconds and images/s stay this rank's
+        seen["images"], seen["computed"], seen["cached"] = (int(v) for v in distributed.all_sum(
+            [seen["images"], seen["computed"], seen["cached"]], d))
+        seen["ranks"] = d.world
+    z_train = distributed.gather_rows(z_train, len(train_paths), d)
+    z_val = distributed.gather_rows(z_val, len(val_paths), d)
     n_classes = model.head.out_features
-    sol = solve_probe(z_train.numpy(), np.asarray(train_y), z_val.numpy(), np.asarray(val_y), n_classes,
-                      refit=refit, seed=cfg.seed)
+    sol = None
+    if d.main:
+        sol = solve_probe(z_train, np.asarray(train_y), z_val, np.asarray(val_y), n_classes, refit=refit,
+                          seed=cfg.seed)
+    sol = distributed.broadcast_object(sol, d)
+    z_train = torch.from_numpy(z_train)
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(sol.W))
         model.head.bias.copy_(torch.from_numpy(sol.b))
@@ -137,7 +150,7 @@ def set_trainable(model: EdgeModel, unfreeze: int | None) -> list[nn.Module]:
     return frozen
 
 
-def evaluate_model(model: EdgeModel, loader, device: torch.device) -> tuple[float, float]:
+def _evaluate_sums(model: EdgeModel, loader, device: torch.device) -> tuple[float, int, int]:
     model.eval()
     loss_fn, total, correct, n = nn.CrossEntropyLoss(reduction="sum"), 0.0, 0, 0
     with torch.no_grad():
@@ -147,7 +160,30 @@ def evaluate_model(model: EdgeModel, loader, device: torch.device) -> tuple[floa
             total += float(loss_fn(logits, y))
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
+    return total, correct, n
+
+
+def evaluate_model(model: EdgeModel, loader, device: torch.device) -> tuple[float, float]:
+    total, correct, n = _evaluate_sums(model, loader, device)
     return total / max(n, 1), correct / max(n, 1)
+
+
+class _Step(nn.Module):
+    """One training forward: features, head, cross-entropy (+ the adaptation loss). A module,
+    so that DDP wraps the whole step (its parameters: the model's and the extra loss's)."""
+
+    def __init__(self, model: EdgeModel, features: Callable[[torch.Tensor], torch.Tensor], extra_loss=None):
+        super().__init__()
+        self.model, self.extra = model, extra_loss
+        self._features = features
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, progress: float):
+        z = self._features(x)
+        logits = self.model.forward_head(z)
+        loss = nn.functional.cross_entropy(logits, y)
+        if self.extra is not None:
+            loss = loss + self.extra(z, progress)
+        return loss, logits
 
 
 def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y,
@@ -169,26 +205,43 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
     if extra_loss is not None:
         groups.append({"params": list(extra_loss.parameters()), "lr": cfg.lr})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    train_loader = make_loader(ImageDataset(train_paths, train_y, spec, augment=cfg.augment), cfg.batch_size, True, cfg.seed)
-    val_loader = make_loader(ImageDataset(val_paths, val_y, spec), cfg.batch_size, False, 0)
+    d = distributed.current()
+    train_ds = ImageDataset(train_paths, train_y, spec, augment=cfg.augment)
+    sampler = None
+    if d.active:  # each rank its shard of every epoch; padded to equal length, as DDP needs
+        sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True,
+                                                      seed=cfg.seed)
+        train_loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler)
+    else:
+        train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed)
+    mine = distributed.shard(len(val_paths), d)  # validation: no padding, nothing counted twice
+    val_loader = make_loader(ImageDataset([val_paths[i] for i in mine], [val_y[i] for i in mine], spec),
+                             cfg.batch_size, False, 0)
+    step_module: nn.Module = _Step(model, features, extra_loss)
+    if d.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Frozen parameters (requires_grad False) are not synchronised. BatchNorm of frozen
+        # blocks stays in eval mode below; trainable blocks keep per-rank statistics and rank
+        # 0's are saved (SyncBatchNorm does not run on the CPU). Unused parameters: none when
+        # the last N blocks train; a fully unfrozen backbone may hold some.
+        step_module = DistributedDataParallel(step_module, find_unused_parameters=cfg.unfreeze is None,
+                                              broadcast_buffers=False)
     steps = len(train_loader)
     sched = cosine_with_warmup(opt, cfg.warmup_epochs * steps, cfg.epochs * steps)
-    loss_fn = nn.CrossEntropyLoss()
     stop, history = EarlyStop(cfg.patience), []
     total_steps = cfg.epochs * steps
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         model.train()
-        for block in frozen:  # frozen blocks keep their BatchNorm statistics
+        for block in frozen:  # frozen blocks keep their BatchNorm statistics (after model.train())
             block.eval()
         total, correct, n = 0.0, 0, 0
         for step, (x, y) in enumerate(_ui.progress(train_loader, f"epoch {epoch}/{cfg.epochs}")):
             x, y = x.to(device), y.to(device)
-            z = features(x)
-            logits = model.forward_head(z)
-            loss = loss_fn(logits, y)
-            if extra_loss is not None:
-                loss = loss + extra_loss(z, ((epoch - 1) * steps + step) / max(1, total_steps))
+            loss, logits = step_module(x, y, ((epoch - 1) * steps + step) / max(1, total_steps))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -196,7 +249,11 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
             total += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
-        val_loss, val_acc = evaluate_model(model, val_loader, device)
+        total, correct, n = distributed.all_sum([total, correct, n], d)
+        val_total, val_correct, val_n = distributed.all_sum(_evaluate_sums(model, val_loader, device), d)
+        if int(val_n) != len(val_paths):  # every validation image once, over all ranks
+            raise RuntimeError(f"validation counted {int(val_n)} images of {len(val_paths)}")
+        val_loss, val_acc = val_total / max(val_n, 1), val_correct / max(val_n, 1)
         row = dict(epoch=epoch, train_loss=total / n, train_acc=correct / n, val_loss=val_loss, val_acc=val_acc,
                    lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
         history.append(row)

@@ -1,0 +1,148 @@
+"""Workstation cost at scale: linear-probe wall time and peak memory next to the raw runtime
+loop on the same images, in the same run.
+
+    python benchmarks/scale_bench.py                    # 1,000 and 5,000 images at 224 px
+    python benchmarks/scale_bench.py --sizes 1000,5000,20000
+
+Images are real digits (scikit-learn) resized to 224 px and written as distinct PNG files
+(copies beyond the 1,797 originals get one pixel changed, so every file has its own bytes).
+Each row runs in a fresh process, which reports its wall time and peak RSS (VmHWM):
+
+- ``probe torch``: ``edgetl train`` linear probe with ``--embed-with torch --no-cache``
+  (PyTorch eager, as before the runtime path existed);
+- ``probe onnxruntime``: the default, ``--no-cache`` (backbone exported to ONNX Runtime,
+  decoding in worker threads);
+- ``probe cached``: the default run again on the same files (every embedding from the cache);
+- ``raw ORT loop``: a plain loop that decodes each image, applies the same preprocessing and
+  runs the same backbone exported to ONNX Runtime (batch 32, every core): the runtime's limit.
+
+Writes benchmarks/results/scale.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+_PEAK = """
+def _peak_mb():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) / 1024
+"""
+
+_PROBE = _PEAK + """
+import json, sys, time
+from edgetl.cli import _quiet_third_party
+_quiet_third_party()
+from edgetl.workstation.training import TrainConfig, train
+data, out, engine, cache, cache_dir = sys.argv[1:6]
+t0 = time.perf_counter()
+r = train(data, out, TrainConfig(image_size=224, embed_with=engine, embed_cache=cache == "1", cache_dir=cache_dir),
+          overwrite=True)
+print(json.dumps({"wall_s": time.perf_counter() - t0, "peak_mb": _peak_mb(), "val_accuracy": r.val_accuracy,
+                  "embedding": r.metrics["embedding"]}))
+"""
+
+_RAW = _PEAK + """
+import json, os, sys, time, glob, warnings
+import numpy as np
+from edgetl.cli import _quiet_third_party
+_quiet_third_party()
+import torch, onnxruntime as ort
+from edgetl.workstation.backbones import create_backbone
+from edgetl.modalities.image import preprocess
+data, tmp = sys.argv[1:3]
+t0 = time.perf_counter()
+bb = create_backbone("efficientnet_lite0")
+spec = bb.preprocess.with_input_size(224)
+with warnings.catch_warnings(), torch.no_grad():
+    warnings.simplefilter("ignore")
+    torch.onnx.export(bb.module.eval(), (torch.zeros(2, 3, 224, 224),), tmp, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["z"], dynamic_axes={"x": {0: "b"}, "z": {0: "b"}})
+opts = ort.SessionOptions(); opts.intra_op_num_threads = os.cpu_count()
+sess = ort.InferenceSession(tmp, opts, providers=["CPUExecutionProvider"])
+paths = sorted(glob.glob(os.path.join(data, "*", "*.png")))
+t1 = time.perf_counter()
+out = []
+for i in range(0, len(paths), 32):
+    x = np.stack([preprocess(p, spec) for p in paths[i:i + 32]])
+    out.append(sess.run(None, {"x": x})[0])
+loop = time.perf_counter() - t1
+print(json.dumps({"wall_s": time.perf_counter() - t0, "loop_s": loop, "peak_mb": _peak_mb(),
+                  "images_per_s": len(paths) / loop}))
+"""
+
+
+def write_images(root: Path, n: int) -> Path:
+    """``n`` distinct 224-px PNGs of real digits, one folder per class."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c in range(10):
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        j = i % len(digits.images)
+        pixels = (255 - digits.images[j] * (255 / 16)).astype("uint8")
+        if i >= len(digits.images):
+            pixels = pixels.copy()
+            pixels.flat[(i // len(digits.images)) % 64] ^= 1  # another file, another digest
+        Image.fromarray(pixels).resize((224, 224), Image.BILINEAR).save(root / str(digits.target[j]) / f"{i:06d}.png")
+    return root
+
+
+def _run(code: str, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "EDGETL_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark step failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1000,5000", help="numbers of images (default: %(default)s)")
+    p.add_argument("--skip-torch", action="store_true", help="leave out the PyTorch-eager probe rows")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from edgetl.benchmarking.environment import environment
+
+    rows = []
+    for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
+        with tempfile.TemporaryDirectory(prefix="edgetl-scale-") as tmp:
+            data = write_images(Path(tmp) / "data", n)
+            cache = str(Path(tmp) / "cache")
+            raw = _run(_RAW, str(data), str(Path(tmp) / "raw.onnx"))
+            row = {"images": n, "raw": raw}
+            if not args.skip_torch:
+                row["torch"] = _run(_PROBE, str(data), str(Path(tmp) / "run_t"), "torch", "0", cache)
+            row["onnxruntime"] = _run(_PROBE, str(data), str(Path(tmp) / "run_o"), "auto", "1", cache)
+            row["cached"] = _run(_PROBE, str(data), str(Path(tmp) / "run_c"), "auto", "1", cache)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scale.json").write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
+    print("\n| images | raw ORT loop | probe torch | probe onnxruntime | probe cached | peak MB (torch / ort / cached / raw) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        t = r.get("torch", {})
+        print(f"| {r['images']} | {r['raw']['wall_s']:.1f} s | {t.get('wall_s', float('nan')):.1f} s | "
+              f"{r['onnxruntime']['wall_s']:.1f} s | {r['cached']['wall_s']:.1f} s | "
+              f"{t.get('peak_mb', float('nan')):.0f} / {r['onnxruntime']['peak_mb']:.0f} / "
+              f"{r['cached']['peak_mb']:.0f} / {r['raw']['peak_mb']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
