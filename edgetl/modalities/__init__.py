@@ -17,6 +17,8 @@ Torch-free.
 
 from __future__ import annotations
 
+import os
+
 import importlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Protocol, Sequence
@@ -111,27 +113,69 @@ def modality_names() -> list[str]:
     return MODALITIES.names()
 
 
+def load_workers() -> int:
+    """Threads that load (decode, preprocess) items: ``$EDGETL_WORKERS``, else the cores, at
+    most 8. Decoding and resizing release the GIL, so they overlap each other and inference."""
+    env = os.environ.get("EDGETL_WORKERS", "")
+    if env.isdigit() and int(env) >= 1:
+        return min(int(env), 64)
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def batches(
     modality: Modality, items: Sequence[Any], spec: Any, batch_size: int, *, strict: bool = False,
-    describe=str,
+    describe=str, workers: int | None = None,
 ) -> Iterator[tuple[list[int], dict[str, np.ndarray] | None, dict[int, str]]]:
     """Yield ``(indices, inputs, errors)`` per chunk of ``batch_size`` items: ``inputs`` holds
     the loadable items at ``indices`` (None when none was), ``errors`` the others' reasons.
-    With ``strict`` the first unloadable item raises :class:`DataError`."""
+    With ``strict`` the first unloadable item raises :class:`DataError`. Items are loaded by
+    ``workers`` threads (:func:`load_workers`), at most two chunks ahead of the consumer, so
+    the next chunk decodes while this one runs and memory stays bounded."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    for start in range(0, len(items), batch_size):
+
+    def load(i: int):
+        try:
+            return modality.load(items[i], spec), None
+        except (EdgeTLError, OSError, ValueError) as exc:
+            return None, exc
+
+    def chunk(start: int, results) -> tuple[list[int], dict[str, np.ndarray] | None, dict[int, str]]:
         rows, indices, errors = [], [], {}
-        for i in range(start, min(start + batch_size, len(items))):
-            try:
-                rows.append(modality.load(items[i], spec))
-            except (EdgeTLError, OSError, ValueError) as exc:
+        for i, (row, exc) in zip(range(start, min(start + batch_size, len(items))), results):
+            if exc is not None:
                 if strict:
                     raise exc if isinstance(exc, DataError) else DataError(f"{describe(items[i])}: {exc}") from None
                 errors[i] = str(exc)
                 continue
+            rows.append(row)
             indices.append(i)
-        yield indices, (modality.collate(rows, spec) if rows else None), errors
+        return indices, (modality.collate(rows, spec) if rows else None), errors
+
+    starts = range(0, len(items), batch_size)
+    n = load_workers() if workers is None else workers
+    if n <= 1 or len(items) <= 1:
+        for start in starts:
+            yield chunk(start, (load(i) for i in range(start, min(start + batch_size, len(items)))))
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n, thread_name_prefix="edgetl-load") as pool:
+        pending: deque = deque()
+        todo = iter(starts)
+
+        def submit() -> None:
+            start = next(todo, None)
+            if start is not None:
+                pending.append((start, [pool.submit(load, i) for i in range(start, min(start + batch_size, len(items)))]))
+
+        for _ in range(3):
+            submit()
+        while pending:
+            start, futures = pending.popleft()
+            submit()
+            yield chunk(start, [f.result() for f in futures])
 
 
 Inputs = Mapping[str, np.ndarray]

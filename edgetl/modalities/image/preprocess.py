@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -19,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from edgetl.errors import ConfigError, DataError
+
+_OPEN_LOCK = threading.Lock()  # see load_image
 
 __all__ = ["Interpolation", "PreprocessSpec", "load_image", "preprocess", "preprocess_batch", "ImageInput",
            "check_shape", "MAX_ASPECT", "MAX_RESIZED_PIXELS"]
@@ -180,18 +183,22 @@ def load_image(source: ImageInput) -> Image.Image:
     if not is_file:
         raise DataError(f"{path}: no such image file")
     try:
-        with warnings.catch_warnings():
+        # Opening reads the header only; PIL's bomb check happens there and reads process-wide
+        # settings (the warnings filter, MAX_IMAGE_PIXELS), so that part is serialised.
+        # Decoding, the slow part, runs in parallel in the loading threads.
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             old = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
             try:
-                with Image.open(path) as img:
-                    check_shape(*img.size, name=str(path))  # before decoding a single pixel
-                    img = ImageOps.exif_transpose(img) if img.format == "JPEG" else img
-                    img.load()
-                    return _to_rgb(img)
+                opened = Image.open(path)
             finally:
                 Image.MAX_IMAGE_PIXELS = old
+        with opened as img:
+            check_shape(*img.size, name=str(path))  # before decoding a single pixel
+            img = ImageOps.exif_transpose(img) if img.format == "JPEG" else img
+            img.load()
+            return _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{path}: image is larger than {MAX_IMAGE_PIXELS:,} pixels; refusing to decode it") from None
     except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for corrupt files
