@@ -124,9 +124,9 @@ def good_bundle(tmp_path, tiny, digits_dir) -> Path:
 def test_memory_is_bounded_deterministic_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     z, y = rng.normal(size=(300, 8)).astype(np.float32), np.repeat(np.arange(3), 100)
-    m = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1)
+    m = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1, selection="random")
     assert m.counts() == {"a": 20, "b": 20, "c": 20} and list(m.seen) == [100, 100, 100]
-    again = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1)
+    again = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1, selection="random")
     assert np.array_equal(m.embeddings, again.embeddings) and np.array_equal(m.labels, again.labels)
     # rows kept are real rows of their class
     for row, label in zip(m.embeddings, m.labels):
@@ -134,7 +134,7 @@ def test_memory_is_bounded_deterministic_and_round_trips(tmp_path):
 
     # new data of one old class and one new class: bounded, names extended in order
     z2, y2 = rng.normal(size=(50, 8)).astype(np.float32), np.repeat([0, 1], 25)
-    merged = m.merge(z2, y2, ["d", "b"], per_class=20, seed=2)
+    merged = m.merge(z2, y2, ["d", "b"], per_class=20, seed=2, selection="random")
     assert merged.label_names == ("a", "b", "c", "d")
     assert merged.counts() == {"a": 20, "b": 20, "c": 20, "d": 20}
     assert list(merged.seen) == [100, 125, 100, 25]
