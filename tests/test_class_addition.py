@@ -88,6 +88,13 @@ def test_memory_budget_in_mb_and_old_files_load(tmp_path):
         RetrainConfig(memory_selection="closest")
     with pytest.raises(ConfigError, match="bias_correction"):
         RetrainConfig(bias_correction="bic")
+    from edgetl.workstation.packaging import PackageConfig
+
+    assert PackageConfig(memory_mb=2.0).memory_selection.value == "herding"
+    with pytest.raises(ConfigError, match="memory_mb"):
+        PackageConfig(memory_mb=float("nan"))
+    with pytest.raises(ConfigError, match="memory selection"):
+        PackageConfig(memory_selection="first")
     # a memory.npz written before herding and before 'seen' existed loads as it was
     X, y = _digit_pixels()
     np.savez(tmp_path / "old.npz", embeddings=X[:30], labels=y[:30], label_names=np.asarray([str(i) for i in range(10)]))

@@ -219,16 +219,27 @@ def test_new_classes_grow_the_head_and_the_memory(tmp_path, tiny, digits_dir):
     head = (W.astype(np.float32), b.astype(np.float32), DIGITS[:8])
     bundle = retrainable_bundle(tmp_path / "bundle", tiny, old, head=head)
 
-    report = retrain(bundle, device, RetrainConfig(epochs=40))
+    report = retrain(bundle, device, RetrainConfig(epochs=40, memory_mb=0.05))
     assert report.switched and report.new_classes == ["8", "9"] and report.labels == DIGITS
     assert report.groups["new"]["before"] == 0.0 and report.groups["new"]["after"] > 0.6, report.groups
+    # forgetting and the bias correction are reported, and agree with the per-class table
+    f, old_cls = report.forgetting, [c for c in report.per_class if c in DIGITS[:8]]
+    drops = {c: report.per_class[c]["before"] - report.per_class[c]["after"] for c in old_cls}
+    assert f["max_drop"] == max(drops.values()) and f["max_drop_class"] == max(drops, key=drops.get)
+    assert f["old_retained"] == pytest.approx(report.groups["old"]["after"] / report.groups["old"]["before"])
+    assert f["new_accuracy"] == report.groups["new"]["after"]
+    bc = report.bias_correction
+    assert bc["method"] in ("weight-aligning", "fit") and set(bc["candidates"]) == {"none", "weight-aligning", "fit"}
+    assert bc["kept"] == (bc["candidates"][bc["method"]] < bc["candidates"]["none"])
+    # 0.05 MB of 64 float32 features + int64 label (264 bytes) over 10 classes: 18 a class
+    assert report.memory_per_class == 50_000 // (10 * 264) == 18 and report.memory_selection == "herding"
     assert report.n_holdout_memory == 8 * 4  # 20% of 20 memory rows of each old class
     m = open_bundle(bundle).manifest
     assert m["labels"] == DIGITS and m["history"][-1]["new_classes"] == ["8", "9"]
     W2, _, labels = read_head(bundle / m["models"]["head"])
     assert W2.shape == (10, FEATURES) and labels == DIGITS
     memory = ReplayMemory.load(bundle / m["memory"])
-    assert memory.label_names == tuple(DIGITS) and set(memory.counts().values()) == {20}
+    assert memory.label_names == tuple(DIGITS) and set(memory.counts().values()) == {18}
     preds = Predictor.from_bundle(bundle).predict(sorted((device / "9").iterdir())[:10])
     assert {p.label for p in preds} <= set(DIGITS)
 
@@ -517,6 +528,11 @@ def test_cli_retrain_and_rollback_without_torch(weak_bundle, new_data, tmp_path,
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().count("\n") == 0 and "no such folder" in bad.stderr
     assert tree_digest(weak_bundle) == digest
+    for flags, message in ((["--memory-mb", "0.0001"], "less than one"), (["--memory-mb", "1e9"], "memory_mb"),
+                           (["--bias-correction", "bic"], "invalid choice")):
+        bad = _cli(["retrain", str(weak_bundle), str(new_data), *flags], blocked_env, tmp_path)
+        assert bad.returncode != 0 and bad.stdout == "" and message in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr and tree_digest(weak_bundle) == digest
 
 
 # --------------------------------------------------------------------------- the real pipeline
