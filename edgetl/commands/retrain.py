@@ -60,11 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-selection", choices=["herding", "random"], default="herding",
                    help="which rows the merged memory keeps: those whose mean is closest to the class mean "
                         "(herding, iCaRL) or a uniform sample of all seen (random) (default: %(default)s)")
-    p.add_argument("--bias-correction", choices=["auto", "none", "weight-aligning", "fit"], default="auto",
-                   help="after adding classes, correct the head's bias toward them: weight-aligning (new rows "
-                        "scaled to the old rows' norm), fit (new logits a*l+b fit on the holdout), or auto: the "
-                        "one with the lower class-balanced holdout loss, kept only if it beats none "
-                        "(default: %(default)s)")
+    p.add_argument("--bias-correction", choices=["fit", "weight-aligning", "auto", "none"], default="fit",
+                   help="after adding classes, correct the head's bias toward them: fit (new-class logits shifted "
+                        "by a number fit on the holdout), weight-aligning (new rows scaled to the old rows' mean "
+                        "norm), auto (the better of the two); kept only if the class-balanced holdout loss falls "
+                        "and its accuracy does not (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="holdout split, batch order, memory (default: 0)")
     p.add_argument("--strict", action="store_true", help="refuse DATA with unreadable files instead of skipping them")
     p.add_argument("--force", action="store_true", help="switch to the new head even if holdout accuracy drops")

@@ -102,7 +102,7 @@ class RetrainConfig:
     memory_per_class: int = DEFAULT_PER_CLASS
     memory_mb: float | None = None  # replay-memory budget in MB (10^6 bytes); overrides memory_per_class
     memory_selection: Selection = Selection.HERDING  # which rows the merged memory keeps
-    bias_correction: BiasCorrection = BiasCorrection.AUTO  # only when new classes are added
+    bias_correction: BiasCorrection = BiasCorrection.FIT  # only when new classes are added (learn/bias.py)
     seed: int = 0  # holdout split, batch order, memory selection
     weight_decay: float = 1e-2
     strict: bool = False  # refuse DATA with unreadable files instead of skipping them
