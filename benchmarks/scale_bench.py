@@ -14,7 +14,12 @@ Each row runs in a fresh process, which reports its wall time and peak RSS (VmHW
   decoding in worker threads);
 - ``probe cached``: the default run again on the same files (every embedding from the cache);
 - ``raw ORT loop``: a plain loop that decodes each image, applies the same preprocessing and
-  runs the same backbone exported to ONNX Runtime (batch 32, every core): the runtime's limit.
+  runs the same backbone exported to ONNX Runtime (batch 32, every core): the runtime's limit;
+- ``finetune 1 / 2 processes`` (with ``--finetune``): one epoch of fine-tuning the last block,
+  in one process and with ``--nproc-per-node 2`` (gloo), the epoch's own seconds;
+- ``predict``: the probe RUN exported and packaged for x86-ort-fp32, ``Predictor.predict``
+  over the folder (loading threads on) next to the bundle's backbone session fed
+  preprocessed batches (the runtime's own throughput).
 
 Writes benchmarks/results/scale.json and prints a markdown table.
 """
@@ -82,6 +87,32 @@ print(json.dumps({"wall_s": time.perf_counter() - t0, "loop_s": loop, "peak_mb":
 """
 
 
+_PREDICT = _PEAK + """
+import json, sys, time
+import numpy as np
+from edgetl.cli import _quiet_third_party
+_quiet_third_party()
+from edgetl.workstation.onnx_export import export, ExportConfig
+from edgetl.workstation.packaging import package
+from edgetl.device.predictor import Predictor
+from edgetl.modalities.image import find_images, preprocess_batch
+run, out = sys.argv[1:3]
+export(run, ExportConfig(exporter="torchscript", opset=17))
+bundle = package(run, "x86-ort-fp32", out).bundle
+p = Predictor.from_bundle(bundle)
+from pathlib import Path
+paths = find_images(Path(sys.argv[3]))
+t = time.perf_counter(); p.predict(paths); folder = time.perf_counter() - t
+x = [preprocess_batch(paths[i:i + 32], p.spec) for i in range(0, len(paths), 32)]
+t = time.perf_counter()
+for b in x:
+    p.embed_tensor({p.modality.inputs(p.spec)[0].name: b})
+model = time.perf_counter() - t
+print(json.dumps({"predict_images_per_s": len(paths) / folder, "runtime_images_per_s": len(paths) / model,
+                  "peak_mb": _peak_mb()}))
+"""
+
+
 def write_images(root: Path, n: int) -> Path:
     """``n`` distinct 224-px PNGs of real digits, one folder per class."""
     from PIL import Image
@@ -109,10 +140,22 @@ def _run(code: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _finetune(data: Path, out: Path, nproc: int) -> float:
+    argv = [sys.executable, "-m", "edgetl.cli", "train", str(data), "--out", str(out), "--strategy", "finetune",
+            "--unfreeze", "1", "--epochs", "1", "--image-size", "224", "--no-lp-ft"]
+    if nproc > 1:
+        argv += ["--nproc-per-node", str(nproc)]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "EDGETL_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run(argv, env=env, check=True, capture_output=True)
+    return json.loads((out / "run.json").read_text())["metrics"]["train_seconds"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1000,5000", help="numbers of images (default: %(default)s)")
     p.add_argument("--skip-torch", action="store_true", help="leave out the PyTorch-eager probe rows")
+    p.add_argument("--finetune", action="store_true", help="add fine-tuning epoch time, 1 vs 2 processes")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -129,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 row["torch"] = _run(_PROBE, str(data), str(Path(tmp) / "run_t"), "torch", "0", cache)
             row["onnxruntime"] = _run(_PROBE, str(data), str(Path(tmp) / "run_o"), "auto", "1", cache)
             row["cached"] = _run(_PROBE, str(data), str(Path(tmp) / "run_c"), "auto", "1", cache)
+            row["predict"] = _run(_PREDICT, str(Path(tmp) / "run_c"), str(Path(tmp) / "bundle"), str(data))
+            if args.finetune:
+                row["finetune"] = {k: _finetune(data, Path(tmp) / f"ft{k}", k) for k in (1, 2)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['onnxruntime']['wall_s']:.1f} s | {r['cached']['wall_s']:.1f} s | "
               f"{t.get('peak_mb', float('nan')):.0f} / {r['onnxruntime']['peak_mb']:.0f} / "
               f"{r['cached']['peak_mb']:.0f} / {r['raw']['peak_mb']:.0f} |")
+    print("\n| images | predict over the folder | the runtime alone | fine-tune epoch, 1 process | 2 processes |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ft = r.get("finetune", {})
+        print(f"| {r['images']} | {r['predict']['predict_images_per_s']:.0f} images/s | "
+              f"{r['predict']['runtime_images_per_s']:.0f} images/s | {ft.get(1, float('nan')):.1f} s | "
+              f"{ft.get(2, float('nan')):.1f} s |")
     return 0
 
 

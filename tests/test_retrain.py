@@ -124,9 +124,9 @@ def good_bundle(tmp_path, tiny, digits_dir) -> Path:
 def test_memory_is_bounded_deterministic_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     z, y = rng.normal(size=(300, 8)).astype(np.float32), np.repeat(np.arange(3), 100)
-    m = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1)
+    m = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1, selection="random")
     assert m.counts() == {"a": 20, "b": 20, "c": 20} and list(m.seen) == [100, 100, 100]
-    again = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1)
+    again = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1, selection="random")
     assert np.array_equal(m.embeddings, again.embeddings) and np.array_equal(m.labels, again.labels)
     # rows kept are real rows of their class
     for row, label in zip(m.embeddings, m.labels):
@@ -134,7 +134,7 @@ def test_memory_is_bounded_deterministic_and_round_trips(tmp_path):
 
     # new data of one old class and one new class: bounded, names extended in order
     z2, y2 = rng.normal(size=(50, 8)).astype(np.float32), np.repeat([0, 1], 25)
-    merged = m.merge(z2, y2, ["d", "b"], per_class=20, seed=2)
+    merged = m.merge(z2, y2, ["d", "b"], per_class=20, seed=2, selection="random")
     assert merged.label_names == ("a", "b", "c", "d")
     assert merged.counts() == {"a": 20, "b": 20, "c": 20, "d": 20}
     assert list(merged.seen) == [100, 125, 100, 25]
@@ -219,16 +219,28 @@ def test_new_classes_grow_the_head_and_the_memory(tmp_path, tiny, digits_dir):
     head = (W.astype(np.float32), b.astype(np.float32), DIGITS[:8])
     bundle = retrainable_bundle(tmp_path / "bundle", tiny, old, head=head)
 
-    report = retrain(bundle, device, RetrainConfig(epochs=40))
+    report = retrain(bundle, device, RetrainConfig(epochs=40, memory_mb=0.05))
     assert report.switched and report.new_classes == ["8", "9"] and report.labels == DIGITS
     assert report.groups["new"]["before"] == 0.0 and report.groups["new"]["after"] > 0.6, report.groups
+    # forgetting and the bias correction are reported, and agree with the per-class table
+    f, old_cls = report.forgetting, [c for c in report.per_class if c in DIGITS[:8]]
+    drops = {c: report.per_class[c]["before"] - report.per_class[c]["after"] for c in old_cls}
+    assert f["max_drop"] == max(drops.values()) and f["max_drop_class"] == max(drops, key=drops.get)
+    assert f["old_retained"] == pytest.approx(report.groups["old"]["after"] / report.groups["old"]["before"])
+    assert f["new_accuracy"] == report.groups["new"]["after"]
+    bc = report.bias_correction
+    assert bc["method"] == "fit" and set(bc["candidates"]) == {"none", "fit"}
+    assert bc["kept"] == (bc["candidates"][bc["method"]] < bc["candidates"]["none"]
+                          and bc["balanced_accuracy"][bc["method"]] >= bc["balanced_accuracy"]["none"])
+    # 0.05 MB of 64 float32 features + int64 label (264 bytes) over 10 classes: 18 a class
+    assert report.memory_per_class == 50_000 // (10 * 264) == 18 and report.memory_selection == "herding"
     assert report.n_holdout_memory == 8 * 4  # 20% of 20 memory rows of each old class
     m = open_bundle(bundle).manifest
     assert m["labels"] == DIGITS and m["history"][-1]["new_classes"] == ["8", "9"]
     W2, _, labels = read_head(bundle / m["models"]["head"])
     assert W2.shape == (10, FEATURES) and labels == DIGITS
     memory = ReplayMemory.load(bundle / m["memory"])
-    assert memory.label_names == tuple(DIGITS) and set(memory.counts().values()) == {20}
+    assert memory.label_names == tuple(DIGITS) and set(memory.counts().values()) == {18}
     preds = Predictor.from_bundle(bundle).predict(sorted((device / "9").iterdir())[:10])
     assert {p.label for p in preds} <= set(DIGITS)
 
@@ -519,6 +531,11 @@ def test_cli_retrain_and_rollback_without_torch(weak_bundle, new_data, tmp_path,
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().count("\n") == 0 and "no such folder" in bad.stderr
     assert tree_digest(weak_bundle) == digest
+    for flags, message in ((["--memory-mb", "0.0001"], "less than one"), (["--memory-mb", "1e9"], "memory_mb"),
+                           (["--bias-correction", "bic"], "invalid choice")):
+        bad = _cli(["retrain", str(weak_bundle), str(new_data), *flags], blocked_env, tmp_path)
+        assert bad.returncode != 0 and bad.stdout == "" and message in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr and tree_digest(weak_bundle) == digest
 
 
 # --------------------------------------------------------------------------- the real pipeline
@@ -599,9 +616,13 @@ def test_new_classes_on_the_real_pipeline(bundle_0_7, digits_0_7, digits_8_9, tm
     print(f"real pipeline ({bundle_0_7['quantized_by']}): old classes {old_before:.3f} -> {old_after:.3f}, "
           f"new classes {new_after:.3f}; holdout {report.accuracy_before:.3f} -> {report.accuracy_after:.3f} "
           f"(old {report.groups['old']}, new {report.groups['new']}); retrain {wall:.2f} s, "
-          f"embed {report.seconds['embed']:.2f} s, train {report.seconds['train']:.2f} s, epochs {report.epochs}")
-    assert new_after >= 0.85, new_after
-    assert old_after >= 0.9 * old_before, (old_after, old_before)
+          f"embed {report.seconds['embed']:.2f} s, train {report.seconds['train']:.2f} s, epochs {report.epochs}; "
+          f"bias correction {report.bias_correction}; forgetting {report.forgetting}")
+    # With the bias correction (the default), measured here: old 0.956 -> 0.928 (97% kept), new
+    # 0.838; without it old 0.919 (96%), new 0.900. The holdout (4 memory rows per old class)
+    # judged the trade; the thresholds hold for both.
+    assert new_after >= 0.8, new_after
+    assert old_after >= 0.95 * old_before, (old_after, old_before)
     assert open_bundle(bundle).labels == DIGITS
 
 
@@ -625,6 +646,6 @@ def test_numpy_trainer_where_onnxruntime_has_no_training(bundle_0_7, digits_8_9,
         history = open_bundle(bundle).history[-1]
         assert history["trainer"] == name and results[name]["trainer"] == name
     numpy_run, ort_run = results["numpy"], results["ort"]
-    assert numpy_run["new_classes"] == ["8", "9"] and numpy_run["groups"]["new"]["after"] >= 0.85, numpy_run["groups"]
+    assert numpy_run["new_classes"] == ["8", "9"] and numpy_run["groups"]["new"]["after"] >= 0.8, numpy_run["groups"]
     assert abs(numpy_run["accuracy_after"] - ort_run["accuracy_after"]) <= 0.01, (numpy_run, ort_run)
     assert numpy_run["epochs"] == ort_run["epochs"] and numpy_run["best_epoch"] == ort_run["best_epoch"]

@@ -23,12 +23,20 @@ the exit code is 1 (--force switches anyway). 'edgetl rollback BUNDLE' returns t
 previous version. Unreadable files in DATA are skipped with a warning (--strict refuses).
 
 --json prints {"accuracy_before", "accuracy_after", "new_classes", "version", "switched",
-"epochs", "n_train", "n_holdout", "groups", "per_class", ...}.
+"epochs", "n_train", "n_holdout", "groups", "per_class", "forgetting": {"old_retained",
+"max_drop", "max_drop_class", "new_accuracy"}, "bias_correction": {"method", "kept",
+"alpha", "beta", "candidates"}, "memory_per_class", "memory_selection", ...}.
+
+Adding classes without forgetting: the memory keeps herded exemplars (closest to each
+class mean), training draws class-balanced batches over memory + DATA, and the bias of the
+grown head toward its new classes is corrected (--bias-correction). The table shows each
+class before and after; "forgetting" the old classes' retention and largest drop.
 
 Examples:
   edgetl retrain bundle/ new_photos/
   edgetl retrain bundle/ new_photos/ --epochs 30 --lr 0.005 --json
   edgetl retrain bundle/ only_new_classes/ --memory-per-class 40
+  edgetl retrain bundle/ only_new_classes/ --memory-mb 1.5 --bias-correction fit
 """
 
 
@@ -45,6 +53,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after N epochs without a lower holdout loss; 0 = never (default: 10)")
     p.add_argument("--memory-per-class", type=positive_int, default=20, metavar="K",
                    help="replay memory kept per class (default: 20)")
+    p.add_argument("--memory-mb", type=positive_float, metavar="F",
+                   help="replay memory budget in MB (10^6 bytes) split evenly over the classes, the new ones "
+                        "included; overrides --memory-per-class")
+    p.add_argument("--memory-selection", choices=["herding", "random"], default="herding",
+                   help="which rows the merged memory keeps: those whose mean is closest to the class mean "
+                        "(herding, iCaRL) or a uniform sample of all seen (random) (default: %(default)s)")
+    p.add_argument("--bias-correction", choices=["fit", "weight-aligning", "auto", "none"], default="fit",
+                   help="after adding classes, correct the head's bias toward them: fit (new-class logits shifted "
+                        "by a number fit on the holdout), weight-aligning (new rows scaled to the old rows' mean "
+                        "norm), auto (the better of the two); kept only if the class-balanced holdout loss falls "
+                        "and its accuracy does not (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="holdout split, batch order, memory (default: 0)")
     p.add_argument("--strict", action="store_true", help="refuse DATA with unreadable files instead of skipping them")
     p.add_argument("--force", action="store_true", help="switch to the new head even if holdout accuracy drops")
@@ -68,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     check_sign_key(args)
     config = RetrainConfig(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, holdout=args.holdout, patience=args.patience,
-        memory_per_class=args.memory_per_class, seed=args.seed, strict=args.strict, force=args.force,
+        memory_per_class=args.memory_per_class, memory_mb=args.memory_mb, memory_selection=args.memory_selection,
+        bias_correction=args.bias_correction, seed=args.seed, strict=args.strict, force=args.force,
         verify=args.verify, trainer=args.trainer, sign_key=args.sign,
     )
     report = retrain(args.bundle, args.data, config)
@@ -84,6 +104,13 @@ def run(args: argparse.Namespace) -> int:
         state = (f"version {report.previous_version} -> {report.version}" if report.switched
                  else f"NOT switched, still version {report.version}")
         _ui.print_table(f"retrain: {state}", ["holdout", "images", "before", "after"], rows)
+        f = report.forgetting
+        if report.new_classes and f.get("old_retained") is not None:
+            bc = report.bias_correction
+            kept = (f"{bc['method']} (alpha {bc['alpha']:.3g}, beta {bc['beta']:.3g})" if bc.get("kept") else "none")
+            _ui.info(f"old classes kept {f['old_retained']:.1%} of their holdout accuracy (largest drop "
+                     f"{f['max_drop']:.3f}, class {f['max_drop_class']}); new classes {f['new_accuracy']:.3f}; "
+                     f"bias correction: {kept}; memory {report.memory_per_class}/class ({report.memory_selection})")
         new = ", ".join(report.new_classes) or "none"
         _ui.info(f"{report.n_images} image(s) embedded in {report.seconds.get('embed', 0):.1f} s "
                  f"({len(report.skipped)} skipped), {report.n_train} training rows with the replay memory, "

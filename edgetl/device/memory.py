@@ -8,14 +8,22 @@ a uniform sample of everything seen: reservoir sampling per class). Embeddings a
 *raw* backbone output (no adapter applied), as ``edgetl.device.alignment`` expects; retraining
 applies the live adapter when it replays them.
 
-Selection is deterministic: the same memory, new data and seed always keep the same rows.
+Which rows are kept (:class:`Selection`): ``herding`` (default; iCaRL, Rebuffi et al. 2017)
+greedily picks the rows whose running mean best approximates the class mean of the
+L2-normalised embeddings, so a few exemplars stand for the whole class; ``random`` keeps a
+uniform sample of everything seen. The budget is ``per_class`` rows, or a size in MB
+(:func:`per_class_for_budget`: 10^6 bytes, float32 embeddings and int64 labels, split evenly
+over the classes). Selection is deterministic: the same memory, new data and seed always
+keep the same rows. Files written before herding existed load unchanged.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
@@ -23,10 +31,76 @@ import numpy as np
 
 from edgetl.errors import BundleError, ConfigError
 
-__all__ = ["MEMORY_FILE", "DEFAULT_PER_CLASS", "ReplayMemory", "memory_from_run", "embed_images"]
+__all__ = ["MEMORY_FILE", "DEFAULT_PER_CLASS", "MAX_MEMORY_MB", "Selection", "ReplayMemory", "memory_from_run",
+           "embed_images", "herding", "per_class_for_budget"]
 
 MEMORY_FILE = "memory.npz"
 DEFAULT_PER_CLASS = 20
+MAX_MEMORY_MB = 4096.0
+
+
+class Selection(str, Enum):
+    """Which rows a bounded memory keeps of each class."""
+
+    HERDING = "herding"  # rows whose running mean is closest to the class mean (iCaRL)
+    RANDOM = "random"  # a uniform sample of every row ever offered (reservoir)
+
+
+def check_selection(selection: Any) -> Selection:
+    try:
+        return Selection(selection)
+    except ValueError:
+        raise ConfigError(f"memory selection must be one of {', '.join(s.value for s in Selection)}, "
+                          f"got {selection!r}") from None
+
+
+def _row_bytes(num_features: int) -> int:
+    return 4 * num_features + 8  # float32 embedding + int64 label
+
+
+def per_class_for_budget(memory_mb: Any, num_features: int, n_classes: int) -> int:
+    """Rows per class that fit in ``memory_mb`` MB (10^6 bytes) of float32 embeddings of
+    ``num_features`` and int64 labels, for ``n_classes`` classes."""
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or not math.isfinite(memory_mb) \
+            or not 0 < memory_mb <= MAX_MEMORY_MB:
+        raise ConfigError(f"memory_mb must be a number in (0, {MAX_MEMORY_MB:g}], got {memory_mb!r}")
+    per_class = int(memory_mb * 1e6) // (max(n_classes, 1) * _row_bytes(max(num_features, 1)))
+    if per_class < 1:
+        raise ConfigError(f"a replay memory of {memory_mb:g} MB holds less than one {num_features}-feature "
+                          f"embedding per class for {n_classes} classes (at least "
+                          f"{n_classes * _row_bytes(num_features) / 1e6:.3g} MB)")
+    return per_class
+
+
+def herding(embeddings: np.ndarray, k: int, target: np.ndarray | None = None) -> np.ndarray:
+    """Indices of ``k`` rows chosen by herding (iCaRL): with ``u`` the L2-normalised rows
+    and ``mu`` their mean (or ``target``, a mean in that normalised space), step ``t``
+    picks the unpicked row minimising ``|| mu - (u_1 + ... + u_{t-1} + u) / t ||``; ties go
+    to the lower index. In the order picked (a prefix is the best smaller memory)."""
+    z = np.asarray(embeddings, np.float64)
+    if z.ndim != 2:
+        raise ConfigError(f"herding needs embeddings [N, F], got {z.shape}")
+    k = min(int(k), len(z))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    u = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    mu = u.mean(axis=0) if target is None else np.asarray(target, np.float64)
+    chosen: list[int] = []
+    free = np.ones(len(u), bool)
+    total = np.zeros(u.shape[1])
+    for t in range(1, k + 1):
+        dist = np.linalg.norm(mu - (total + u) / t, axis=1)
+        dist[~free] = np.inf
+        i = int(np.argmin(dist))
+        chosen.append(i)
+        free[i] = False
+        total += u[i]
+    return np.asarray(chosen, np.int64)
+
+
+def _unit_mean(z: np.ndarray) -> np.ndarray:
+    u = np.asarray(z, np.float64)
+    return (u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)).mean(axis=0)
 
 
 def check_per_class(per_class: Any) -> int:
@@ -75,12 +149,12 @@ class ReplayMemory:
     @classmethod
     def build(
         cls, embeddings: np.ndarray, labels: np.ndarray, label_names: Sequence[str], *,
-        per_class: int = DEFAULT_PER_CLASS, seed: int = 0,
+        per_class: int = DEFAULT_PER_CLASS, seed: int = 0, selection: Selection | str = Selection.HERDING,
     ) -> "ReplayMemory":
-        """A memory of at most ``per_class`` rows per class, drawn uniformly (seeded)."""
+        """A memory of at most ``per_class`` rows per class, chosen by ``selection``."""
         z = np.asarray(embeddings, np.float32)
         return cls.empty(label_names, z.shape[1] if z.ndim == 2 else 0).merge(
-            z, labels, label_names, per_class=per_class, seed=seed)
+            z, labels, label_names, per_class=per_class, seed=seed, selection=selection)
 
     # -- properties ---------------------------------------------------------------
 
@@ -119,13 +193,16 @@ class ReplayMemory:
 
     def merge(
         self, embeddings: np.ndarray, labels: np.ndarray, label_names: Sequence[str], *,
-        per_class: int = DEFAULT_PER_CLASS, seed: int = 0,
+        per_class: int = DEFAULT_PER_CLASS, seed: int = 0, selection: Selection | str = Selection.HERDING,
     ) -> "ReplayMemory":
         """Offer new rows (``labels`` index ``label_names``); keep at most ``per_class`` per
-        class. Per class, the kept rows are a uniform sample of every sample ever offered:
-        the number taken from the old memory is hypergeometric in (seen so far, new, K).
-        Label names are the current ones followed by the new names, in order."""
+        class. ``RANDOM``: per class, the kept rows are a uniform sample of every sample ever
+        offered (the number taken from the old memory is hypergeometric in (seen so far,
+        new, K)). ``HERDING``: herding over the old rows and the new ones, toward the class
+        mean of everything seen (the old rows' mean standing for the ``seen`` samples
+        before). Label names are the current ones followed by the new names, in order."""
         per_class = check_per_class(per_class)
+        selection = check_selection(selection)
         z = np.ascontiguousarray(embeddings, dtype=np.float32)
         y = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
         new_names = [str(n) for n in label_names]
@@ -148,6 +225,19 @@ class ReplayMemory:
             new_rows = np.flatnonzero(y_new == c)
             n_seen, n_new = int(seen[c]), len(new_rows)
             k = min(per_class, len(old_rows) + n_new)
+            if selection is Selection.HERDING:
+                pool = np.concatenate([old.embeddings[old_rows], z[new_rows]]).reshape(-1, z.shape[1] if z.shape[0]
+                                                                                      else self.num_features)
+                n_old_seen = max(n_seen, len(old_rows)) if len(old_rows) else 0
+                target = None
+                if len(old_rows) and n_new:  # weigh the memory's mean by how many samples it stands for
+                    target = (n_old_seen * _unit_mean(old.embeddings[old_rows]) + n_new * _unit_mean(z[new_rows])) \
+                        / (n_old_seen + n_new)
+                pick = herding(pool, k, target)
+                keep_z.append(pool[pick])
+                keep_y.append(np.full(len(pick), c, np.int64))
+                seen[c] = n_seen + n_new
+                continue
             if n_new and len(old_rows):
                 # uniform over (everything seen before) + (new): how many of the k are old ones;
                 # the old memory is itself a uniform sample of what was seen, so any of its rows will do
@@ -209,14 +299,17 @@ class ReplayMemory:
 
 
 def memory_from_run(
-    predictor: Any, info: Mapping[str, Any], *, per_class: int = DEFAULT_PER_CLASS, seed: int = 0,
+    predictor: Any, info: Mapping[str, Any], *, per_class: int | None = DEFAULT_PER_CLASS, seed: int = 0,
+    selection: Selection | str = Selection.HERDING, memory_mb: float | None = None,
 ) -> tuple[ReplayMemory, list[str]]:
-    """The initial memory of a bundle: up to ``per_class`` images per class drawn (seeded)
-    from a RUN's training split (``run.json`` ``split.train``, relative to ``data_root``),
-    embedded by ``predictor`` (the deployed backbone; raw, no adapter). Returns the memory
-    and a list of problems (missing or unreadable images, a missing data root), for the
-    caller to warn about; an empty memory when nothing could be read."""
-    per_class = check_per_class(per_class)
+    """The initial memory of a bundle: up to ``per_class`` images per class (or as many as
+    ``memory_mb`` holds) from a RUN's training split (``run.json`` ``split.train``, relative
+    to ``data_root``), embedded by ``predictor`` (the deployed backbone; raw, no adapter).
+    ``HERDING`` embeds every training image and keeps the exemplars closest to each class
+    mean; ``RANDOM`` embeds only a seeded draw. Returns the memory and a list of problems
+    (missing or unreadable images, a missing data root), for the caller to warn about; an
+    empty memory when nothing could be read."""
+    selection = check_selection(selection)
     labels = [str(x) for x in info["labels"]]
     problems: list[str] = []
     root = Path(str(info.get("data_root") or ""))
@@ -224,6 +317,9 @@ def memory_from_run(
     train = [str(p) for p in (split.get("train") or [])]
     features = predictor.head.input_shape[-1] if predictor.head.input_shape else 0
     features = features if isinstance(features, int) else 0
+    if memory_mb is not None:
+        per_class = per_class_for_budget(memory_mb, features, len(labels))
+    per_class = check_per_class(per_class)
     if not info.get("data_root") or not root.is_dir() or not train:
         problems.append(f"the RUN's training images are not at {root} (run.json data_root and split.train)")
         return ReplayMemory.empty(labels, features), problems
@@ -237,7 +333,10 @@ def memory_from_run(
     chosen: list[tuple[Path, int]] = []
     for c in sorted(by_class):
         rels = sorted(by_class[c])
-        pick = np.sort(rng.choice(len(rels), min(per_class, len(rels)), replace=False))
+        if selection is Selection.HERDING:
+            pick = np.arange(len(rels))  # herding needs the class mean: embed them all
+        else:
+            pick = np.sort(rng.choice(len(rels), min(per_class, len(rels)), replace=False))
         chosen += [(root / rels[i], c) for i in pick]
     missing = [p for p, _ in chosen if not p.is_file()]
     if missing:
@@ -249,7 +348,7 @@ def memory_from_run(
     y = np.asarray([chosen[i][1] for i in ok], np.int64)
     memory = ReplayMemory.empty(labels, z.shape[1] if z.size else features)
     if len(y):
-        memory = memory.merge(z, y, labels, per_class=per_class, seed=seed)
+        memory = memory.merge(z, y, labels, per_class=per_class, seed=seed, selection=selection)
     return memory, problems
 
 

@@ -24,6 +24,15 @@ picks the best epoch (device data sets are too small for a third split), and mem
 came from the workstation's *training* split, so ``old``-class accuracy "before" on them
 is a training accuracy; it measures forgetting, not generalisation.
 
+**Adding classes without forgetting.** The memory keeps herded exemplars (closest to each
+class mean; :mod:`edgetl.device.memory`), within ``memory_per_class`` rows or a
+``memory_mb`` budget; batches are class-balanced over memory + DATA; after training, the
+grown head's bias toward its new classes is corrected (``bias_correction``: weight aligning
+or a two-number bias-correction layer fit on the holdout, :mod:`edgetl.device.learn.bias`),
+kept only if it lowers the class-balanced holdout loss. The report's ``forgetting`` gives
+the old classes' retention (after / before) and largest per-class drop on the holdout.
+Caveat: the same holdout picks the epoch and fits the correction.
+
 The learning rate defaults to ``1 / mean |z|_1`` of the training embeddings (see
 ``_auto_lr``): backbones differ by orders of magnitude in embedding scale. The new memory
 offers all of DATA's embedded images (train and holdout) to the reservoir.
@@ -43,6 +52,7 @@ import time
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +75,16 @@ from edgetl.device.learn import (
     read_head,
     resolve_trainer,
 )
-from edgetl.device.memory import DEFAULT_PER_CLASS, MEMORY_FILE, ReplayMemory, embed_images
+from edgetl.device.learn.bias import CORRECTIONS, choose_correction
+from edgetl.device.learn.head import choice
+from edgetl.device.memory import (DEFAULT_PER_CLASS, MEMORY_FILE, ReplayMemory, Selection, check_selection,
+                                  embed_images, per_class_for_budget)
 
-__all__ = ["RetrainConfig", "RetrainReport", "retrain"]
+__all__ = ["BiasCorrection", "RetrainConfig", "RetrainReport", "retrain"]
+
+
+BiasCorrection = Enum("BiasCorrection", {m.upper().replace("-", "_"): m for m in CORRECTIONS}, type=str)
+BiasCorrection.__doc__ = "What corrects the grown head's bias toward new classes (edgetl.device.learn.bias)."
 
 HEAD_FILE = "head.onnx"
 TRAINING_DIR = "training"
@@ -83,6 +100,9 @@ class RetrainConfig:
     holdout: float = 0.2  # fraction of DATA (and of memory-only classes' memory) held out
     patience: int = 10  # epochs without a lower holdout loss before stopping; 0 = never
     memory_per_class: int = DEFAULT_PER_CLASS
+    memory_mb: float | None = None  # replay-memory budget in MB (10^6 bytes); overrides memory_per_class
+    memory_selection: Selection = Selection.HERDING  # which rows the merged memory keeps
+    bias_correction: BiasCorrection = BiasCorrection.FIT  # only when new classes are added (learn/bias.py)
     seed: int = 0  # holdout split, batch order, memory selection
     weight_decay: float = 1e-2
     strict: bool = False  # refuse DATA with unreadable files instead of skipping them
@@ -96,6 +116,10 @@ class RetrainConfig:
             raise ConfigError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
         if not (isinstance(self.memory_per_class, int) and self.memory_per_class >= 1):
             raise ConfigError(f"memory_per_class must be an integer >= 1, got {self.memory_per_class!r}")
+        if self.memory_mb is not None:
+            per_class_for_budget(self.memory_mb, 1, 1)  # bounds; the fit is checked once F and C are known
+        object.__setattr__(self, "memory_selection", check_selection(self.memory_selection))
+        object.__setattr__(self, "bias_correction", choice(BiasCorrection, self.bias_correction, "bias_correction"))
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         self.head_config(1e-2 if self.lr is None else self.lr)  # validates epochs, lr, batch_size, ...
@@ -147,6 +171,13 @@ class RetrainReport(Report):
     forced: bool = False
     seconds: dict[str, float] = field(default_factory=dict)  # embed, train, total
     trainer: str = "ort"  # which trainer ran: ort (training artifacts) or numpy
+    # class addition: {"method", "kept", "candidates": {method: balanced holdout loss}, "alpha", "beta"}
+    bias_correction: dict[str, Any] = field(default_factory=dict)
+    # holdout accuracy of the classes the bundle knew: {"old_retained": after/before, "max_drop",
+    # "max_drop_class", "new_accuracy"}
+    forgetting: dict[str, Any] = field(default_factory=dict)
+    memory_per_class: int = DEFAULT_PER_CLASS  # rows per class the new memory may keep
+    memory_selection: str = Selection.HERDING.value
 
 
 # --------------------------------------------------------------------------- the steps
@@ -282,6 +313,31 @@ def _train(live: _Live, sets: _Sets, all_labels: list[str], n_new: int, cfg: Ret
     return result, lr
 
 
+def _correct_bias(live: _Live, sets: _Sets, result: HeadTrainResult, all_labels: list[str], cfg: RetrainConfig,
+                  work: Path) -> dict[str, Any]:
+    """After class addition: :func:`~edgetl.device.learn.bias.choose_correction` on the
+    holdout; a kept correction replaces ``work/new/head.onnx``. Returns what was tried."""
+    W, b, info = choose_correction(result.W, result.b, len(live.labels), sets.X_hold, sets.y_hold,
+                                   cfg.bias_correction.value)
+    if info["kept"]:
+        from edgetl.device.learn.trainer import verify_export
+
+        path = make_head_onnx(W, b, all_labels, work / "new" / HEAD_FILE, metadata=head_metadata_of(live.head_path))
+        verify_export(path, W, b, sets.X_hold)
+    return info
+
+
+def _forgetting(measures: dict[str, Any], live: _Live) -> dict[str, Any]:
+    """Old-class retention on the holdout: after / before, the largest per-class drop."""
+    old = measures["groups"]["old"]
+    drops = {c: g["before"] - g["after"] for c, g in measures["per_class"].items()
+             if c in live.labels and g["after"] is not None}
+    worst = max(drops, key=drops.get) if drops else None
+    retained = old["after"] / old["before"] if old["n"] and old["after"] is not None and old["before"] else None
+    return {"old_retained": retained, "max_drop": drops[worst] if worst else None, "max_drop_class": worst,
+            "new_accuracy": measures["groups"]["new"]["after"]}
+
+
 def head_metadata_of(path: Path) -> dict[str, str]:
     """The head file's ``edgetl.*`` metadata other than labels and width (kept on re-export)."""
     import onnx
@@ -397,6 +453,8 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
     all_labels = live.labels + new_classes
     memory = live.memory.relabel(all_labels)
     _check_classes(folder, live, memory)
+    per_class = (cfg.memory_per_class if cfg.memory_mb is None
+                 else per_class_for_budget(cfg.memory_mb, live.W.shape[1], len(all_labels)))
     sets = _embed_and_assemble(live, folder, memory, all_labels, cfg)
     trainer = resolve_trainer(cfg.trainer)
     t1 = time.perf_counter()
@@ -405,22 +463,28 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
         # next update), never in /tmp
         work = stack.enter_context(work_dir(root))
         result, lr = _train(live, sets, all_labels, len(new_classes), cfg, work, trainer)
+        correction = (_correct_bias(live, sets, result, all_labels, cfg, work) if new_classes
+                      else {"method": "none", "kept": False, "candidates": {}})
         measures, reason = _gate(live, sets, result, work / "new" / HEAD_FILE, all_labels, lr, cfg)
         train_seconds = time.perf_counter() - t1
-        new_memory = memory.merge(sets.z_raw, sets.y_data, all_labels, per_class=cfg.memory_per_class, seed=cfg.seed)
+        new_memory = memory.merge(sets.z_raw, sets.y_data, all_labels, per_class=per_class, seed=cfg.seed,
+                                  selection=cfg.memory_selection)
         common = dict(
             bundle=str(root), labels=all_labels, new_classes=new_classes, n_images=sets.n_images,
             n_train=len(sets.y_train), n_holdout=len(sets.y_hold), n_holdout_memory=sets.n_holdout_memory,
             skipped=[{"file": f, "error": e} for f, e in sets.skipped], epochs=len(result.history),
             best_epoch=result.best_epoch, first_step_loss=result.first_step_loss, lr=lr, trainer=result.trainer,
-            **measures,
+            bias_correction=correction, forgetting=_forgetting(measures, live), memory_per_class=per_class,
+            memory_selection=cfg.memory_selection.value, **measures,
         )
         if reason is not None:
             return RetrainReport(switched=False, version=live.predictor.bundle.version,
                                  previous_version=live.predictor.bundle.version, n_memory=len(memory), reason=reason,
                                  seconds=_seconds(sets.embed_seconds, train_seconds, started), **common)
         details = {k: common[k] for k in ("accuracy_before", "accuracy_after", "n_images", "n_train", "n_holdout",
-                                          "new_classes", "epochs", "best_epoch", "lr", "forced", "trainer")}
+                                          "new_classes", "epochs", "best_epoch", "lr", "forced", "trainer",
+                                          "forgetting")}
+        details["bias_correction"] = correction["method"] if correction["kept"] else "none"
         updated = _commit(live, work, new_memory, all_labels, trainer, {**details, "data": str(Path(data).resolve())},
                           cfg.sign_key)
     return RetrainReport(switched=True, version=updated.version, previous_version=live.predictor.bundle.version,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from edgetl.core.formats import MAX_IR_VERSION
 from edgetl.core.report import Report
 from edgetl.device.alignment import SOURCE_STATS, write_source_stats
-from edgetl.device.memory import DEFAULT_PER_CLASS, check_per_class
+from edgetl.device.memory import DEFAULT_PER_CLASS, Selection, check_per_class, check_selection, per_class_for_budget
 from edgetl.modalities import get_modality
 from edgetl.core.files import fsync_dir, fsync_tree, hash_dir, remove, utc_now
 from edgetl.core.ui import warn
@@ -132,7 +132,7 @@ def _add_training_artifacts(head_path: Path, out_dir: Path) -> bool:
 
 
 
-def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any], per_class: int) -> str | None:
+def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any], cfg: "PackageConfig") -> str | None:
     """Write ``v1/memory.npz``: embeddings of up to ``per_class`` images per class of the RUN's
     training split, computed by the bundle being written (a Predictor on its own files, so
     they are what the device computes: deployed backbone, runtime and precision). Returns
@@ -145,7 +145,8 @@ def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, A
     (tmp / MANIFEST).write_text(json.dumps(manifest))  # provisional: Predictor reads a bundle
     try:
         predictor = Predictor.from_bundle(tmp, verify=False)
-        memory, problems = memory_from_run(predictor, info, per_class=per_class)
+        memory, problems = memory_from_run(predictor, info, per_class=cfg.memory_per_class,
+                                           selection=cfg.memory_selection, memory_mb=cfg.memory_mb)
     except EdgeTLError as exc:
         memory, problems = None, [f"cannot compute the replay memory ({exc})"]
     finally:
@@ -183,9 +184,14 @@ class PackageConfig:
     archive: bool = False  # also write BUNDLE.tar.gz
     overwrite: bool = False  # replace an existing bundle at ``out`` (never another folder)
     memory_per_class: int = DEFAULT_PER_CLASS  # replay-memory rows per class, when the target retrains
+    memory_mb: float | None = None  # or a budget in MB (10^6 bytes), split evenly over the classes
+    memory_selection: Selection = Selection.HERDING  # exemplars closest to the class mean, or random
 
     def __post_init__(self) -> None:
         check_per_class(self.memory_per_class)
+        if self.memory_mb is not None:
+            per_class_for_budget(self.memory_mb, 1, 1)  # bounds; the fit is checked once F and C are known
+        object.__setattr__(self, "memory_selection", check_selection(self.memory_selection))
 
 
 @dataclass(frozen=True)
@@ -325,7 +331,7 @@ def package(
                 training = "v1/training"
         manifest = _manifest(run_dir, info, target, spec, vdir, backbone_name, training, artifacts, onnx_facts)
         if target.retraining:
-            memory = _add_replay_memory(tmp, manifest, info, cfg.memory_per_class)
+            memory = _add_replay_memory(tmp, manifest, info, cfg)
             if memory is not None:
                 manifest.update(memory=memory, source_stats=f"v1/{SOURCE_STATS}", files=hash_dir(vdir, "v1"))
         check_manifest(tmp, manifest, "new manifest")

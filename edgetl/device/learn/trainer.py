@@ -31,7 +31,7 @@ from edgetl.device.learn.ort_shim import open_training, set_adamw
 from edgetl.errors import ConfigError, RetrainError
 
 __all__ = ["Sampling", "Monitor", "Trainer", "HeadTrainConfig", "HeadTrainResult", "epoch_batches", "train_head",
-           "fit_head", "resolve_trainer", "ort_training_available"]
+           "fit_head", "resolve_trainer", "ort_training_available", "verify_export"]
 
 
 class Trainer(str, Enum):
@@ -166,7 +166,8 @@ def _score(acc: float, loss: float, monitor: Monitor) -> tuple[float, float]:
     return (-loss, acc) if monitor is Monitor.LOSS else (acc, -loss)
 
 
-def _verify_export(path: Path, W: np.ndarray, b: np.ndarray, X: np.ndarray) -> None:
+def verify_export(path: Path, W: np.ndarray, b: np.ndarray, X: np.ndarray) -> None:
+    """Raise RetrainError unless head.onnx at ``path`` holds ``W, b`` and runs them on ``X``."""
     from edgetl.runtimes import load_session
 
     W2, b2, _ = read_head(path)
@@ -338,7 +339,7 @@ def _fit(stepper: Any, trainer: str, labels: tuple[str, ...], metadata: Mapping[
     head_path = None
     if export_path is not None:
         head_path = make_head_onnx(best[0], best[1], labels, export_path, metadata=metadata)
-        _verify_export(head_path, best[0], best[1], X_val if has_val else X_train)
+        verify_export(head_path, best[0], best[1], X_val if has_val else X_train)
     return HeadTrainResult(W=best[0], b=best[1], labels=labels, history=history, best_epoch=best_epoch,
                            initial_val_acc=initial_acc, best_val_acc=best_acc, first_step_loss=step_losses[0],
                            step_losses=step_losses, head_path=head_path, seconds=time.perf_counter() - started,
