@@ -147,7 +147,9 @@ def _finetune(data: Path, out: Path, nproc: int) -> float:
         argv += ["--nproc-per-node", str(nproc)]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "EDGETL_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run(argv, env=env, check=True, capture_output=True)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"fine-tuning ({nproc} process(es)) failed:\n{done.stderr[-3000:]}")
     return json.loads((out / "run.json").read_text())["metrics"]["train_seconds"]
 
 
