@@ -17,7 +17,7 @@ from edgetl.modalities.image import PreprocessSpec
 from edgetl.workstation.backbones import backbone_blocks
 from edgetl.workstation.model import EdgeModel
 from edgetl.workstation.training.config import TrainConfig
-from edgetl.workstation.training.data import ImageDataset, embed_images, make_loader
+from edgetl.workstation.training.data import as_inputs, embed_items, make_dataset, make_item_loader
 from edgetl.workstation.training.strategies import STRATEGIES, FitData, Fitted
 
 __all__ = ["EarlyStop", "train_probe", "train_finetune", "set_trainable", "evaluate_model", "cosine_with_warmup"]
@@ -76,8 +76,8 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
     into ``model.head``. Returns the solution and the training embeddings' loss/accuracy."""
     from edgetl.workstation.probe_solver import solve_probe
 
-    z_train = embed_images(model.backbone, train_paths, spec, device, description="embedding train")
-    z_val = embed_images(model.backbone, val_paths, spec, device, description="embedding val")
+    z_train = embed_items(model.backbone, train_paths, spec, device, description="embedding train")
+    z_val = embed_items(model.backbone, val_paths, spec, device, description="embedding val")
     n_classes = model.head.out_features
     sol = solve_probe(z_train.numpy(), np.asarray(train_y), z_val.numpy(), np.asarray(val_y), n_classes,
                       refit=refit, seed=cfg.seed)
@@ -126,7 +126,7 @@ def evaluate_model(model: EdgeModel, loader, device: torch.device) -> tuple[floa
     loss_fn, total, correct, n = nn.CrossEntropyLoss(reduction="sum"), 0.0, 0, 0
     with torch.no_grad():
         for x, y in loader:
-            logits = model(x.to(device))
+            logits = model(*as_inputs(x, device))
             y = y.to(device)
             total += float(loss_fn(logits, y))
             correct += int((logits.argmax(1) == y).sum())
@@ -153,8 +153,9 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
     if extra_loss is not None:
         groups.append({"params": list(extra_loss.parameters()), "lr": cfg.lr})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    train_loader = make_loader(ImageDataset(train_paths, train_y, spec, augment=cfg.augment), cfg.batch_size, True, cfg.seed)
-    val_loader = make_loader(ImageDataset(val_paths, val_y, spec), cfg.batch_size, False, 0)
+    train_loader = make_item_loader(make_dataset(train_paths, train_y, spec, augment=cfg.augment), cfg.batch_size,
+                                    True, cfg.seed)
+    val_loader = make_item_loader(make_dataset(val_paths, val_y, spec), cfg.batch_size, False, 0)
     steps = len(train_loader)
     sched = cosine_with_warmup(opt, cfg.warmup_epochs * steps, cfg.epochs * steps)
     loss_fn = nn.CrossEntropyLoss()
@@ -167,8 +168,8 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
             block.eval()
         total, correct, n = 0.0, 0, 0
         for step, (x, y) in enumerate(_ui.progress(train_loader, f"epoch {epoch}/{cfg.epochs}")):
-            x, y = x.to(device), y.to(device)
-            z = features(x)
+            x, y = as_inputs(x, device), y.to(device)
+            z = features(*x)
             logits = model.forward_head(z)
             loss = loss_fn(logits, y)
             if extra_loss is not None:
