@@ -223,8 +223,14 @@ def layer_errors(fp32: Path, int8: Path, x: Inputs) -> list[tuple[str, float]]:
     ref = session(_with_outputs(fp32, names)).run(names, dict(x))
     got = session(_with_outputs(int8, q_names)).run(q_names, dict(x))
     # (float values only: a transformer's graph also carries masks and shapes)
-    err = {k: float(np.linalg.norm(np.float64(g) - r) / (np.linalg.norm(np.float64(r)) + 1e-12))
-           for k, g, r in zip(names, got, ref) if np.asarray(r).dtype.kind == "f" and np.shape(g) == np.shape(r)}
+    # (a transformer's additive attention mask holds -inf/float-min: non-finite entries are left out)
+    def rel(g: np.ndarray, r: np.ndarray) -> float:
+        g, r = np.float64(g), np.float64(r)
+        ok = np.isfinite(g) & np.isfinite(r)
+        return float(np.linalg.norm(g[ok] - r[ok]) / (np.linalg.norm(r[ok]) + 1e-12)) if ok.any() else 0.0
+
+    err = {k: rel(g, r) for k, g, r in zip(names, got, ref)
+           if np.asarray(r).dtype.kind == "f" and np.shape(g) == np.shape(r)}
     consumers: dict[str, list] = {}
     for n in graph.node:
         for i in n.input:

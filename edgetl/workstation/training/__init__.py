@@ -89,10 +89,6 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig |
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = pick_device(cfg.device)
-    if not data_path.exists():
-        from edgetl.errors import DataError
-
-        raise DataError(f"{data_path}: no such file or folder")
     backbone: Backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained)
     modality = get_modality(backbone.modality)
     _check_kind(modality.name, data_path, backbone.name)
