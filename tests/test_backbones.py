@@ -33,10 +33,19 @@ def test_efficientnet_lite0_carries_real_imagenet_weights():
 
 @pytest.mark.parametrize("name", BUILTIN.names() + ["timm:mobilenetv3_small_050", "torchvision:mobilenet_v3_small"])
 def test_every_source_yields_embeddings(name):
+    from edgetl.modalities import get_modality
+
     bb = create_backbone(name, pretrained=name in BUILTIN)
     bb.module.eval()
+    modality = get_modality(bb.modality)
+    if bb.modality == "image":
+        inputs = (torch.zeros(2, 3, 64, 64),)
+    else:  # the modality's own example batch, tokenised with the backbone's tokenizer.json
+        spec = modality.bind(bb.preprocess, bb.files.get)
+        x = modality.example(spec, 2)
+        inputs = tuple(torch.from_numpy(x[i.name]) for i in modality.inputs(spec))
     with torch.no_grad():
-        z = bb.module(torch.zeros(2, 3, 64, 64))
+        z = bb.module(*inputs)
     assert z.shape == (2, bb.num_features)
     assert len(backbone_blocks(bb.module)) >= 3
 

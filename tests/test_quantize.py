@@ -170,7 +170,7 @@ def test_not_exported_run(probe_run, tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_drop": -0.1}, "max_drop"),
     ({"max_drop": 1.5}, "max_drop"),
-    ({"engine": "tflite"}, "engine must be one of ort, nncf, both"),
+    ({"engine": "tflite"}, "engine must be one of ort, nncf, ort-dynamic, both"),
     ({"method": "dynamic"}, "--engine ort"),
     ({"calib_size": 0}, "calib_size"),
 ])

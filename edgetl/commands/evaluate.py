@@ -25,7 +25,9 @@ Examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="RUN_OR_BUNDLE", type=path_arg, help="RUN directory or bundle directory")
-    p.add_argument("data", metavar="DATA", type=path_arg, help="image folder, one subfolder per class")
+    p.add_argument("data", metavar="DATA", type=path_arg,
+                   help="image folder, one subfolder per class; for a text model a CSV/TSV/JSONL file with "
+                        "text and label columns, or a folder of class subfolders of .txt files")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--plot", metavar="F", type=output_file, help="write the confusion matrix to this PNG")
     p.add_argument("--batch-size", type=batch_size, metavar="N", help="at most 4096")

@@ -8,12 +8,16 @@ import sys
 from edgetl.commands._args import (NO_VERIFY_HELP, add_trust, batch_size, path_arg, positive_int, require_trust,
                                    thread_count)
 
-HELP = "classify images with a bundle (torch-free)"
+HELP = "classify images or texts with a bundle (torch-free)"
 DESCRIPTION = """\
 Classify image files with BUNDLE on its target's runtime (ONNX Runtime or OpenVINO),
 with exactly the preprocessing used in training. A FILE may be a folder: every image
 inside it, recursively, in sorted order. An unreadable file is reported and the others
 are still classified; the exit code is then 1.
+
+A text bundle takes texts: --text "..." (repeatable), a .txt FILE (one text per line),
+a CSV/TSV/JSONL FILE (its --text-column), or - to read lines from standard input. Each
+prediction names where its text came from (file:line, --text:N, <stdin>:N).
 
 --json prints a list of {"file", "label", "score", "top_k": [{"label", "score"}], "error"}.
 
@@ -21,12 +25,20 @@ Examples:
   edgetl predict bundle/ cat.jpg dog.png
   edgetl predict bundle/ photos/ --top-k 3 --json > predictions.json
   edgetl predict bundle/ cam.jpg --runtime openvino --threads 4
+  edgetl predict reviews-bundle/ --text "a triumph" --text "two hours I will never get back"
+  edgetl predict reviews-bundle/ reviews.txt --json
+  cat reviews.txt | edgetl predict reviews-bundle/ -
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE", type=path_arg, help="bundle directory (made by 'edgetl package')")
-    p.add_argument("files", metavar="FILE", nargs="+", type=path_arg, help="image file, or a folder of images")
+    p.add_argument("files", metavar="FILE", nargs="*", type=path_arg,
+                   help="image file or folder of images; for a text bundle a .txt/.csv/.tsv/.jsonl file, or - (stdin)")
+    p.add_argument("--text", action="append", default=[], metavar="TEXT",
+                   help="text bundle: a text to classify (repeatable)")
+    p.add_argument("--text-column", default="text", metavar="NAME",
+                   help="text bundle: the column of CSV/TSV/JSONL files holding the text (default: %(default)s)")
     p.add_argument("--top-k", type=positive_int, default=1, metavar="K", help="show the K best labels (default: 1)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--batch-size", type=batch_size, metavar="N", help="default: the target's batch size (at most 4096)")
@@ -44,9 +56,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _ui.quiet()
     require_trust(args, args.bundle)  # --trust: refuse an unsigned bundle before using it
-    files = expand_inputs(args.files)
-    report = predict(args.bundle, [str(f) for f in files], PredictConfig(
-        top_k=args.top_k, batch_size=args.batch_size, runtime=args.runtime, threads=args.threads, verify=args.verify))
+    config = PredictConfig(top_k=args.top_k, batch_size=args.batch_size, runtime=args.runtime, threads=args.threads,
+                           verify=args.verify)
+    texts = _texts(args)
+    if texts is not None:
+        import dataclasses
+
+        report = predict(args.bundle, [t for _, t in texts], config)
+        predictions = [dataclasses.replace(p, file=where) for (where, _), p in zip(texts, report.predictions)]
+        report = dataclasses.replace(report, predictions=predictions)
+    else:
+        if not args.files:
+            from edgetl.errors import ConfigError
+
+            raise ConfigError("give at least one FILE (or --text for a text bundle)")
+        files = expand_inputs(args.files)
+        report = predict(args.bundle, [str(f) for f in files], config)
     predictions, failed = report.predictions, report.failed
     if args.json:
         _ui.print_json([p.to_dict() for p in predictions])
@@ -58,8 +83,29 @@ def run(args: argparse.Namespace) -> int:
             if args.top_k > 1:
                 row.append(", ".join(f"{lab} {s:.3f}" for lab, s in p.top_k))
             rows.append(row)
-        title = f"{len(predictions)} image(s), {report.runtime} {report.precision_executed}"
+        noun = "text" if texts is not None else "image"
+        title = f"{len(predictions)} {noun}(s), {report.runtime} {report.precision_executed}"
         _ui.print_table(title, columns, rows)
     for p in failed:
         print(f"edgetl predict: {p.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _texts(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """``(where, text)`` for a text bundle (None for an image bundle)."""
+    from edgetl.device.bundle import open_bundle
+    from edgetl.errors import ConfigError, DataError
+
+    modality = open_bundle(args.bundle, verify=False).modality
+    if modality != "text":
+        if args.text:
+            raise ConfigError(f"{args.bundle}: --text needs a text bundle; this one takes {modality}s")
+        return None
+    from edgetl.modalities.text import read_lines_for_predict
+
+    texts = [(f"--text:{n}", t) for n, t in enumerate(args.text, 1)]
+    for f in args.files:
+        texts += read_lines_for_predict(f, text_column=args.text_column)
+    if not texts:
+        raise DataError("no text to classify: pass --text TEXT, a .txt/.csv/.jsonl FILE, or - for standard input")
+    return texts

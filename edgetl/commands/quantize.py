@@ -21,6 +21,10 @@ While the drop exceeds --max-drop or the agreement is below --min-agreement, the
 that add the most error are kept in fp32 (1, 2, 4, ... of them). If the budget still
 cannot be met, no int8 file is written and the command fails with the report.
 
+Text models (a transformer backbone): ONNX Runtime's int8 is dynamic (--engine ort or
+both picks ort-dynamic: int8 weights per channel, activations quantized at run time, no
+calibration), and NNCF quantizes with its transformer model type; the same guard holds.
+
 Every accuracy names the precision actually executed: OpenVINO runs fp32 models in bf16
 on CPUs with AMX unless pinned to f32, so its fp32 IR is measured both ways.
 
@@ -33,11 +37,12 @@ Examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN", help="RUN directory, exported with 'edgetl export'")
-    p.add_argument("--calib", metavar="DATA", help="calibration image folder (default: the RUN's training split)")
+    p.add_argument("--calib", metavar="DATA", help="calibration data, images or texts as the RUN takes (default: the RUN's training split)")
     p.add_argument("--calib-size", type=positive_int, default=128,
                    help="calibration images, stratified over classes (default: %(default)s)")
-    p.add_argument("--engine", choices=["ort", "nncf", "both"], default="both",
-                   help="ort: ONNX Runtime QDQ; nncf: OpenVINO int8 IR; both (default)")
+    p.add_argument("--engine", choices=["ort", "ort-dynamic", "nncf", "both"], default="both",
+                   help="ort: ONNX Runtime QDQ (images) or dynamic int8 (text); ort-dynamic: dynamic int8 "
+                        "with int8 per-channel weights; nncf: OpenVINO int8 IR; both (default)")
     p.add_argument("--method", choices=["static", "dynamic"], default="static",
                    help="static (default) or dynamic (ONNX Runtime only; weights only, little gain for convs)")
     p.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax",

@@ -42,7 +42,9 @@ Examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE", type=path_arg, help="bundle folder (made by 'edgetl package')")
-    p.add_argument("data", metavar="DATA", type=path_arg, help="image folder, one subfolder per class")
+    p.add_argument("data", metavar="DATA", type=path_arg,
+                   help="image folder, one subfolder per class; for a text model a CSV/TSV/JSONL file with "
+                        "text and label columns, or a folder of class subfolders of .txt files")
     p.add_argument("--epochs", type=positive_int, default=50, metavar="N", help="at most N epochs (default: 50)")
     p.add_argument("--lr", type=positive_float, metavar="F",
                    help="AdamW learning rate (default: automatic, 1 / mean L1 norm of the embeddings)")

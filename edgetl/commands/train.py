@@ -6,7 +6,7 @@ import argparse
 
 from edgetl.commands._args import fraction, non_negative_int, positive_float, positive_int
 
-HELP = "train a classifier on an image folder with a pretrained backbone"
+HELP = "train a classifier on an image folder (or texts) with a pretrained backbone"
 DESCRIPTION = """\
 Train a classifier on DATA (one subfolder per class; the folder name is the label)
 on top of a pretrained backbone, and write a RUN directory (model.pt, run.json,
@@ -20,11 +20,20 @@ Strategies:
 Backbones: efficientnet_lite0 (built in, weights ship with edgetl[train]),
 timm:NAME, torchvision:NAME (pretrained weights need a network), file:PATH.
 
+Text: a text backbone takes DATA as a CSV/TSV/JSONL file with text and label columns
+(--text-column, --label-column) or a folder of class subfolders of .txt files (one text
+per file). all_minilm_l6_v2 is built in (weights ship with edgetl[train]); hf:NAME_OR_PATH
+loads a local sentence-transformers/transformers folder, or a hub name (from the local
+cache when offline). Texts are cut at --max-length tokens (default 128), recorded in the
+RUN with the model's tokenizer.json. --unfreeze N trains the last N transformer layers.
+
 Examples:
   edgetl train photos/ --out runs/probe
   edgetl train photos/ --out runs/ft --strategy finetune --unfreeze 3 --epochs 10
   edgetl train photos/ --out runs/r18 --backbone timm:resnet18 --no-pretrained
   edgetl train photos/ --out runs/da --strategy adapt --target-data new_camera/ --adapt dann
+  edgetl train reviews.csv --out runs/text --backbone all_minilm_l6_v2
+  edgetl train reviews.csv --out runs/text-ft --backbone all_minilm_l6_v2 --strategy finetune --unfreeze 2
 
 A linear probe embeds each image once, on ONNX Runtime (the backbone exported and checked
 against PyTorch) with decoding in worker threads, and caches the embeddings on disk keyed
@@ -43,7 +52,9 @@ def _unfreeze(text: str) -> int | None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", metavar="DATA", help="image folder, one subfolder per class")
+    p.add_argument("data", metavar="DATA",
+                   help="image folder, one subfolder per class; for a text backbone a CSV/TSV/JSONL file "
+                        "(--text-column, --label-column) or a folder of class subfolders of .txt files")
     p.add_argument("--out", required=True, metavar="RUN", help="RUN directory to create")
     p.add_argument("--backbone", default="efficientnet_lite0", help="backbone (default: %(default)s)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
@@ -65,6 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "off for adapt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=positive_int, help="input size (default: the backbone's)")
+    p.add_argument("--max-length", type=positive_int, metavar="TOKENS",
+                   help="text: tokens per text, longer ones are cut (default: 128)")
+    p.add_argument("--text-column", default="text", metavar="NAME", help="text data: the text column (default: text)")
+    p.add_argument("--label-column", default="label", metavar="NAME",
+                   help="text data: the label column (default: label)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="finetune: random resized crop and flip (default: on)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -98,7 +114,8 @@ def _config_kwargs(args: argparse.Namespace) -> dict:
         backbone=args.backbone, pretrained=args.pretrained, strategy=args.strategy, unfreeze=args.unfreeze,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, val_split=args.val_split, refit=args.refit, lp_ft=args.lp_ft, seed=args.seed,
-        image_size=args.image_size,
+        image_size=args.image_size, max_length=args.max_length, text_column=args.text_column,
+        label_column=args.label_column,
         augment=args.augment, device=args.device, strict=args.strict, target_data=args.target_data,
         adapt_method=args.adapt, adapt_weight=args.adapt_weight, target_eval=args.target_eval,
         embed_with=args.embed_with, embed_cache=args.embed_cache, cache_dir=args.cache_dir, workers=args.workers,

@@ -89,7 +89,8 @@ class Bundle:
     @property
     def spec(self) -> Any:
         """The modality's preprocessing spec (an image bundle's :class:`PreprocessSpec`)."""
-        return get_modality(self.modality).spec_from_dict(self.manifest["preprocess"])
+        modality = get_modality(self.modality)
+        return modality.bind(modality.spec_from_dict(self.manifest["preprocess"]), self.optional_path)
 
     @property
     def preprocess(self) -> PreprocessSpec:

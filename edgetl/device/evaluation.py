@@ -104,27 +104,33 @@ def evaluate_folder(
 ) -> Evaluation:
     """Accuracy of ``predictor`` on an image folder (one subfolder per class, named by
     label). Every class in ``data`` must be one of the model's labels."""
-    from edgetl.modalities.image import scan_folder
+    if predictor.modality.name == "image":
+        from edgetl.modalities.image import scan_folder
 
-    folder = scan_folder(data, min_classes=1, verify=False)  # unreadable files are counted below
+        folder = scan_folder(data, min_classes=1, verify=False)  # unreadable files are counted below
+        root, names, items, targets = folder.root, folder.labels, list(folder.paths), folder.targets
+    else:  # text: a CSV/TSV/JSONL file with text and label columns, or class folders of .txt files
+        found = predictor.modality.scan(data, min_classes=1)
+        root, names, items, targets = found.root, found.labels, list(found.items), found.targets
     index = {label: i for i, label in enumerate(predictor.labels)}
-    unknown = [name for name in folder.labels if name not in index]
+    unknown = [name for name in names if name not in index]
     if unknown:
+        what = "class folder(s)" if predictor.modality.name == "image" else "label(s)"
         raise DataError(
-            f"{folder.root}: class folder(s) {', '.join(map(repr, unknown))} are not among the model's labels "
+            f"{root}: {what} {', '.join(map(repr, unknown))} are not among the model's labels "
             f"({', '.join(predictor.labels)}); evaluate on known classes, or retrain the bundle with them"
         )
-    to_model = np.asarray([index[name] for name in folder.labels], dtype=np.int64)
-    predictions = predictor.predict(folder.paths, batch_size=batch_size)
+    to_model = np.asarray([index[name] for name in names], dtype=np.int64)
+    predictions = predictor.predict(items, batch_size=batch_size)
     y_true, y_pred, errors = [], [], []
-    for (path, target), pred in zip(folder.samples, predictions):
+    for item, target, pred in zip(items, targets, predictions):
         if pred.ok:
             y_true.append(to_model[target])
             y_pred.append(pred.index)
         else:
-            errors.append((str(path), pred.error or ""))
+            errors.append((str(predictor._describe(item)), pred.error or ""))
     if not y_true:
-        raise DataError(f"{folder.root}: none of its {len(predictions)} image(s) could be read")
+        raise DataError(f"{root}: none of its {len(predictions)} {predictor.modality.item_noun}(s) could be read")
     return Evaluation.from_predictions(
         predictor.labels, y_true, y_pred, errors=tuple(errors),
         extra={"runtime": predictor.runtime, "precision_executed": predictor.precision_executed},

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from edgetl.core.files import sha256_file
-from edgetl.core.formats import META_LABELS, META_MODALITY, META_PREPROCESS
+from edgetl.core.formats import META_ARTIFACTS, META_LABELS, META_MODALITY, META_PREPROCESS
 from edgetl.core.targets import Precision, Runtime, Target
 from edgetl.errors import BundleError, EdgeTLError
 from edgetl.modalities import DEFAULT_MODALITY, get_modality
@@ -282,6 +282,21 @@ def check_head_agrees(m: Mapping[str, Any], head: Path, source: str) -> None:
     if META_MODALITY in meta and meta[META_MODALITY] != modality_name:
         raise BundleError(f"{source}: manifest field 'modality' differs from {head.name}'s {META_MODALITY} "
                           f"({meta[META_MODALITY]!r}); {tampered}")
+    if META_ARTIFACTS in meta:
+        try:
+            hashes = json.loads(meta[META_ARTIFACTS])
+        except ValueError:
+            raise BundleError(f"{head}: {META_ARTIFACTS} is not valid JSON; re-package the bundle") from None
+        artifacts, files = m.get("artifacts") or {}, m.get("files") or {}
+        for name, digest in (hashes.items() if isinstance(hashes, dict) else []):
+            rel = artifacts.get(name)
+            if rel is None:
+                raise BundleError(f"{source}: the model needs its {name} file ({head.name} records it), "
+                                  f"but the manifest lists no {name!r} artifact; {tampered}")
+            have = (files.get(rel) or {}).get("sha256")
+            if have != digest:
+                raise BundleError(f"{source}: artifact {name!r} ({rel}) is not the file the model was exported "
+                                  f"with (sha256 differs from {head.name}'s {META_ARTIFACTS}); {tampered}")
     if META_PREPROCESS in meta:
         modality = get_modality(modality_name)
         try:

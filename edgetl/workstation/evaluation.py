@@ -32,18 +32,25 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, *, batch_s
     """Accuracy of the PyTorch model in RUN on DATA (class folders matched by name)."""
     import torch
 
+    from edgetl.modalities import get_modality
     from edgetl.workstation.run import load_run
-    from edgetl.workstation.training.data import ImageDataset, make_loader
+    from edgetl.workstation.training.data import as_inputs, make_dataset, make_item_loader
 
     run = load_run(run_dir)
-    folder = scan_folder(data, min_classes=1)
-    mapping = match_labels(folder.labels, run.labels)
-    y_true = np.asarray([mapping[y] for y in folder.targets], dtype=np.int64)
-    loader = make_loader(ImageDataset(folder.paths, y_true.tolist(), run.preprocess), batch_size, False, 0)
+    spec = run.spec
+    if run.modality == "image":
+        folder = scan_folder(data, min_classes=1)
+        names, items, targets = folder.labels, folder.paths, folder.targets
+    else:
+        found = get_modality(run.modality).scan(data, min_classes=1)
+        names, items, targets = found.labels, list(found.items), found.targets
+    mapping = match_labels(names, run.labels)
+    y_true = np.asarray([mapping[y] for y in targets], dtype=np.int64)
+    loader = make_item_loader(make_dataset(items, y_true.tolist(), spec), batch_size, False, 0)
     preds = []
     with torch.no_grad():
         for x, _ in loader:
-            preds.append(run.model(x).argmax(1).numpy())
+            preds.append(run.model(*as_inputs(x, torch.device("cpu"))).argmax(1).numpy())
     return EvaluateReport.from_predictions(run.labels, y_true, np.concatenate(preds), extra={"runtime": "torch"})
 
 

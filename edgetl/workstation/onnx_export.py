@@ -22,11 +22,11 @@ import numpy as np
 
 from edgetl.core import ui as _ui
 from edgetl.errors import ConfigError, ExportMismatchError, RunDirError
-from edgetl.core.formats import (EMBEDDING, LOGITS, MAX_IR_VERSION, MAX_OPSET, META_BACKBONE, META_LABELS,
+from edgetl.core.formats import (EMBEDDING, LOGITS, MAX_IR_VERSION, MAX_OPSET, META_ARTIFACTS, META_BACKBONE, META_LABELS,
                                  META_MODALITY, META_NUM_FEATURES, META_PREPROCESS)
 from edgetl.core.report import Report
 from edgetl.core.run import package_versions, update_run_json
-from edgetl.modalities import InputSpec, Modality, batches, get_modality
+from edgetl.modalities import InputSpec, Modality, batches, count, get_modality
 from edgetl.workstation.run import load_run
 
 __all__ = ["Exporter", "ExportConfig", "ExportReport", "export", "MAX_IR_VERSION"]
@@ -83,16 +83,52 @@ def _export_module(module, example: Inputs, path: Path, inputs: tuple[InputSpec,
             shapes: Any = tuple({axis: dims.setdefault(n, Dim(n)) for axis, n in i.dynamic_axes.items()} for i in inputs)
             if _takes_varargs(module):  # forward(*inputs): torch.export wants the shapes as one group
                 shapes = (shapes,)
+            # The dynamo exporter names values after the modules that make them, and a
+            # transformer's token embedding is called "embedding": export under a name no
+            # module has, then give the graph output its real name.
             torch.onnx.export(
                 module, args, str(path), dynamo=True, external_data=False, opset_version=cfg.opset,
-                input_names=names, output_names=[out], dynamic_shapes=shapes, verbose=False,
+                input_names=names, output_names=[_TMP_OUTPUT], dynamic_shapes=shapes, verbose=False,
             )
+            _rename_output(path, _TMP_OUTPUT, out)
         else:
             axes = {i.name: i.dynamic_axes for i in inputs} | {out: {0: "batch"}}
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=cfg.opset,
                 input_names=names, output_names=[out], dynamic_axes=axes,
             )
+
+
+_TMP_OUTPUT = "edgetl_graph_output"
+
+
+def _rename_output(path: Path, tmp: str, out: str) -> None:
+    """Rename graph output ``tmp`` to ``out``, first renaming any inner value called ``out``."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+
+    def rename(old: str, new: str) -> None:
+        for node in graph.node:
+            node.input[:] = [new if n == old else n for n in node.input]
+            node.output[:] = [new if n == old else n for n in node.output]
+        for coll in (graph.value_info, graph.output, graph.input):
+            for v in coll:
+                if v.name == old:
+                    v.name = new
+        for init in graph.initializer:
+            if init.name == old:
+                init.name = new
+
+    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {i.name for i in graph.initializer}
+    if out in taken:
+        inner = out + "_inner"
+        while inner in taken:
+            inner += "_"
+        rename(out, inner)
+    rename(tmp, out)
+    onnx.save(model, str(path))
 
 
 def _finish(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
@@ -212,6 +248,18 @@ def _validate(onnx_dir: Path, ov_xml: Path, torch_out: dict[str, np.ndarray], x:
     if results["dynamic_batch_max_abs_diff"] > cfg.atol:
         n = len(next(iter(x.values())))
         failures.append(f"dynamic batch: batch 1 differs from batch {n} by {results['dynamic_batch_max_abs_diff']:.2e}")
+    if "attention_mask" in x:
+        # Dynamic sequence: the shortest text alone, unpadded, gives what it gave padded in the batch.
+        lengths = x["attention_mask"].sum(1)
+        i = int(np.argmin(lengths))
+        alone = {k: v[i:i + 1, : int(lengths[i])] for k, v in x.items()}
+        got = _ort_run(onnx_dir / "model.onnx", alone)
+        diff = float(np.abs(got - _ort_run(onnx_dir / "model.onnx", x)[i:i + 1]).max())
+        results["dynamic_sequence"] = {"lengths": [int(lengths[i]), int(x["attention_mask"].shape[1])],
+                                       "max_abs_diff": diff}
+        if diff > cfg.atol:
+            failures.append(f"dynamic sequence: a {int(lengths[i])}-token text alone differs from the same text "
+                            f"padded to {x['attention_mask'].shape[1]} by {diff:.2e}")
     return results, failures
 
 
@@ -248,6 +296,11 @@ def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> Ex
         META_BACKBONE: run.info["backbone"],
         META_MODALITY: modality.name,
     }
+    if run.info.get("artifacts"):  # the files the model needs besides itself (a tokenizer), by hash
+        from edgetl.core.files import sha256_file
+
+        metadata[META_ARTIFACTS] = json.dumps({name: sha256_file(run.artifact(name))
+                                               for name in sorted(run.info["artifacts"])})
     x = _validation_inputs(run, modality, spec, cfg.samples)
     example = _rows(x, 2)
     inputs = modality.inputs(spec)
@@ -281,7 +334,7 @@ def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> Ex
             z = model.forward_features(*(torch.from_numpy(x[i.name]) for i in inputs))
             torch_out = {"embedding": z.numpy(), "logits": model.forward_head(z).numpy()}
         report["validation"], failures = _validate(onnx_dir, xml, torch_out, x, cfg)
-        report["validation"]["samples"] = len(x)
+        report["validation"]["samples"] = count(x)
         report["validation"]["passed"] = not failures
         report["validation"]["failures"] = failures
     update_run_json(root, "export", report)

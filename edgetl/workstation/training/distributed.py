@@ -23,7 +23,7 @@ import torch
 
 from edgetl.errors import ConfigError
 
-__all__ = ["Dist", "current", "setup", "shard", "all_sum", "gather_rows", "broadcast_object", "launch"]
+__all__ = ["Dist", "current", "setup", "shard", "all_sum", "gather_rows", "barrier", "broadcast_object", "launch"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,13 @@ def gather_rows(local: np.ndarray, n: int, d: Dist) -> np.ndarray:
         if len(part):
             out[r::d.world] = part
     return out
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def broadcast_object(obj: Any, d: Dist) -> Any:

@@ -18,7 +18,7 @@ from edgetl.workstation.backbones import backbone_blocks
 from edgetl.workstation.model import EdgeModel
 from edgetl.workstation.training import distributed
 from edgetl.workstation.training.config import TrainConfig
-from edgetl.workstation.training.data import ImageDataset, embed_images, make_loader
+from edgetl.workstation.training.data import as_inputs, embed_items, make_dataset, make_item_loader
 from edgetl.workstation.training.strategies import STRATEGIES, FitData, Fitted
 
 __all__ = ["EarlyStop", "train_probe", "train_finetune", "set_trainable", "evaluate_model", "cosine_with_warmup"]
@@ -92,10 +92,10 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
     options = cfg.embed_options()
     seen: dict = {}
     mine_train, mine_val = distributed.shard(len(train_paths), d), distributed.shard(len(val_paths), d)
-    z_train = embed_images(model.backbone, [train_paths[i] for i in mine_train], spec, device,
-                           description="embedding train", options=options, report=seen).numpy()
-    z_val = embed_images(model.backbone, [val_paths[i] for i in mine_val], spec, device,
-                         description="embedding val", options=options, report=seen.setdefault("val", {})).numpy()
+    z_train = embed_items(model.backbone, [train_paths[i] for i in mine_train], spec, device,
+                          description="embedding train", options=options, report=seen).numpy()
+    z_val = embed_items(model.backbone, [val_paths[i] for i in mine_val], spec, device,
+                        description="embedding val", options=options, report=seen.setdefault("val", {})).numpy()
     _merge_embed_report(seen)
     if d.active:  # counts of the whole job; seconds and images/s stay this rank's
         seen["images"], seen["computed"], seen["cached"] = (int(v) for v in distributed.all_sum(
@@ -155,7 +155,7 @@ def _evaluate_sums(model: EdgeModel, loader, device: torch.device) -> tuple[floa
     loss_fn, total, correct, n = nn.CrossEntropyLoss(reduction="sum"), 0.0, 0, 0
     with torch.no_grad():
         for x, y in loader:
-            logits = model(x.to(device))
+            logits = model(*as_inputs(x, device))
             y = y.to(device)
             total += float(loss_fn(logits, y))
             correct += int((logits.argmax(1) == y).sum())
@@ -177,8 +177,8 @@ class _Step(nn.Module):
         self.model, self.extra = model, extra_loss
         self._features = features
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, progress: float):
-        z = self._features(x)
+    def forward(self, x: tuple[torch.Tensor, ...], y: torch.Tensor, progress: float):
+        z = self._features(*x)
         logits = self.model.forward_head(z)
         loss = nn.functional.cross_entropy(logits, y)
         if self.extra is not None:
@@ -206,17 +206,17 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
         groups.append({"params": list(extra_loss.parameters()), "lr": cfg.lr})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     d = distributed.current()
-    train_ds = ImageDataset(train_paths, train_y, spec, augment=cfg.augment)
+    train_ds = make_dataset(train_paths, train_y, spec, augment=cfg.augment)
     sampler = None
     if d.active:  # each rank its shard of every epoch; padded to equal length, as DDP needs
         sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True,
                                                       seed=cfg.seed)
-        train_loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler)
+        train_loader = make_item_loader(train_ds, cfg.batch_size, False, cfg.seed, sampler=sampler)
     else:
-        train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed)
+        train_loader = make_item_loader(train_ds, cfg.batch_size, True, cfg.seed)
     mine = distributed.shard(len(val_paths), d)  # validation: no padding, nothing counted twice
-    val_loader = make_loader(ImageDataset([val_paths[i] for i in mine], [val_y[i] for i in mine], spec),
-                             cfg.batch_size, False, 0)
+    val_loader = make_item_loader(make_dataset([val_paths[i] for i in mine], [val_y[i] for i in mine], spec),
+                                  cfg.batch_size, False, 0)
     step_module: nn.Module = _Step(model, features, extra_loss)
     if d.active:
         from torch.nn.parallel import DistributedDataParallel
@@ -240,7 +240,7 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
             block.eval()
         total, correct, n = 0.0, 0, 0
         for step, (x, y) in enumerate(_ui.progress(train_loader, f"epoch {epoch}/{cfg.epochs}")):
-            x, y = x.to(device), y.to(device)
+            x, y = as_inputs(x, device), y.to(device)
             loss, logits = step_module(x, y, ((epoch - 1) * steps + step) / max(1, total_steps))
             opt.zero_grad()
             loss.backward()
