@@ -170,14 +170,14 @@ def _accuracy_estimate(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: Select
     t0 = time.perf_counter()
     folds = int(min(cfg.folds, np.bincount(y).max()))
     C, table = cross_validate_C(X, y, n_classes, folds=folds, seed=cfg.seed)
-    _, _, probe_acc = next(row for row in table if row[0] == C)
+    _, probe_loss, probe_acc = next(row for row in table if row[0] == C)
     W, b = fit_logreg(X, y, n_classes, C)
     train_acc = float(np.mean((X @ W.T + b).argmax(1) == y))
     knn = _knn_accuracy(X, y, cfg.knn, _stratified_folds(y, folds, cfg.seed))
     t1 = time.perf_counter()
     score = logme(X, y).score
     t2 = time.perf_counter()
-    return {"probe_accuracy": probe_acc, "probe_C": C, "probe_folds": folds, "probe_train_accuracy": train_acc,
+    return {"probe_accuracy": probe_acc, "probe_log_loss": probe_loss, "probe_C": C, "probe_folds": folds, "probe_train_accuracy": train_acc,
             "knn_accuracy": knn, "logme": score, "seconds_probe": t1 - t0, "seconds_logme": t2 - t1}
 
 

@@ -40,6 +40,9 @@ def plot_selection(report: Any, path: str | os.PathLike) -> Path:
     front = pareto_front(pts)
     if len(front) > 1:
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="tab:blue", label="Pareto front")
+    if report.recommended:
+        ax.scatter([], [], marker="*", s=90, color="tab:green", label=f"recommended: {report.recommended}")
+    ax.set_xlim(left=0, right=max([report.budget_ms] + [x for x, _ in pts]) * 1.15)
     ax.axvline(report.budget_ms, color="tab:red", label=f"budget {report.budget_ms:g} ms (p90)")
     ax.set(xlabel=f"p90 latency on {report.target} (ms)",
            ylabel=f"{report.sample['folds']}-fold linear-probe accuracy (sample of {report.sample['n']})",
