@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="x86-ort-int8")
     p.add_argument("--work", default="/tmp/edgetl-select-bench")
     p.add_argument("--fresh", action="store_true", help="forget earlier results and caches")
+    p.add_argument("--no-warm", action="store_true", help="skip the second (warm-cache) select run")
     p.add_argument("--reselect", action="store_true",
                    help="run select again on the warm caches (new estimates, same full-training results)")
     args = p.parse_args(argv)
@@ -95,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             report = select(folder, args.target, cfg, plot=HERE / "results" / f"select_{name}.png")
             cold = time.perf_counter() - t0
             t0 = time.perf_counter()
-            select(folder, args.target, cfg)
-            warm = time.perf_counter() - t0
+            if not args.no_warm:
+                select(folder, args.target, cfg)
+            warm = None if args.no_warm else time.perf_counter() - t0
             entry["select"] = {**report.to_dict(), "cold_seconds": cold, "warm_seconds": warm}
+            entry["settings"] = {"sample": args.sample, "images": len(report.candidates) and report.sample["of"]}
             _save(results)
         full = entry.setdefault("full", {})
         for backbone in CANDIDATES:
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         _save(results)
 
-    print(f"| data | backbone | px | probe (5-fold, {args.sample}) | LogME | p90 ms ({args.target}) | "
+    print(f"| data | backbone | px | probe (5-fold, sample) | LogME | p90 ms ({args.target}) | "
           "full-train val acc |")
     print("|---|---|---|---|---|---|---|")
     for name, entry in results["datasets"].items():
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: select recommends {entry['select']['recommended']}; Spearman probe {rc['probe']['spearman']:.2f}"
               f" (Kendall {rc['probe']['kendall']:.2f}), probe log-loss "
               f"{(rc.get('probe_log_loss') or {}).get('spearman', float('nan')):.2f}, LogME {rc['logme']['spearman']:.2f}; select cost "
-              f"{entry['select']['cold_seconds']:.0f} s cold, {entry['select']['warm_seconds']:.0f} s warm")
+              f"{entry['select']['cold_seconds']:.0f} s cold, {entry['select']['warm_seconds'] or float('nan'):.0f} s warm")
     return 0
 
 
