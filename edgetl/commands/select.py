@@ -1,0 +1,101 @@
+"""edgetl select"""
+
+from __future__ import annotations
+
+import argparse
+
+from edgetl.commands._args import positive_float, positive_int
+
+HELP = "which backbone to build for a target: estimated accuracy on DATA against deployed latency"
+DESCRIPTION = """\
+For each candidate backbone (default: every built-in of DATA's kind), estimate:
+
+  accuracy   on a stratified sample of DATA: the frozen backbone embeds it once
+             (cached), then the exact linear probe is cross-validated (k folds);
+             a k-NN and the probe's training accuracy are the ceilings beside it,
+             LogME the training-free score
+  latency    p50/p90 and peak memory of the exported backbone on the target's
+             runtime and precision (int8 where the target is int8), each in a
+             fresh process with torch blocked, as 'edgetl bench' measures
+
+then recommend the most accurate backbone within the budget (the target's p90
+budget, or --budget-ms) and say whether fine-tuning is likely to pay. When no
+candidate meets the budget, exits 1 naming the fastest candidate's latency.
+
+Exported models and embeddings are cached in the work folder (--work), so a
+second run costs only the latency measurement.
+
+Examples:
+  edgetl select photos/ --target x86-ort-int8
+  edgetl select photos/ --target rpi4-ort-int8 --backbones efficientnet_lite0,efficientnet_lite1 --plot sel.png
+  edgetl select photos/ --target x86-ort-int8 --budget-ms 5 --json
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="image folder, one subfolder per class")
+    p.add_argument("--target", required=True, help="target name or .toml path (see 'edgetl targets')")
+    add_select_arguments(p)
+    p.add_argument("--budget-ms", type=positive_float, help="p90 latency budget (default: the target's)")
+    p.add_argument("--plot", metavar="PNG", help="write accuracy against latency, Pareto front and budget line")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def add_select_arguments(p: argparse.ArgumentParser, image_size: bool = True) -> None:
+    """The options ``edgetl build --backbone auto`` shares (build passes its --image-size)."""
+    p.add_argument("--backbones", metavar="A,B,C", help="candidate backbones, comma-separated (default: built-ins)")
+    p.add_argument("--sample", type=positive_int, default=300, help="images in the stratified sample (default 300)")
+    p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default 5)")
+    if image_size:
+        p.add_argument("--image-size", dest="select_image_size", type=positive_int,
+                       help="one input size for every candidate (default: each one's native size)")
+    p.add_argument("--work", metavar="DIR", help="cache folder (default: ~/.cache/edgetl/select)")
+    p.add_argument("--bench-duration", type=positive_float, default=1.0, help="seconds timed per repeat (default 1)")
+
+
+def select_config(args: argparse.Namespace, image_size: int | None = None, budget_ms: float | None = None):
+    from edgetl.workstation.selection import SelectConfig
+
+    return SelectConfig(backbones=tuple(args.backbones.split(",")) if args.backbones else None,
+                        budget_ms=budget_ms, sample=args.sample, folds=args.folds,
+                        image_size=getattr(args, "select_image_size", None) or image_size, work_dir=args.work,
+                        bench_duration=args.bench_duration)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgetl.core import ui as _ui
+    from edgetl.workstation.selection import NoCandidateError, select
+
+    if args.json:
+        _ui.quiet()
+    report = select(args.data, args.target, select_config(args, budget_ms=args.budget_ms), plot=args.plot)
+    if args.json:
+        _ui.print_json(report.to_dict())
+    else:
+        rows = [(c["backbone"], c["input_size"], _fmt(c["probe_accuracy"], ".3f"), _fmt(c["knn_accuracy"], ".3f"),
+                 _fmt(c["probe_train_accuracy"], ".3f"), _fmt(c["logme"], ".3f"), _fmt(c["p50_ms"], ".3g"),
+                 _fmt(c["p90_ms"], ".3g"), _fmt(c["peak_rss_mb"], ".0f"),
+                 ("*" if c["backbone"] == report.recommended else "") + ("yes" if c["meets_budget"] else "no"))
+                for c in report.candidates]
+        _ui.print_table(
+            f"edgetl select: {report.sample['n']} of {report.sample['of']} images, {report.target}, "
+            f"budget p90 {report.budget_ms:g} ms",
+            ["backbone", "px", f"probe ({report.sample['folds']}-fold)", "k-NN", "probe train", "LogME", "p50 ms",
+             "p90 ms", "peak MB", "fits"], rows)
+        cost = report.cost
+        _ui.info(f"estimate cost: {cost['seconds']:.1f} s on {cost['cpu_threads']} CPU thread(s) "
+                 f"(latency timing {cost['bench_seconds']:.1f} s); cache: {report.sample['work_dir']}")
+        if report.plot:
+            _ui.info(f"plot: {report.plot}")
+        if report.recommended:
+            print(f"recommended: {report.reason}")
+            ft = report.finetune
+            print(f"fine-tuning {'likely to pay' if ft['likely_to_pay'] else 'unlikely to pay'}: {ft['why']} "
+                  f"(suggested: {ft['suggest']})")
+    if report.recommended is None:
+        raise NoCandidateError(report.reason)
+    return 0
