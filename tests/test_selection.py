@@ -76,19 +76,23 @@ def test_auto_build_takes_the_recommendation_within_budget(auto_build):
     assert ("why this backbone (edgetl select)", s["backbone_choice"]) in summary_rows(s)
 
 
-def test_knn_ceiling_is_scikit_learns(auto_build, work):
-    """The k-NN ceiling equals scikit-learn's cosine k-NN on the same cached embeddings and folds."""
+def test_knn_ceiling_is_scikit_learns(auto_build, small_digits):
+    """The k-NN ceiling equals scikit-learn's cosine k-NN on the same embeddings and folds."""
+    import torch
     from sklearn.neighbors import KNeighborsClassifier
 
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.embedding import embed_paths
     from edgetl.workstation.probe_solver import _stratified_folds
     from edgetl.workstation.selection import _knn_accuracy
 
-    files = sorted((work / "embeddings").glob("*.npz"))
-    assert len(files) == len(CANDIDATES)
+    paths = [sorted((small_digits / str(c)).iterdir())[i] for c in range(10) for i in range(SAMPLE // 10)]
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(10), SAMPLE // 10)
-    for f in files:
-        X = np.load(f)["embeddings"].astype(np.float64)
+    for name in CANDIDATES:
+        bb = create_backbone(name)
+        X = embed_paths(bb.module, paths, bb.preprocess.with_input_size(SIZE), torch.device("cpu"))[0]
+        X = X.astype(np.float64)
         yy = rng.permutation(y)  # any labelling: the rule is what is compared
         fold = _stratified_folds(yy, 5, 0)
         ref = sum(int(np.sum(KNeighborsClassifier(5, metric="cosine", algorithm="brute")

@@ -19,8 +19,6 @@ meets the budget. The cost of the estimate is reported per candidate and stage.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -120,32 +118,17 @@ def _stratified_sample(targets: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(out))
 
 
-def _fingerprint(paths: list[Path], extra: dict[str, Any]) -> str:
-    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------- estimates
-
-
-def _embed(backbone, spec, paths: list[Path], cache: Path) -> tuple[np.ndarray, bool]:
+def _embed(backbone, spec, paths: list[Path]) -> tuple[np.ndarray, bool]:
+    """The sample's embeddings through the workstation's frozen-backbone path (ONNX Runtime,
+    the shared embedding cache: a later ``train`` on the same files reuses them); True when
+    all of them came from the cache."""
     import torch
 
-    from edgetl.workstation.training import embed_images
+    from edgetl.workstation.embedding import embed_paths
 
-    if cache.is_file():
-        with np.load(cache) as z:
-            return z["embeddings"], True
-    z = embed_images(backbone.module, paths, spec, torch.device("cpu"), description=f"embedding {backbone.name}")
-    z = z.numpy().astype(np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, embeddings=z)
-    os.replace(tmp, cache)
-    return z, False
+    z, report = embed_paths(backbone.module, paths, spec, torch.device("cpu"),
+                            description=f"embedding {backbone.name}")
+    return z, report["computed"] == 0
 
 
 def _knn_accuracy(X: np.ndarray, y: np.ndarray, k: int, fold: np.ndarray) -> float:
@@ -311,8 +294,7 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
         t0 = time.perf_counter()
         bb = create_backbone(name)
         spec = bb.preprocess if cfg.image_size is None else bb.preprocess.with_input_size(cfg.image_size)
-        key = _fingerprint(paths, {"backbone": name, "preprocess": spec.to_dict()})
-        X, cached = _embed(bb, spec, paths, work / "embeddings" / f"{key}.npz")
+        X, cached = _embed(bb, spec, paths)
         t1 = time.perf_counter()
         est = _accuracy_estimate(X.astype(np.float64), y, len(folder.labels), cfg)
         seconds_probe, seconds_logme = est.pop("seconds_probe"), est.pop("seconds_logme")
