@@ -118,7 +118,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig |
     split = {"train": train_idx.tolist(), "val": val_idx.tolist(), "val_fraction": cfg.val_split, "seed": cfg.seed,
              "items": len(items.items)}
     return _fit_and_write(fit, out, backbone, modality.name, spec, str(Path(items.root).resolve()), split,
-                          len(items.skipped), artifacts, labels=items.labels)
+                          len(items.skipped), artifacts, labels=items.labels, dist=dist)
 
 
 def _train_images(data, out: Path, cfg: TrainConfig, backbone: Backbone, device, overwrite: bool,
