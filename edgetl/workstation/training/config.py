@@ -56,7 +56,7 @@ class TrainConfig:
     strict: bool = False
     # domain adaptation (strategy "adapt"), see edgetl.workstation.training.adapt
     target_data: str | None = None
-    adapt_method: str = "coral"
+    adapt_method: str = "feature-coral"  # see edgetl.workstation.training.adapt
     adapt_weight: float = 1.0
     target_eval: str | None = None
 
