@@ -18,8 +18,9 @@ Columns (target accuracy):
 - ``ws-adapt``: workstation ``--strategy adapt`` default (feature CORAL: the source
   features recoloured to the target, shrinkage ``DEFAULT_SHRINKAGE``, head re-solved)
 - ``dev-adapt``: ``edgetl adapt`` default (refit mode: the source rows recoloured the same
-  way, head trained by the device's numpy trainer from the source-only head)
-- ``adabn``: BatchNorm statistics recomputed on the target pool, source-only head kept
+  way, head trained by the device's numpy trainer, ``alignment.refit_head``)
+- ``adabn``: BatchNorm statistics per domain (head solved under the source images',
+  target embedded under the target pool's)
 - ``ref-coral``: the reference: CORAL with scikit-learn's ``LedoitWolf`` covariances
   (scipy ``sqrtm``) + ``StandardScaler + LogisticRegression``
 - ``dev-lw``: ``edgetl adapt --shrinkage lw`` (Ledoit-Wolf), for comparison
@@ -98,13 +99,14 @@ class _Embedder:
         with self.torch.no_grad():
             return embed_images(self.module, paths, self.spec, self.torch.device("cpu")).double().numpy()
 
-    def embed_adabn(self, pool: list[Path]) -> np.ndarray:
+    def embed_adabn(self, stats_from: list[Path], paths: list[Path]) -> np.ndarray:
+        """Embeddings of ``paths`` with BatchNorm statistics recomputed on ``stats_from``."""
         from edgetl.workstation.training.adapt import adabn
 
         model = types.SimpleNamespace(backbone=self.module, eval=self.module.eval)
-        adabn(model, pool, self.spec, self.torch.device("cpu"))
+        adabn(model, stats_from, self.spec, self.torch.device("cpu"))
         try:
-            return self.embed(pool)
+            return self.embed(paths)
         finally:
             self.module.load_state_dict(self.initial)
 
@@ -129,7 +131,7 @@ def run(args) -> list[dict]:
     from edgetl.modalities.corruptions import Corruption, write_shifted
     from edgetl.workstation.probe_solver import solve_probe
 
-    shifts = [("clean", 0)] + [(c.value, args.severity) for c in Corruption] + [(STRONG, args.strong_severity)]
+    shifts = [(STRONG, args.strong_severity)] + [(c.value, args.severity) for c in Corruption] + [("clean", 0)]
     emb = _Embedder(args.image_size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgetl-transfer-") as tmp:
@@ -140,6 +142,9 @@ def run(args) -> list[dict]:
             tr, va = _split(ys, 5)
             sol = solve_probe(Xs[tr], ys[tr], Xs[va], ys[va], K)
             W0, b0 = sol.W.astype(np.float64), sol.b.astype(np.float64)
+            Xbn = emb.embed_adabn(src_paths, src_paths)  # AdaBN: the head under the source's BN statistics
+            sbn = solve_probe(Xbn[tr], ys[tr], Xbn[va], ys[va], K)
+            Wbn, bbn = sbn.W.astype(np.float64), sbn.b.astype(np.float64)
             for shift, severity in shifts:
                 t0 = time.perf_counter()
                 folder = tgt if shift == "clean" else write_shifted(tgt, Path(tmp) / f"{name}-{shift}-{severity}",
@@ -158,7 +163,7 @@ def run(args) -> list[dict]:
                 r["ws-adapt"] = acc(s2.W, s2.b)
                 dev = refit_head(W0.astype(np.float32), b0.astype(np.float32), labels, Xa, ys, trainer="numpy")
                 r["dev-adapt"] = acc(dev.W, dev.b)
-                r["adabn"] = acc(W0, b0, emb.embed_adabn(pool))
+                r["adabn"] = acc(Wbn, bbn, emb.embed_adabn(pool, pool))
                 r["ref-coral"] = float((_sklearn_lr(_reference_coral(Xs, Xt), ys, Xt) == yt).mean())
                 lw = refit_head(W0.astype(np.float32), b0.astype(np.float32), labels,
                                 aligned_memory(Xs, Xt, estimator="lw"), ys, trainer="numpy")

@@ -506,3 +506,45 @@ def test_device_adapt_refuses_a_collapse_without_labels(bundle, device_shift, tm
     assert main(["adapt", str(bundle), str(few), "--source", str(source), "--shrinkage", "0"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert _manifest(bundle) == before
+
+
+def test_workstation_default_is_feature_coral_and_beats_source_only(shift, tmp_path):
+    from edgetl.workstation.evaluation import evaluate_run
+    from edgetl.workstation.training import TrainConfig, train
+
+    source, _, target = shift
+    cfg = TrainConfig(strategy="adapt", target_data=str(target), target_eval=str(target), image_size=64, seed=0)
+    result = train(source, tmp_path / "run", cfg)
+    m = result.metrics
+    assert m["adapt_method"] == "feature-coral" and m["adapt_mode"].startswith("feature-coral") and m["adapt_kept"]
+    assert m["target_accuracy_after"] >= m["target_accuracy_before"] + 0.05, m
+    assert evaluate_run(result.run_dir, target)["accuracy"] == pytest.approx(m["target_accuracy_after"], abs=1e-6)
+    assert {"entropy", "balance"} == set(m["target_before"]) == set(m["target_after"])
+
+
+def test_adabn_recomputes_batchnorm_statistics_on_the_target(shift):
+    """Oracle: the first BatchNorm's running mean and variance are the mean and unbiased
+    variance of its inputs over all target images (no BatchNorm comes before it)."""
+    import torch
+
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.model import EdgeModel
+    from edgetl.workstation.training.adapt import _batchnorms, adabn
+    from edgetl.workstation.training.data import ImageDataset, make_loader
+
+    backbone = create_backbone("efficientnet_lite0", pretrained=True)
+    model = EdgeModel(backbone.module, backbone.num_features, 10)
+    spec = backbone.preprocess.with_input_size(64)
+    paths = sorted(shift[2].rglob("*.png"))[::5]
+    first = _batchnorms(model)[0]
+    seen = []
+    hook = first.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach().double()))
+    with torch.no_grad():
+        for x, _ in make_loader(ImageDataset(paths, [0] * len(paths), spec), 64, False, 0):
+            model.eval().backbone(x)
+    hook.remove()
+    x = torch.cat(seen).transpose(0, 1).reshape(first.num_features, -1)
+    assert adabn(model, paths, spec, torch.device("cpu")) == len(_batchnorms(model)) > 10
+    assert torch.allclose(first.running_mean.double(), x.mean(1), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(first.running_var.double(), x.var(1, unbiased=True), atol=1e-4, rtol=1e-3)
+    assert not model.training

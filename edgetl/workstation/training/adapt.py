@@ -1,36 +1,34 @@
 """Unsupervised domain adaptation on the workstation: labelled source images, unlabelled
 target images, one classifier that works on the target.
 
-Two methods, both trained by ``edgetl.workstation.training.train_finetune`` with an alignment loss on
-the embedding (the head's input):
+Frozen-backbone methods (cheap; the backbone is embedded once per image set):
 
-- **DANN** (Ganin et al., 2016): a small MLP domain classifier behind a gradient-reversal
-  layer; its coefficient follows lambda(p) = 2 / (1 + exp(-10 p)) - 1 over training
-  progress p, so early, noisy domain gradients do not wreck the features.
-- **Deep CORAL** (Sun and Saenko, 2016): ||C_s - C_t||_F^2 / (4 d^2) between the batch
-  covariances of source and target embeddings.
+- **feature-coral** (default): the source-only exact probe is fitted first; then the
+  source embeddings are recoloured to the target's covariance
+  (:func:`edgetl.device.alignment.align_rows`, the device's estimator: shrinkage toward
+  trace/F * I, :data:`SHRINKAGE`) and the head is re-solved on them with the convex probe
+  solver (CORAL as Sun et al. 2016 train it). Best on benchmarks/transfer_bench.py.
+- **adabn** (Li et al., 2016): every BatchNorm layer's statistics recomputed per domain:
+  the head is solved on source features under the source images' statistics, and the
+  deployed backbone gets the target images'. (Recomputing only the target's, leaving
+  the pretraining statistics for the source, fell to 0.15 on clean digits.) **adabn+feature-coral**: both.
 
-``adapt_weight`` multiplies the domain-classification loss (DANN) or the CORAL loss
-times :data:`CORAL_BASE_WEIGHT`. Early stopping still picks the epoch by *source*
-validation accuracy: without target labels there is nothing better to select on.
+Fine-tuning methods (``--unfreeze N``), trained by ``train_finetune`` with an alignment
+loss on the embedding, source and target batches in one forward pass (so BatchNorm sees
+mixed-domain batches in training as at test time):
 
-Each training step runs the source batch and a target batch through the backbone *in one
-forward pass*, so BatchNorm layers of unfrozen blocks normalize with mixed-domain batch
-statistics and keep mixed-domain running statistics: what they see in training is what
-they use at test time, on either domain. (Separate passes would normalize each domain
-by its own statistics in training, then by a blend at test time.)
+- **DANN** (Ganin et al., 2016): an MLP domain classifier behind a gradient-reversal
+  layer, coefficient lambda(p) = 2 / (1 + exp(-10 p)) - 1 over training progress p.
+- **coral** (Deep CORAL, Sun and Saenko, 2016): ||C_s - C_t||_F^2 / (4 d^2) between batch
+  covariances, times ``adapt_weight`` * :data:`CORAL_BASE_WEIGHT`. With ``--unfreeze 0``
+  it becomes feature-coral.
 
-With a frozen backbone (``unfreeze=0``) the embedding cannot move, so a loss on it has
-nothing to train: DANN is refused, and CORAL becomes feature-level CORAL — the head is
-trained on the source as a linear probe (cached embeddings), then the closed-form map that gives target embeddings the source's
-mean and covariance (:func:`edgetl.device.alignment.coral_map`, exactly what ``edgetl adapt``
-does on a device) is folded into the Linear head. That model is for the target domain.
-
-``target_accuracy_before`` is the accuracy on ``target_eval`` of a source-only linear
-probe on the pretrained backbone fitted to the same source training images (what
-``edgetl train`` makes by default), computed before adaptation starts; cheap, and the
-model a user would otherwise deploy. ``benchmarks/adapt_bench.py`` compares against a
-like-for-like source-only fine-tune instead.
+The guard: ``target_accuracy_before`` is the source-only exact probe's accuracy on
+``target_eval``; with ``target_eval`` the adapted model is kept only if it beats it
+(else the source-only model is written, ``adapt_kept`` False, ``adapt_reason`` says why).
+Without labels, ``target_before``/``target_after`` are the prediction entropy and class
+balance on the target pool (:func:`edgetl.device.alignment.indicators`), and a collapse
+onto few classes is refused with a one-line error and no RUN.
 """
 
 from __future__ import annotations
@@ -252,10 +250,17 @@ def _frozen_adapt(model, method: AdaptMethod, cfg, train_paths, train_y, val_pat
 
     extra: dict[str, Any] = {}
     if method in (AdaptMethod.ADABN, AdaptMethod.ADABN_CORAL):
-        n = adabn(model, target_paths, spec, device)
+        # each domain normalised by its own statistics: the head learns source features under
+        # source statistics (not the pretraining data's), the deployed backbone gets the target's
+        n = adabn(model, list(train_paths) + list(val_paths), spec, device)
         extra["adabn_layers"] = n
         if n == 0:
             _ui.warn(f"{model.backbone.__class__.__name__} has no BatchNorm layers: AdaBN changes nothing")
+        zs = (_embed(model, train_paths, spec, device, "source train"), _embed(model, val_paths, spec, device, "source val"))
+        sol = solve_probe(zs[0], np.asarray(train_y), zs[1], np.asarray(val_y), model.head.out_features,
+                          refit=cfg.refit, seed=cfg.seed)
+        _set_head(model, sol.W, sol.b)
+        adabn(model, target_paths, spec, device)
     if method in (AdaptMethod.FEATURE_CORAL, AdaptMethod.ADABN_CORAL):
         zt = _embed(model, target_paths, spec, device, "target")
         source = SourceStats.from_embeddings(np.concatenate(zs))
@@ -268,7 +273,8 @@ def _frozen_adapt(model, method: AdaptMethod, cfg, train_paths, train_y, val_pat
                                   "target": SourceStats.from_embeddings(zt).shrinkage["lw"]})
     extra["adapt_mode"] = {AdaptMethod.FEATURE_CORAL: "feature-coral (frozen backbone; head re-solved on source "
                                                       "features recoloured to the target)",
-                           AdaptMethod.ADABN: "adabn (BatchNorm statistics of the target; head kept)",
+                           AdaptMethod.ADABN: "adabn (BatchNorm statistics per domain: head solved under the "
+                                              "source's, the target's deployed)",
                            AdaptMethod.ADABN_CORAL: "adabn + feature-coral"}[method]
     return extra
 
