@@ -214,7 +214,7 @@ def test_device_adapt_improves_target_accuracy_and_rollback_removes_it(method, b
     assert result["accuracy_before"] == pytest.approx(before)
     after = evaluate_folder(Predictor.from_bundle(bundle), target).accuracy  # predict uses the adapter
     assert after == pytest.approx(result["accuracy_after"], abs=1e-6)
-    floor = {"coral": 0.3, "standardize": -1.0}[method]  # see test_device_methods_on_their_shift
+    floor = {"coral": 0.25, "standardize": -1.0}[method]  # see test_device_methods_on_their_shift
     assert after >= before + floor or method == "standardize"
     m = _manifest(bundle)
     assert m["adapter"] == "v2/adapter.npz" and m["history"][-1]["event"] == "adapt"
@@ -234,7 +234,7 @@ def test_device_methods_on_their_shift(bundle, tiny, device_shift, tmp_path):
 
     source, target = device_shift
     r = adapt(bundle, target, AdaptConfig(method="coral", source=source, eval_dir=target))
-    assert r["accuracy_after"] >= r["accuracy_before"] + 0.3, r
+    assert r["accuracy_after"] >= r["accuracy_before"] + 0.25, r
     noisy = write_shifted(write_digits(tmp_path / "clean", per_class=30, seed=1), tmp_path / "noisy",
                           "gaussian_noise", 2, seed=1)
     r = adapt(write_bundle(tmp_path / "b2", tiny), noisy, AdaptConfig(method="standardize", source=source, eval_dir=noisy))
@@ -246,10 +246,13 @@ def test_adapting_twice_replaces_the_adapter(bundle, device_shift):
 
     source, target = device_shift
     first = adapt(bundle, target, AdaptConfig(source=source, eval_dir=target))
-    second = adapt(bundle, target, AdaptConfig(source=source, eval_dir=target))
+    second = adapt(bundle, target, AdaptConfig(source=source, eval_dir=target, force=True))
     assert second["version"] == 3
     assert second["accuracy_before"] == pytest.approx(first["accuracy_after"])  # the live adapter was on
     assert second["accuracy_after"] == pytest.approx(first["accuracy_after"], abs=1e-6)  # raw embeddings
+    # the guard: without --force, an adaptation no better than the live model is not switched in
+    third = adapt(bundle, target, AdaptConfig(source=source, eval_dir=target))
+    assert not third["switched"] and third["version"] == 3 and "no better" in third["reason"]
 
 
 def test_source_statistics_from_the_bundle(bundle, tiny, device_shift):
@@ -269,7 +272,7 @@ def test_source_statistics_from_the_bundle(bundle, tiny, device_shift):
 
     update_bundle(bundle, "package-stats", add_stats)
     r1 = adapt(bundle, target, AdaptConfig(eval_dir=target))
-    assert r1["source"] == "source_stats" and r1["accuracy_after"] >= r1["accuracy_before"] + 0.3
+    assert r1["source"] == "source_stats" and r1["accuracy_after"] >= r1["accuracy_before"] + 0.25
     if "source_stats" not in _OPTIONAL_PATHS:
         pytest.skip("bundle.py does not carry 'source_stats' across updates yet (add it to _OPTIONAL_PATHS)")
     for _ in range(2):  # the statistics survive later updates and their garbage collection
@@ -309,8 +312,12 @@ def test_cli_adapt_json_and_table(bundle, device_shift, capsys):
     assert out["method"] == "coral" and out["version"] == 2 and out["accuracy_after"] > out["accuracy_before"]
     assert main(["adapt", str(bundle), str(target), "--source", str(source), "--eval", str(target),
                  "--method", "standardize"]) == 0
-    cap = capsys.readouterr()
-    assert "before" in cap.out and "after" in cap.out and "version 3" in cap.err
+    cap = capsys.readouterr()  # standardize on top of the live CORAL is worse on --eval: the guard refuses it
+    assert "before" in cap.out and "after" in cap.out and "entropy" in cap.out and "no better" in cap.err
+    assert _manifest(bundle)["version"] == 2
+    assert main(["adapt", str(bundle), str(target), "--source", str(source), "--eval", str(target),
+                 "--method", "standardize", "--force"]) == 0
+    assert "version 3" in capsys.readouterr().err
 
 
 KILL_LOOP = """
@@ -360,3 +367,167 @@ def test_device_adapt_kill_9_at_any_moment_leaves_a_working_bundle(bundle, devic
     assert seen[-1] > 1, "no adapt ever finished; the test proves nothing"
     adapt(bundle, target, AdaptConfig(source=source))  # the next command collects the killed ones' folders
     assert not [p.name for p in bundle.iterdir() if p.name.startswith((".staging-", ".work-"))]
+
+
+# --------------------------------------------------------------------------- estimators, maps, guard (#13)
+
+
+@pytest.fixture(scope="module")
+def tiny_embeddings(tiny, device_shift, tmp_path_factory):
+    """Real embeddings [N, 64] of the tiny backbone: source digits and the low-contrast target."""
+    from _device_models import write_bundle
+
+    from edgetl.device.predictor import Predictor
+    from edgetl.modalities.image import scan_folder
+
+    predictor = Predictor.from_bundle(write_bundle(tmp_path_factory.mktemp("emb") / "b", tiny))
+    source, target = device_shift
+    src, tgt = scan_folder(source), scan_folder(target)
+    return (predictor.embed(src.paths).astype(np.float64), np.asarray(src.targets),
+            predictor.embed(tgt.paths).astype(np.float64), np.asarray(tgt.targets))
+
+
+@pytest.mark.parametrize("n", [40, 300])  # fewer rows than features (singular S), and more
+def test_shrunk_covariances_equal_sklearns(tiny_embeddings, n):
+    from sklearn.covariance import OAS, LedoitWolf
+
+    from edgetl.device.alignment import SourceStats
+
+    X = tiny_embeddings[0][:: max(1, 300 // n)][:n]
+    stats = SourceStats.from_embeddings(X)
+    for name, oracle in (("lw", LedoitWolf()), ("oas", OAS())):
+        oracle.fit(X)
+        assert stats.shrinkage[name] == pytest.approx(oracle.shrinkage_, rel=1e-9, abs=1e-12), name
+        C = stats.covariance(name).matrix()
+        assert np.abs(C - oracle.covariance_).max() <= 1e-9 * np.abs(oracle.covariance_).max(), name
+        assert np.linalg.cond(C) < 1e6  # well conditioned where the sample covariance is singular at n = 40
+    assert np.allclose(stats.mean, X.mean(0)) and np.allclose(stats.var, X.var(0))
+
+
+def test_source_stats_file_is_compact_and_old_files_still_load(tiny_embeddings, tmp_path):
+    from sklearn.covariance import OAS
+
+    from edgetl.device.alignment import SourceStats, write_source_stats
+
+    X = tiny_embeddings[0]
+    new = SourceStats.load(write_source_stats(tmp_path / "new.npz", X))
+    ref = SourceStats.from_embeddings(X)
+    assert np.abs(new.covariance("lw").matrix() - ref.covariance("lw").matrix()).max() < 1e-3 * X.var(0).max()
+    # format 1 (before #13): mean, full float32 cov, count; OAS is exact from it, LW falls back to OAS
+    with open(tmp_path / "old.npz", "wb") as f:
+        np.savez(f, mean=X.mean(0).astype(np.float32), cov=np.cov(X.T, bias=True).astype(np.float32),
+                 count=np.int64(len(X)))
+    old = SourceStats.load(tmp_path / "old.npz")
+    assert old.count == len(X) and old.shrinkage["oas"] == pytest.approx(OAS().fit(X).shrinkage_, rel=1e-4)
+    # at the real width (1280 features, 200 images) the file is a fraction of the float32 matrix
+    wide = np.random.default_rng(0).normal(size=(200, 1280)) @ np.random.default_rng(1).normal(size=(1280, 1280))
+    size = write_source_stats(tmp_path / "wide.npz", wide).stat().st_size
+    assert size < 1280 * 1280 * 4 / 6, size
+
+
+def test_coral_map_whitens_and_recolours(tiny_embeddings):
+    from scipy.linalg import sqrtm
+    from sklearn.covariance import LedoitWolf
+
+    from edgetl.device.alignment import align_rows, coral_map
+
+    Xs, _, Xt, _ = tiny_embeddings
+    Cs, Ct = LedoitWolf().fit(Xs).covariance_, LedoitWolf().fit(Xt).covariance_
+    A, b = coral_map(Xs, Xt, estimator="lw")
+    A_ref = np.real(sqrtm(Cs)) @ np.linalg.inv(np.real(sqrtm(Ct)))
+    assert np.abs(A - A_ref).max() <= 1e-6 * np.abs(A_ref).max()
+    assert np.abs(A @ Ct @ A.T - Cs).max() <= 1e-6 * np.abs(Cs).max()  # target recoloured to the source
+    assert np.allclose((Xt @ A.T + b).mean(0), Xs.mean(0))
+    Y = align_rows(Xs, Xs, Xt, estimator="lw")  # source recoloured to the target (CORAL as published)
+    ref = (Xs - Xs.mean(0)) @ np.linalg.inv(np.real(sqrtm(Cs))) @ np.real(sqrtm(Ct)) + Xt.mean(0)
+    assert np.abs(Y - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
+def test_indicators():
+    from edgetl.device.alignment import collapsed, indicators
+
+    assert indicators(np.zeros((6, 3))) == pytest.approx({"entropy": 1.0, "balance": 1 / 3})  # ties: argmax 0
+    spread = indicators(np.eye(3)[[0, 1, 2, 0, 1, 2]] * 50)
+    assert spread["entropy"] < 1e-6 and spread["balance"] == pytest.approx(1.0)
+    one = indicators(np.eye(3)[[0] * 6] * 50)
+    assert one["balance"] == pytest.approx(1 / 3) and collapsed(spread, one) and not collapsed(spread, spread)
+
+
+def _add_memory(bundle, source, per_class=None):
+    from edgetl.device.bundle import update_bundle
+    from edgetl.device.memory import ReplayMemory
+    from edgetl.device.predictor import Predictor
+    from edgetl.modalities.image import scan_folder
+
+    predictor = Predictor.from_bundle(bundle)
+    folder = scan_folder(source)
+    memory = ReplayMemory.build(predictor.embed(folder.paths, adapted=False), np.asarray(folder.targets),
+                                folder.labels, per_class=per_class or 30)
+
+    def add(staging, m):
+        memory.save(staging / "memory.npz")
+        m["memory"] = f"v{m['version']}/memory.npz"
+        return m
+
+    update_bundle(bundle, "package-memory", add)
+
+
+def test_device_refit_mode_retrains_the_head_on_the_aligned_memory(bundle, device_shift):
+    from edgetl.device.alignment import AdaptConfig, adapt
+    from edgetl.device.evaluation import evaluate_folder
+    from edgetl.device.predictor import Predictor
+
+    source, target = device_shift
+    _add_memory(bundle, source)
+    r = adapt(bundle, target, AdaptConfig(eval_dir=target))  # auto: the bundle has a memory -> refit
+    assert r["mode"] == "refit" and r["switched"] and r["source"] == "memory", r.to_dict()
+    # the tiny 64-feature backbone gains less from refit than from map (+0.18 vs +0.28); on
+    # efficientnet_lite0 refit is the better one (benchmarks/transfer_bench.py)
+    assert r["accuracy_after"] >= r["accuracy_before"] + 0.15, r.to_dict()
+    m = _manifest(bundle)
+    assert m["adapter"] is None and m["models"]["head"] == f"v{m['version']}/head.onnx"
+    assert evaluate_folder(Predictor.from_bundle(bundle), target).accuracy == pytest.approx(r["accuracy_after"], abs=1e-6)
+    for key in ("target_before", "target_after"):
+        assert set(r[key]) == {"entropy", "balance"} and 0 < r[key]["balance"] <= 1
+
+
+def test_workstation_default_is_feature_coral_and_beats_source_only(shift, tmp_path):
+    from edgetl.workstation.evaluation import evaluate_run
+    from edgetl.workstation.training import TrainConfig, train
+
+    source, _, target = shift
+    cfg = TrainConfig(strategy="adapt", target_data=str(target), target_eval=str(target), image_size=64, seed=0)
+    result = train(source, tmp_path / "run", cfg)
+    m = result.metrics
+    assert m["adapt_method"] == "feature-coral" and m["adapt_mode"].startswith("feature-coral") and m["adapt_kept"]
+    assert m["target_accuracy_after"] >= m["target_accuracy_before"] + 0.05, m
+    assert evaluate_run(result.run_dir, target)["accuracy"] == pytest.approx(m["target_accuracy_after"], abs=1e-6)
+    assert {"entropy", "balance"} == set(m["target_before"]) == set(m["target_after"])
+
+
+def test_adabn_recomputes_batchnorm_statistics_on_the_target(shift):
+    """Oracle: the first BatchNorm's running mean and variance are the mean and unbiased
+    variance of its inputs over all target images (no BatchNorm comes before it)."""
+    import torch
+
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.model import EdgeModel
+    from edgetl.workstation.training.adapt import _batchnorms, adabn
+    from edgetl.workstation.training.data import ImageDataset, make_loader
+
+    backbone = create_backbone("efficientnet_lite0", pretrained=True)
+    model = EdgeModel(backbone.module, backbone.num_features, 10)
+    spec = backbone.preprocess.with_input_size(64)
+    paths = sorted(shift[2].rglob("*.png"))[::5]
+    first = _batchnorms(model)[0]
+    seen = []
+    hook = first.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach().double()))
+    with torch.no_grad():
+        for x, _ in make_loader(ImageDataset(paths, [0] * len(paths), spec), 64, False, 0):
+            model.eval().backbone(x)
+    hook.remove()
+    x = torch.cat(seen).transpose(0, 1).reshape(first.num_features, -1)
+    assert adabn(model, paths, spec, torch.device("cpu")) == len(_batchnorms(model)) > 10
+    assert torch.allclose(first.running_mean.double(), x.mean(1), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(first.running_var.double(), x.var(1, unbiased=True), atol=1e-4, rtol=1e-3)
+    assert not model.training

@@ -10,21 +10,29 @@ HELP = "align a bundle to a new domain from unlabelled images (torch-free)"
 DESCRIPTION = """\
 Adapt BUNDLE to a new domain (another camera, lighting, noise) from UNLABELLED_DIR, a
 folder of unlabelled images of it (flat, or in subfolders whose names are ignored).
-The deployed backbone embeds them; a feature alignment that gives their embeddings the
-training domain's mean and covariance is stored as a new bundle version and applied
-before the head by 'edgetl predict'. Atomic like 'retrain': a crash leaves the old or
-the new version live. 'edgetl rollback BUNDLE' removes the alignment again.
+The deployed backbone embeds them, and the model is aligned to their statistics, in a
+new bundle version. Atomic like 'retrain': a crash leaves the old or the new version
+live. 'edgetl rollback BUNDLE' returns to the old one.
 
-Methods:
-  coral        whiten with the new domain's covariance, recolour with the training
-               domain's (shrunk toward the diagonal; default)
+Methods (--method):
+  coral        covariance alignment, covariances shrunk toward trace/F * I (default)
   standardize  per-feature mean and standard deviation only
 
-The training domain's statistics come from the bundle (source_stats.npz or its replay
-memory), or from --source DIR (images of the training domain) when it has none.
+Modes (--mode):
+  refit  the replay memory (training images' embeddings) is recoloured to the new
+         domain and the head is retrained on it with the bundle's trainer (default
+         where the bundle has a memory: CORAL as published, and no F x F adapter)
+  map    the new domain's embeddings are mapped to the training domain's statistics
+         (source_stats.npz, the memory, or --source DIR) before the head (adapter.npz)
 
---json prints {"accuracy_before", "accuracy_after", "method", "n_images", "version",
-"source", "bundle"}; the accuracies are null without --eval.
+The guard: with --eval (labelled new-domain images) the adaptation is kept only if it
+beats the current model there; without, the prediction entropy and class balance on
+UNLABELLED_DIR before and after are reported, and an adaptation that collapses the
+predictions onto few classes is refused (the bundle is unchanged). --force overrides.
+
+--json prints {"accuracy_before", "accuracy_after", "target_before", "target_after",
+"switched", "reason", "method", "mode", "n_images", "version", "source", "bundle"};
+the accuracies are null without --eval.
 
 Examples:
   edgetl adapt bundle/ new_camera/
@@ -33,11 +41,13 @@ Examples:
 """
 
 
-def _shrinkage(text: str) -> float:
+def _shrinkage(text: str) -> float | str:
+    if text in ("lw", "oas"):
+        return text
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], lw or oas, got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
     return value
@@ -51,8 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="labelled new-domain images to report accuracy on")
     p.add_argument("--source", metavar="DIR", type=path_arg,
                    help="training-domain images, if the bundle holds no statistics")
-    p.add_argument("--shrinkage", type=_shrinkage, metavar="F",
-                   help="coral: covariance shrinkage toward the diagonal (default: d / (n + d))")
+    p.add_argument("--mode", choices=["auto", "refit", "map"], default="auto",
+                   help="refit the head on the aligned memory, or map features (default: refit with a memory)")
+    p.add_argument("--shrinkage", type=_shrinkage, metavar="F|lw|oas", default=0.9,
+                   help="coral: covariance shrinkage toward trace/F * I, or lw / oas for the Ledoit-Wolf / "
+                        "OAS estimate's (default: %(default)s, measured best for whitening)")
+    p.add_argument("--force", action="store_true", help="switch even if the guard refuses")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     add_trust(p)
     p.add_argument("--sign", type=path_arg, metavar="KEY", help=SIGN_HELP)
@@ -66,15 +80,20 @@ def run(args: argparse.Namespace) -> int:
         _ui.quiet()
     require_trust(args, args.bundle)  # --trust: refuse an unsigned bundle before using it
     check_sign_key(args)
-    result = adapt(args.bundle, args.unlabelled, AdaptConfig(method=args.method, shrinkage=args.shrinkage,
-                                                             source=args.source, eval_dir=args.eval,
-                                                             sign_key=args.sign))
+    result = adapt(args.bundle, args.unlabelled, AdaptConfig(
+        method=args.method, mode=args.mode, shrinkage=args.shrinkage, source=args.source,
+        eval_dir=args.eval, force=args.force, sign_key=args.sign))
     if args.json:
         _ui.print_json(result.to_dict())
         return 0
-    if args.eval:
-        _ui.print_table(f"{result['method']} on {result['n_images']} image(s)", ["", "accuracy"],
-                        [["before", result["accuracy_before"]], ["after", result["accuracy_after"]]])
+    tb, ta = result["target_before"], result["target_after"]
+    _ui.print_table(f"{result['method']} ({result['mode']}) on {result['n_images']} image(s)",
+                    ["", "accuracy", "entropy", "balance"],
+                    [["before", result["accuracy_before"], tb["entropy"], tb["balance"]],
+                     ["after", result["accuracy_after"], ta["entropy"], ta["balance"]]])
+    if not result["switched"]:
+        _ui.warn(result["reason"])
+        return 0
     _ui.info(f"{result['bundle']}: version {result['version']} is live with a {result['method']} alignment "
-             f"from {result['n_images']} image(s); 'edgetl rollback {result['bundle']}' removes it")
+             f"({result['mode']}) from {result['n_images']} image(s); 'edgetl rollback {result['bundle']}' undoes it")
     return 0

@@ -15,7 +15,15 @@ history.csv, curves.png) for 'edgetl export'.
 Strategies:
   linear-probe  backbone frozen; each image is embedded once, then only the head trains (fast)
   finetune      the last --unfreeze N blocks (or all) train too, at a lower learning rate
-  adapt         finetune while aligning features with unlabelled --target-data (DANN or CORAL)
+  adapt         adapt to unlabelled --target-data of another domain (--adapt):
+                  feature-coral  frozen backbone; the training features recoloured to the
+                                 target's covariance (Ledoit-Wolf), the head re-solved (default)
+                  adabn          BatchNorm statistics recomputed on the target
+                  adabn+feature-coral  both
+                  dann, coral    fine-tune the last --unfreeze blocks with a DANN / Deep CORAL loss
+                With --target-eval (labelled target images) the adapted model is kept only if
+                it beats the source-only probe there; without, a collapse of predictions
+                onto few classes is refused.
 
 Backbones: efficientnet_lite0 (built in, weights ship with edgetl[train]),
 timm:NAME, torchvision:NAME (pretrained weights need a network), file:PATH.
@@ -96,9 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="embedding cache folder (default: $EDGETL_CACHE_DIR or ~/.cache/edgetl/embeddings; 2 GiB at most)")
     p.add_argument("--workers", type=positive_int, help="image-decoding threads (default: the machine's cores)")
     p.add_argument("--target-data", metavar="DIR", help="adapt: unlabelled images of the target domain")
-    p.add_argument("--adapt", choices=["dann", "coral"], default="coral", help="adapt: method (default: coral)")
+    p.add_argument("--adapt", choices=["feature-coral", "adabn", "adabn+feature-coral", "dann", "coral"],
+                   default="feature-coral", help="adapt: method (default: %(default)s)")
     p.add_argument("--adapt-weight", type=positive_float, default=1.0, help="adapt: weight of the alignment loss")
-    p.add_argument("--target-eval", metavar="DIR", help="adapt: labelled target images to report accuracy on")
+    p.add_argument("--target-eval", metavar="DIR", help="adapt: labelled target images; the adaptation is kept only if it beats source-only there")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     g = p.add_argument_group("more than one process or machine (torch.distributed; `torchrun -m edgetl.cli train ...` "
                              "works too)")

@@ -1,36 +1,34 @@
 """Unsupervised domain adaptation on the workstation: labelled source images, unlabelled
 target images, one classifier that works on the target.
 
-Two methods, both trained by ``edgetl.workstation.training.train_finetune`` with an alignment loss on
-the embedding (the head's input):
+Frozen-backbone methods (cheap; the backbone is embedded once per image set):
 
-- **DANN** (Ganin et al., 2016): a small MLP domain classifier behind a gradient-reversal
-  layer; its coefficient follows lambda(p) = 2 / (1 + exp(-10 p)) - 1 over training
-  progress p, so early, noisy domain gradients do not wreck the features.
-- **Deep CORAL** (Sun and Saenko, 2016): ||C_s - C_t||_F^2 / (4 d^2) between the batch
-  covariances of source and target embeddings.
+- **feature-coral** (default): the source-only exact probe is fitted first; then the
+  source embeddings are recoloured to the target's covariance
+  (:func:`edgetl.device.alignment.align_rows`, the device's estimator: shrinkage toward
+  trace/F * I, :data:`SHRINKAGE`) and the head is re-solved on them with the convex probe
+  solver (CORAL as Sun et al. 2016 train it). Best on benchmarks/transfer_bench.py.
+- **adabn** (Li et al., 2016): every BatchNorm layer's statistics recomputed per domain:
+  the head is solved on source features under the source images' statistics, and the
+  deployed backbone gets the target images'. (Recomputing only the target's, leaving
+  the pretraining statistics for the source, fell to 0.15 on clean digits.) **adabn+feature-coral**: both.
 
-``adapt_weight`` multiplies the domain-classification loss (DANN) or the CORAL loss
-times :data:`CORAL_BASE_WEIGHT`. Early stopping still picks the epoch by *source*
-validation accuracy: without target labels there is nothing better to select on.
+Fine-tuning methods (``--unfreeze N``), trained by ``train_finetune`` with an alignment
+loss on the embedding, source and target batches in one forward pass (so BatchNorm sees
+mixed-domain batches in training as at test time):
 
-Each training step runs the source batch and a target batch through the backbone *in one
-forward pass*, so BatchNorm layers of unfrozen blocks normalize with mixed-domain batch
-statistics and keep mixed-domain running statistics: what they see in training is what
-they use at test time, on either domain. (Separate passes would normalize each domain
-by its own statistics in training, then by a blend at test time.)
+- **DANN** (Ganin et al., 2016): an MLP domain classifier behind a gradient-reversal
+  layer, coefficient lambda(p) = 2 / (1 + exp(-10 p)) - 1 over training progress p.
+- **coral** (Deep CORAL, Sun and Saenko, 2016): ||C_s - C_t||_F^2 / (4 d^2) between batch
+  covariances, times ``adapt_weight`` * :data:`CORAL_BASE_WEIGHT`. With ``--unfreeze 0``
+  it becomes feature-coral.
 
-With a frozen backbone (``unfreeze=0``) the embedding cannot move, so a loss on it has
-nothing to train: DANN is refused, and CORAL becomes feature-level CORAL — the head is
-trained on the source as a linear probe (cached embeddings), then the closed-form map that gives target embeddings the source's
-mean and covariance (:func:`edgetl.device.alignment.coral_map`, exactly what ``edgetl adapt``
-does on a device) is folded into the Linear head. That model is for the target domain.
-
-``target_accuracy_before`` is the accuracy on ``target_eval`` of a source-only linear
-probe on the pretrained backbone fitted to the same source training images (what
-``edgetl train`` makes by default), computed before adaptation starts; cheap, and the
-model a user would otherwise deploy. ``benchmarks/adapt_bench.py`` compares against a
-like-for-like source-only fine-tune instead.
+The guard: ``target_accuracy_before`` is the source-only exact probe's accuracy on
+``target_eval``; with ``target_eval`` the adapted model is kept only if it beats it
+(else the source-only model is written, ``adapt_kept`` False, ``adapt_reason`` says why).
+Without labels, ``target_before``/``target_after`` are the prediction entropy and class
+balance on the target pool (:func:`edgetl.device.alignment.indicators`), and a collapse
+onto few classes is refused with a one-line error and no RUN.
 """
 
 from __future__ import annotations
@@ -40,12 +38,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgetl.core import ui as _ui
 from edgetl.modalities.image import scan_folder
-from edgetl.device.alignment import coral_map, list_unlabelled
+from edgetl.device.alignment import DEFAULT_SHRINKAGE, SourceStats, align_rows, collapsed, indicators, list_unlabelled
 from edgetl.errors import ConfigError, DataError
 from edgetl.modalities.image import PreprocessSpec
 from edgetl.workstation.training.data import ImageDataset, embed_images, make_loader
@@ -56,8 +55,15 @@ __all__ = ["AdaptMethod", "train_adapt", "dann_lambda", "coral_loss", "GradientR
 
 
 class AdaptMethod(str, Enum):
-    DANN = "dann"
-    CORAL = "coral"
+    FEATURE_CORAL = "feature-coral"  # frozen backbone: source features recoloured to the target, head re-solved
+    ADABN = "adabn"  # BatchNorm statistics recomputed on the target, head kept
+    ADABN_CORAL = "adabn+feature-coral"  # both
+    DANN = "dann"  # fine-tuning
+    CORAL = "coral"  # Deep CORAL, fine-tuning (with --unfreeze 0: feature-coral)
+
+
+FROZEN = (AdaptMethod.FEATURE_CORAL, AdaptMethod.ADABN, AdaptMethod.ADABN_CORAL)
+DEFAULT_METHOD = AdaptMethod.FEATURE_CORAL  # best on benchmarks/transfer_bench.py (see the module docstring)
 
 
 def dann_lambda(progress: float) -> float:
@@ -194,76 +200,134 @@ def _accuracy(model: nn.Module, paths, labels, spec: PreprocessSpec, device: tor
     return evaluate_model(model, make_loader(ImageDataset(paths, labels, spec), 64, False, 0), device)[1]
 
 
-def _fit_linear(z: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int, steps: int = 300) -> nn.Linear:
-    """A quick full-batch softmax regression on cached embeddings (the probe baseline)."""
-    torch.manual_seed(seed)
-    head = nn.Linear(z.shape[1], num_classes)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(head(z), y).backward()
-        opt.step()
-    return head
+def _embed(model, paths, spec, device, what: str) -> np.ndarray:
+    return embed_images(model.backbone, paths, spec, device, description=f"embedding {what}").double().numpy()
 
 
-def _probe_baseline(model, train_paths, train_y, eval_paths, eval_y, spec, device, seed: int) -> float:
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats]
 
-    zs = embed_images(model.backbone, train_paths, spec, device, description="baseline: embedding source")
-    zt = embed_images(model.backbone, eval_paths, spec, device, description="baseline: embedding target")
-    head = _fit_linear(zs, torch.as_tensor(train_y), model.head.out_features, seed)
+
+def adabn(model, paths: Sequence[Path], spec: PreprocessSpec, device: torch.device, batch_size: int = 64) -> int:
+    """AdaBN (Li et al., 2016): every BatchNorm layer's running mean and variance
+    recomputed on ``paths`` (a cumulative average over all of them, no augmentation), all
+    weights kept. Returns the number of BatchNorm layers updated (0: the backbone has none)."""
+    layers = _batchnorms(model)
+    if not layers:
+        return 0
+    model.eval()
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over the batches
+        m.train()
+    loader = make_loader(ImageDataset(paths, [0] * len(paths), spec), batch_size, False, 0)
     with torch.no_grad():
-        return float((head(zt).argmax(1) == torch.as_tensor(eval_y)).float().mean())
+        for x, _ in _ui.progress(loader, "AdaBN: target statistics"):
+            model.backbone(x.to(device))
+    for m, momentum in zip(layers, saved):
+        m.momentum = momentum
+    model.eval()
+    return len(layers)
 
 
-# --------------------------------------------------------------------------- training
-
-
-def _fold_feature_coral(model, train_paths, target_paths, spec, device) -> dict[str, Any]:
-    """Frozen backbone: fold the target->source CORAL map into the Linear head."""
-
-    zs = embed_images(model.backbone, train_paths, spec, device, description="embedding source").double().numpy()
-    zt = embed_images(model.backbone, target_paths, spec, device, description="embedding target").double().numpy()
-    A, b = coral_map(zs, zt)
-    head = model.head
+def _set_head(model, W: np.ndarray, b: np.ndarray) -> None:
     with torch.no_grad():
-        W = head.weight.double().cpu()
-        A_t, b_t = torch.from_numpy(A), torch.from_numpy(b)
-        # head(A z + b) = (W A) z + (W b + c)
-        head.bias.copy_((W @ b_t + head.bias.double().cpu()).to(head.bias))
-        head.weight.copy_((W @ A_t).to(head.weight))
-    return {"adapt_mode": "feature-coral (frozen backbone; map folded into the head)"}
+        model.head.weight.copy_(torch.from_numpy(np.asarray(W, np.float32)))
+        model.head.bias.copy_(torch.from_numpy(np.asarray(b, np.float32)))
+
+
+def _head_of(model) -> tuple[np.ndarray, np.ndarray]:
+    return model.head.weight.detach().double().cpu().numpy(), model.head.bias.detach().double().cpu().numpy()
+
+
+def _frozen_adapt(model, method: AdaptMethod, cfg, train_paths, train_y, val_paths, val_y, target_paths, spec,
+                  device, zs: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """The frozen-backbone methods, from the source-only probe in ``model`` and the source
+    embeddings ``zs`` (train, val) of the unadapted backbone."""
+    from edgetl.workstation.probe_solver import solve_probe
+
+    extra: dict[str, Any] = {}
+    if method in (AdaptMethod.ADABN, AdaptMethod.ADABN_CORAL):
+        # each domain normalised by its own statistics: the head learns source features under
+        # source statistics (not the pretraining data's), the deployed backbone gets the target's
+        n = adabn(model, list(train_paths) + list(val_paths), spec, device)
+        extra["adabn_layers"] = n
+        if n == 0:
+            _ui.warn(f"{model.backbone.__class__.__name__} has no BatchNorm layers: AdaBN changes nothing")
+        zs = (_embed(model, train_paths, spec, device, "source train"), _embed(model, val_paths, spec, device, "source val"))
+        sol = solve_probe(zs[0], np.asarray(train_y), zs[1], np.asarray(val_y), model.head.out_features,
+                          refit=cfg.refit, seed=cfg.seed)
+        _set_head(model, sol.W, sol.b)
+        adabn(model, target_paths, spec, device)
+    if method in (AdaptMethod.FEATURE_CORAL, AdaptMethod.ADABN_CORAL):
+        zt = _embed(model, target_paths, spec, device, "target")
+        source = SourceStats.from_embeddings(np.concatenate(zs))
+        aligned = [align_rows(z, source, zt, shrinkage=SHRINKAGE) for z in zs]
+        sol = solve_probe(aligned[0], np.asarray(train_y), aligned[1], np.asarray(val_y), model.head.out_features,
+                          refit=cfg.refit, seed=cfg.seed)
+        _set_head(model, sol.W, sol.b)
+        extra.update(coral_C=sol.C, coral_shrinkage=SHRINKAGE,
+                     ledoit_wolf={"source": source.shrinkage["lw"],
+                                  "target": SourceStats.from_embeddings(zt).shrinkage["lw"]})
+    extra["adapt_mode"] = {AdaptMethod.FEATURE_CORAL: "feature-coral (frozen backbone; head re-solved on source "
+                                                      "features recoloured to the target)",
+                           AdaptMethod.ADABN: "adabn (BatchNorm statistics per domain: head solved under the "
+                                              "source's, the target's deployed)",
+                           AdaptMethod.ADABN_CORAL: "adabn + feature-coral"}[method]
+    return extra
+
+
+# Covariance shrinkage of feature CORAL: the device's default (see edgetl.device.alignment).
+SHRINKAGE = DEFAULT_SHRINKAGE
 
 
 def train_adapt(model, cfg, train_paths, train_y, val_paths, val_y, spec: PreprocessSpec, device: torch.device,
                 ) -> tuple[list[dict], Any, dict[str, Any]]:
-    """Fine-tune ``model`` on the source while aligning it with ``cfg.target_data``.
+    """Adapt ``model`` to ``cfg.target_data`` (see the module docstring).
     Returns ``(history, early_stop, extra_metrics)``; ``early_stop.state`` is the model to keep."""
+    import copy
+
     try:
-        method = AdaptMethod(cfg.adapt_method)
+        method = AdaptMethod(cfg.adapt_method or DEFAULT_METHOD.value)
     except ValueError:
-        raise ConfigError(f"unknown adapt method {cfg.adapt_method!r}; choose dann or coral") from None
+        raise ConfigError(f"unknown adapt method {cfg.adapt_method!r}; choose "
+                          f"{', '.join(m.value for m in AdaptMethod)}") from None
     if not cfg.adapt_weight > 0:
         raise ConfigError(f"adapt_weight must be positive, got {cfg.adapt_weight}")
     if cfg.unfreeze == 0 and method is AdaptMethod.DANN:
         raise ConfigError("DANN aligns features by training the backbone, which --unfreeze 0 freezes; "
-                          "use --unfreeze 2 (or more), or --adapt coral")
+                          "use --unfreeze 2 (or more), or --adapt feature-coral")
+    if cfg.unfreeze == 0 and method is AdaptMethod.CORAL:
+        method = AdaptMethod.FEATURE_CORAL  # a loss on frozen features has nothing to train
     target_paths = list_unlabelled(cfg.target_data, what="--target-data")
     evaluation = _target_eval_set(cfg.target_eval, train_paths, train_y) if cfg.target_eval else None
     _ui.info(f"adapting with {method.value} to {len(target_paths)} unlabelled target images")
     extra: dict[str, Any] = {"adapt_method": method.value, "n_target": len(target_paths)}
-    if evaluation is not None:
-        extra["target_accuracy_before"] = _probe_baseline(model, train_paths, train_y, *evaluation, spec, device,
-                                                          cfg.seed)
-        extra["target_baseline"] = "source-only linear probe on the pretrained backbone"
+    initial = copy.deepcopy(model.state_dict())
 
-    if cfg.unfreeze == 0:
-        # a frozen backbone trains fastest on cached embeddings
-        history, stop, _ = train_probe(model, cfg, train_paths, train_y, val_paths, val_y, spec, device)
-        model.load_state_dict(stop.state)
-        extra.update(_fold_feature_coral(model, train_paths, target_paths, spec, device))
-        extra["source_val_accuracy_after_fold"] = _accuracy(model, val_paths, val_y, spec, device)
+    # source only: the exact linear probe on the pretrained backbone (what `edgetl train` makes)
+    history, stop, probe_extra = train_probe(model, cfg, train_paths, train_y, val_paths, val_y, spec, device)
+    model.load_state_dict(stop.state)
+    source_only = copy.deepcopy(stop.state)
+    W0, b0 = _head_of(model)
+    zs = (_embed(model, train_paths, spec, device, "source train"), _embed(model, val_paths, spec, device, "source val"))
+    zt0 = _embed(model, target_paths, spec, device, "target (unadapted)")
+    ze0 = _embed(model, evaluation[0], spec, device, "target eval (unadapted)") if evaluation else None
+    extra["target_before"] = indicators(zt0 @ W0.T + b0)
+    if evaluation is not None:
+        extra["target_accuracy_before"] = float(((ze0 @ W0.T + b0).argmax(1) == np.asarray(evaluation[1])).mean())
+        extra["target_baseline"] = "source-only linear probe on the pretrained backbone (exact solve)"
+
+    if method in FROZEN:
+        extra.update(_frozen_adapt(model, method, cfg, train_paths, train_y, val_paths, val_y, target_paths, spec,
+                                   device, zs))
+        extra["source_val_accuracy_after"] = _accuracy(model, val_paths, val_y, spec, device)
+        extra["probe"] = probe_extra["probe"]
         stop.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
+        model.load_state_dict(initial)
         stream = _TargetStream(target_paths, spec, cfg.batch_size, cfg.augment, cfg.seed + 1)
         loss: nn.Module = (_DANNLoss(model.num_features, stream, cfg.adapt_weight).to(device)
                            if method is AdaptMethod.DANN else _CORALLoss(stream, cfg.adapt_weight))
@@ -271,6 +335,28 @@ def train_adapt(model, cfg, train_paths, train_y, val_paths, val_y, spec: Prepro
                                        extra_loss=loss, features=_joint_forward(model, stream))
         model.load_state_dict(stop.state)
         extra["adapt_mode"] = "dann" if method is AdaptMethod.DANN else "deep-coral"
+
+    # the guard: never silently worse than source only
+    W1, b1 = _head_of(model)
+    extra["target_after"] = indicators(_embed(model, target_paths, spec, device, "target (adapted)") @ W1.T + b1)
+    reason = None
+    if evaluation is not None:
+        after = _accuracy(model, *evaluation, spec, device)
+        extra["target_accuracy_adapted"] = after
+        if after <= extra["target_accuracy_before"]:
+            reason = (f"adaptation would take target accuracy from {extra['target_accuracy_before']:.3f} to "
+                      f"{after:.3f}; kept the source-only model")
+    elif collapsed(extra["target_before"], extra["target_after"]):
+        raise DataError(f"{cfg.target_data}: {method.value} collapses predictions onto few classes (balance "
+                        f"{extra['target_before']['balance']:.2f} -> {extra['target_after']['balance']:.2f}); "
+                        "no model written (check the images, or pass --target-eval LABELLED_DIR)")
+    extra["adapt_kept"] = reason is None
+    if reason is not None:
+        _ui.warn(reason)
+        extra["adapt_reason"] = reason
+        model.load_state_dict(source_only)
+        stop.state = copy.deepcopy(source_only)
+        extra["target_after"] = extra["target_before"]
     if evaluation is not None:
         extra["target_accuracy_after"] = _accuracy(model, *evaluation, spec, device)
     return history, stop, extra

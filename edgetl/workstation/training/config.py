@@ -64,7 +64,7 @@ class TrainConfig:
     workers: int | None = None  # image-decoding threads; None: the machine's cores
     # domain adaptation (strategy "adapt"), see edgetl.workstation.training.adapt
     target_data: str | None = None
-    adapt_method: str = "coral"
+    adapt_method: str = "feature-coral"  # see edgetl.workstation.training.adapt
     adapt_weight: float = 1.0
     target_eval: str | None = None
 
