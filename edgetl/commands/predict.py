@@ -96,7 +96,8 @@ def _texts(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     from edgetl.device.bundle import open_bundle
     from edgetl.errors import ConfigError, DataError
 
-    modality = open_bundle(args.bundle, verify=False).modality
+    # only the manifest's modality is read here: the bundle is verified (or warned about) once, by predict
+    modality = open_bundle(args.bundle, verify=False, warn=False).modality
     if modality != "text":
         if args.text:
             raise ConfigError(f"{args.bundle}: --text needs a text bundle; this one takes {modality}s")

@@ -136,6 +136,7 @@ def open_bundle(
     verify: bool = True,
     extract_to: str | os.PathLike | None = None,
     trust: Sequence[str | os.PathLike] | None = None,
+    warn: bool = True,
 ) -> Bundle:
     """Open a bundle folder or a ``.tar.gz`` of one. An archive is extracted safely into a
     hidden folder beside it (or under ``extract_to``), named by its hash and reused; an
@@ -157,7 +158,7 @@ def open_bundle(
         else:
             m = read_manifest(p)
             failed = quick_check(p, m)
-            if failed:
+            if failed and warn:
                 more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
                 _ui.warn(f"{p}: --no-verify, but {len(failed)} file(s) differ from the manifest: "
                          f"{', '.join(failed[:3])}{more}; the bundle was modified or corrupted")
