@@ -25,6 +25,7 @@ class BuildConfig:
     train: Any = None  # TrainConfig
     export: Any = None  # ExportConfig
     quantize: Any = None  # QuantizeConfig (the engine follows the target's runtime)
+    package: Any = None  # PackageConfig (its archive/overwrite come from this config's)
     bench: Any = None  # BenchConfig
     select: Any = None  # SelectConfig, used when the train config's backbone is "auto"
     run_dir: str | os.PathLike | None = None  # default: <out>.run beside the bundle
@@ -110,7 +111,8 @@ def build(
     ]
     if int8:
         stages.append(("quantize", lambda: quantize(run_dir, _quantize_config(tgt, quantize_config))))
-    stages.append(("package", lambda: package(run_dir, tgt, out, PackageConfig(archive=archive, overwrite=overwrite))))
+    package_config = replace(cfg.package or PackageConfig(), archive=archive, overwrite=overwrite)
+    stages.append(("package", lambda: package(run_dir, tgt, out, package_config)))
     if cfg.run_bench:
         base = bench_config or BenchConfig(duration=2.0, repeats=2)
         bcfg = replace(base, run=base.run or run_dir, targets=base.targets or (tgt,))
