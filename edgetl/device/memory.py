@@ -331,15 +331,7 @@ def memory_from_run(
         c = index.get(PurePosixPath(rel).parent.name)
         if c is not None:
             by_class.setdefault(c, []).append(rel)
-    rng = np.random.default_rng(seed)
-    chosen: list[tuple[Path, int]] = []
-    for c in sorted(by_class):
-        rels = sorted(by_class[c])
-        if selection is Selection.HERDING:
-            pick = np.arange(len(rels))  # herding needs the class mean: embed them all
-        else:
-            pick = np.sort(rng.choice(len(rels), min(per_class, len(rels)), replace=False))
-        chosen += [(root / rels[i], c) for i in pick]
+    chosen = [(root / rel, c) for rel, c in _rows_to_embed(by_class, per_class, selection, seed)]
     missing = [p for p, _ in chosen if not p.is_file()]
     if missing:
         problems.append(f"{len(missing)} training image(s) are missing, e.g. {missing[0]}")
@@ -370,16 +362,24 @@ def _memory_from_items(predictor: Any, info: Mapping[str, Any], labels: list[str
         c = index.get(data.labels[int(data.targets[int(i)])])
         if c is not None:
             by_class.setdefault(c, []).append(int(i))
-    rng = np.random.default_rng(seed)
-    chosen: list[tuple[Any, int]] = []
-    for c in sorted(by_class):
-        idx = sorted(by_class[c])
-        if selection is Selection.HERDING:
-            pick = np.arange(len(idx))  # herding needs the class mean: embed them all
-        else:
-            pick = np.sort(rng.choice(len(idx), min(per_class, len(idx)), replace=False))
-        chosen += [(data.items[idx[k]], c) for k in pick]
+    chosen = [(data.items[i], c) for i, c in _rows_to_embed(by_class, per_class, selection, seed)]
     return _embed_chosen(predictor, chosen, labels, features, per_class, seed, [], selection)
+
+
+def _rows_to_embed(by_class: dict[int, list], per_class: int, selection: "Selection",
+                   seed: int) -> list[tuple[Any, int]]:
+    """``(key, class)`` of the training rows to embed, class by class in sorted key order:
+    all of them for herding (it needs the class mean), else a seeded draw of ``per_class``."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[Any, int]] = []
+    for c in sorted(by_class):
+        keys = sorted(by_class[c])
+        if selection is Selection.HERDING:
+            pick = np.arange(len(keys))
+        else:
+            pick = np.sort(rng.choice(len(keys), min(per_class, len(keys)), replace=False))
+        out += [(keys[i], c) for i in pick]
+    return out
 
 
 def _embed_chosen(predictor: Any, chosen: list, labels: list[str], features: int, per_class: int, seed: int,
