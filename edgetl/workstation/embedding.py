@@ -18,8 +18,6 @@ import os
 import tempfile
 import time
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +27,7 @@ import numpy as np
 from edgetl.core import ui as _ui
 from edgetl.core.embed_cache import DEFAULT_MAX_BYTES, EmbeddingCache, cache_size, default_cache_dir, file_digest
 from edgetl.errors import ConfigError
+from edgetl.modalities import batches, get_modality, load_workers
 from edgetl.modalities.image import PreprocessSpec, preprocess
 
 __all__ = ["EMBED_ENGINES", "EmbedOptions", "embed_paths", "cache_key", "weights_digest"]
@@ -77,39 +76,6 @@ def cache_key(weights: str, spec: PreprocessSpec, engine: str) -> str:
     """The cache folder for rows computed by ``engine`` from these weights and preprocessing."""
     doc = {"format": _FORMAT, "weights": weights, "preprocess": spec.to_dict(), "engine": engine}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
-
-
-# ---------------------------------------------------------------------------- input pipeline
-
-def _batches(paths: Sequence[Path], spec: PreprocessSpec, batch_size: int, workers: int):
-    """Preprocessed batches in order, decoded by ``workers`` threads at most two batches
-    ahead of the consumer (bounded memory: never more than three batches of pixels)."""
-    def load(chunk: Sequence[Path]) -> np.ndarray:
-        return np.stack([preprocess(p, spec) for p in chunk]) if chunk else np.zeros((0,), np.float32)
-
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    if workers <= 1:
-        for c in chunks:
-            yield load(c)
-        return
-    sub = max(1, batch_size // workers)
-    with ThreadPoolExecutor(workers, thread_name_prefix="edgetl-decode") as pool:
-        pending: deque = deque()
-
-        def submit(c: Sequence[Path]) -> None:
-            pending.append([pool.submit(load, c[i:i + sub]) for i in range(0, len(c), sub)])
-
-        it = iter(chunks)
-        for c in it:
-            submit(c)
-            if len(pending) >= 3:
-                break
-        while pending:
-            parts = [f.result() for f in pending.popleft()]
-            nxt = next(it, None)
-            if nxt is not None:
-                submit(nxt)
-            yield np.concatenate(parts)
 
 
 # ---------------------------------------------------------------------------- engines
@@ -187,7 +153,7 @@ def embed_paths(module: Any, paths: Sequence[Path], spec: PreprocessSpec, device
     module.eval()
     paths = [Path(p) for p in paths]
     t0 = time.perf_counter()
-    workers = opts.workers or min(8, os.cpu_count() or 1)
+    workers = opts.workers or load_workers()
     on_gpu = getattr(device, "type", "cpu") != "cpu"
     engine = "torch" if opts.engine == "torch" or (opts.engine == "auto" and on_gpu) else "onnxruntime"
     why = "asked for" if opts.engine != "auto" else ("PyTorch on the GPU" if on_gpu else "frozen backbone on the CPU")
@@ -221,9 +187,13 @@ def embed_paths(module: Any, paths: Sequence[Path], spec: PreprocessSpec, device
                     todo = [i for i in range(len(paths)) if not found[i]]
             rows: list[np.ndarray] = []
             with _ui.progress_bar(description, len(todo)) as advance:
-                for batch in _batches([paths[i] for i in todo], spec, opts.batch_size, workers):
-                    rows.append(run(batch).astype(np.float32, copy=False))
-                    advance(len(batch))
+                # the modalities' pipelined loader: worker threads, two batches ahead
+                image = get_modality("image")
+                name = image.inputs(spec)[0].name
+                for _, batch, _ in batches(image, [paths[i] for i in todo], spec, opts.batch_size, strict=True,
+                                           workers=workers):
+                    rows.append(run(batch[name]).astype(np.float32, copy=False))
+                    advance(len(batch[name]))
             computed = np.concatenate(rows) if rows else None
     if computed is not None:
         if out.shape[1] != computed.shape[1]:

@@ -70,16 +70,6 @@ def _probe_history(sol, train_loss: float, train_acc: float, seconds: float) -> 
     return rows
 
 
-def _merge_embed_report(seen: dict) -> None:
-    """One report for the train and validation embeddings (counts and seconds added)."""
-    val = seen.pop("val", {})
-    for k in ("images", "computed", "cached", "seconds"):
-        seen[k] = round(seen.get(k, 0) + val.get(k, 0), 3)
-    seen["images_per_s"] = round(seen["images"] / seen["seconds"], 1) if seen["seconds"] else None
-    if val.get("cache"):
-        seen["cache"] = val["cache"]
-
-
 def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y, spec: PreprocessSpec,
                device: torch.device, *, refit: bool):
     """Embed once with the frozen backbone, solve the multinomial logistic regression head
@@ -89,20 +79,17 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
     from edgetl.workstation.probe_solver import solve_probe
 
     d = distributed.current()  # under torchrun each rank embeds its shard; rank 0 solves
-    options = cfg.embed_options()
+    items = [*train_paths, *val_paths]  # one pass: one export, one weights digest, one report
+    mine = distributed.shard(len(items), d)
     seen: dict = {}
-    mine_train, mine_val = distributed.shard(len(train_paths), d), distributed.shard(len(val_paths), d)
-    z_train = embed_items(model.backbone, [train_paths[i] for i in mine_train], spec, device,
-                          description="embedding train", options=options, report=seen).numpy()
-    z_val = embed_items(model.backbone, [val_paths[i] for i in mine_val], spec, device,
-                        description="embedding val", options=options, report=seen.setdefault("val", {})).numpy()
-    _merge_embed_report(seen)
+    z = embed_items(model.backbone, [items[i] for i in mine], spec, device, description="embedding",
+                    options=cfg.embed_options(), report=seen).numpy()
     if d.active:  # counts of the whole job; seconds and images/s stay this rank's
         seen["images"], seen["computed"], seen["cached"] = (int(v) for v in distributed.all_sum(
             [seen["images"], seen["computed"], seen["cached"]], d))
         seen["ranks"] = d.world
-    z_train = distributed.gather_rows(z_train, len(train_paths), d)
-    z_val = distributed.gather_rows(z_val, len(val_paths), d)
+    z = distributed.gather_rows(z, len(items), d)
+    z_train, z_val = z[:len(train_paths)], z[len(train_paths):]
     n_classes = model.head.out_features
     sol = None
     if d.main:
