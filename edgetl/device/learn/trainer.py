@@ -259,7 +259,8 @@ def train_head(
     paths = artifact_paths(artifacts_dir)
     metadata = {k: v for k, v in head_metadata(onnx.load(str(paths["training_model"]))).items()
                 if k.startswith("edgetl.")}
-    with tempfile.TemporaryDirectory(prefix="edgetl-optim-") as tmp:
+    # scratch beside the artifacts (a caller's work folder, collected after a kill -9), never in TMPDIR
+    with tempfile.TemporaryDirectory(prefix=".edgetl-optim-", dir=Path(artifacts_dir).parent) as tmp:
         stepper = _OrtStepper(paths, config, Path(tmp))
     try:
         labels = tuple(json.loads(metadata[META_LABELS]))
