@@ -69,7 +69,8 @@ def make_training_artifacts(
 
     # Generate from a canonical head (one Gemm, our parameter names) whatever exporter
     # wrote the input, so the training graph and the exported head are always the same.
-    with tempfile.TemporaryDirectory(prefix="edgetl-head-") as tmp:
+    # the scratch head lives in out_dir (a kill -9 leaves it where the caller cleans up)
+    with tempfile.TemporaryDirectory(prefix=".edgetl-head-", dir=out) as tmp:
         canonical = onnx.load(str(make_head_onnx(W, b, labels, Path(tmp) / "head.onnx", metadata=metadata)))
     art, blocks = artifacts_api(), onnxblock_api()
     with captured_stderr() as log:
