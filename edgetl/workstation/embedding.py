@@ -125,6 +125,9 @@ class _OrtBackbone:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = os.cpu_count() or 1
         opts.log_severity_level = 3
+        # the decoding threads share the cores: ORT's workers sleep between ops instead of
+        # spinning (measured on 2 loaded cores, 192 images at 224 px, interleaved: 38 vs 33 images/s)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
