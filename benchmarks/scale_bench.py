@@ -16,6 +16,8 @@ Each row runs in a fresh process, which reports its wall time and peak RSS (VmHW
 - ``probe cached``: the default run again on the same files (every embedding from the cache);
 - ``raw ORT loop``: a plain loop that decodes each image, applies the same preprocessing and
   runs the same backbone exported to ONNX Runtime (batch 32, every core): the runtime's limit;
+  with ``--raw-no-spin`` also the same loop with ONNX Runtime's spinning off (as the probe's
+  session runs, since its decoding threads share the cores): like for like;
 - ``finetune 1 / 2 processes`` (with ``--finetune``): one epoch of fine-tuning the last block,
   in one process and with ``--nproc-per-node 2`` (gloo), the epoch's own seconds;
 - ``predict``: the probe RUN exported and packaged for x86-ort-fp32, ``Predictor.predict``
@@ -73,7 +75,7 @@ _quiet_third_party()
 import torch, onnxruntime as ort
 from edgetl.workstation.backbones import create_backbone
 from edgetl.modalities.image import preprocess
-data, tmp, size = sys.argv[1:4]
+data, tmp, size, spin = sys.argv[1:5]
 size = int(size)
 t0 = time.perf_counter()
 bb = create_backbone("efficientnet_lite0")
@@ -83,6 +85,8 @@ with warnings.catch_warnings(), torch.no_grad():
     torch.onnx.export(bb.module.eval(), (torch.zeros(2, 3, size, size),), tmp, dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["z"], dynamic_axes={"x": {0: "b"}, "z": {0: "b"}})
 opts = ort.SessionOptions(); opts.intra_op_num_threads = os.cpu_count()
+if spin == "0":  # as the probe's own session: workers sleep between ops
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
 sess = ort.InferenceSession(tmp, opts, providers=["CPUExecutionProvider"])
 paths = sorted(glob.glob(os.path.join(data, "*", "*.png")))
 t1 = time.perf_counter()
@@ -167,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1000,5000", help="numbers of images (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=224, help="pixels per side (default: %(default)s)")
     p.add_argument("--skip-torch", action="store_true", help="leave out the PyTorch-eager probe rows")
+    p.add_argument("--raw-no-spin", action="store_true",
+                   help="add the raw loop with ONNX Runtime's spinning off, as the probe's session runs")
     p.add_argument("--memory", action="store_true",
                    help="only the probe (embedding + solver) per size: wall time and peak RSS")
     p.add_argument("--finetune", action="store_true", help="add fine-tuning epoch time, 1 vs 2 processes")
@@ -190,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 continue
-            row["raw"] = _run(_RAW, str(data), str(Path(tmp) / "raw.onnx"), size)
+            row["raw"] = _run(_RAW, str(data), str(Path(tmp) / "raw.onnx"), size, "1")
+            if args.raw_no_spin:
+                row["raw_no_spin"] = _run(_RAW, str(data), str(Path(tmp) / "raw.onnx"), size, "0")
             if not args.skip_torch:
                 row["torch"] = _run(_PROBE, str(data), str(Path(tmp) / "run_t"), "torch", "0", cache, size)
             row["onnxruntime"] = _run(_PROBE, str(data), str(Path(tmp) / "run_o"), "auto", "1", cache, size)
@@ -215,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
           "| peak MB (raw / ort / cached / torch) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        if "raw_no_spin" in r:
+            print(f"| {r['images']} | raw loop, spinning off: {r['raw_no_spin']['wall_s']:.1f} s "
+                  f"(probe / that: {r['onnxruntime']['wall_s'] / r['raw_no_spin']['wall_s']:.2f}x) |")
         t, o = r.get("torch", {}), r["onnxruntime"]
         print(f"| {r['images']} | {r['raw']['wall_s']:.1f} s | {o['wall_s']:.1f} s | "
               f"{o['wall_s'] / r['raw']['wall_s']:.2f}x | {r['cached']['wall_s']:.1f} s | "

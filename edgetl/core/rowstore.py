@@ -120,13 +120,21 @@ def row_chunks(a: np.ndarray, rows: np.ndarray | None = None, dtype=np.float64,
                size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """``(offset, block)`` over ``a[rows]`` (all rows when ``rows`` is None) in order, each
     block ``dtype`` and at most ``size`` rows; a mapped ``a`` gives its pages back after
-    each block. A block may be a view of ``a`` (in-memory, already ``dtype``): read it, do
-    not keep it."""
+    each block. A block is a view of ``a`` or of a buffer the next block overwrites: read
+    it, do not keep or write it."""
     n = len(a) if rows is None else len(rows)
     size = size or chunk_rows(a.shape[1] if a.ndim == 2 else 1, np.dtype(dtype).itemsize)
     mapped = _mapping(a) is not None
+    # rows that need converting go into one buffer, reused: a fresh array per chunk costs
+    # its page faults on every pass (measured: 2-5x the cast itself)
+    buf = None if rows is None and a.dtype == dtype else np.empty((min(size, n),) + a.shape[1:], dtype)
     for s in range(0, n, size):
         part = a[s:s + size] if rows is None else a[rows[s:s + size]]
-        yield s, np.asarray(part, dtype=dtype)
+        if buf is None:
+            yield s, part
+        else:
+            block = buf[:len(part)]
+            block[...] = part
+            yield s, block
         if mapped:
             release(a)

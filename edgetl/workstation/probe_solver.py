@@ -17,8 +17,9 @@ validation split is small. numpy and scipy only.
 
 Memory: the rows are read, never copied whole. Embeddings may be float32 and live in a
 memory-mapped store (:class:`edgetl.core.rowstore.RowStore`); every pass (standardisation
-statistics, loss and gradient, scores) goes over row chunks in float64, standardised
-chunk by chunk, so memory is one chunk whatever the number of rows. Only when there are fewer rows than features is the standardised matrix formed
+statistics, loss and gradient, scores) goes over row chunks in float64 with the
+standardisation folded into the parameters, so memory is one chunk whatever the number of
+rows. Only when there are fewer rows than features is the standardised matrix formed
 (then it is smaller than ``F x F``) to solve in its row space.
 """
 
@@ -144,7 +145,8 @@ class _Problem:
     """One training set, standardised once, solved for many Cs with warm starts.
 
     With at least as many rows as features the rows stay where they are (a memory-mapped
-    store, say) and every pass reads and standardises them chunk by chunk. With fewer rows than features, parameters live in the row space of the
+    store, say) and every pass reads them chunk by chunk, the standardisation folded into
+    the parameters. With fewer rows than features, parameters live in the row space of the
     standardised rows: the gradient of the loss in W_k is a combination of the rows and the
     penalty is isotropic, so the optimum lies there (representer theorem) and solving in an
     orthonormal basis of it is exact and cheaper (1,280 -> N columns); that matrix, N x N
@@ -162,7 +164,8 @@ class _Problem:
         if sw.shape != y.shape or np.any(sw < 0) or sw.sum() <= 0:
             raise ConfigError("sample_weight must be N non-negative numbers with a positive sum")
         self.n_classes, self.n, self.F = int(n_classes), len(y), rows.F
-        self.mean, self.scale = _standardizer(rows, sw) if standardize else (np.zeros(self.F), np.ones(self.F))
+        self.mean, self.scale, self.flat = (_standardizer(rows, sw) if standardize else
+                                            (np.zeros(self.F), np.ones(self.F), np.zeros(self.F, bool)))
         self.rows, self.X, self.basis = rows, None, None
         if self.n < self.F:  # [n, n] in memory, n < F
             # Xs = R^T Q^T with Q [F, n] orthonormal: Q^T is a basis of the row space and R^T the
@@ -186,20 +189,38 @@ class _Problem:
         return self.F if self.X is None else self.X.shape[1]
 
     def _blocks(self):
-        """``(offset, block)`` of the standardised design: the row-space matrix (one block),
-        or the rows standardised chunk by chunk (as ``(X - mean) / scale``, so a constant
-        feature is exactly zero, as scikit-learn's)."""
+        """``(offset, block)`` of the design: the row-space matrix (one block), or the raw
+        rows in chunks, whose standardisation :meth:`_fold` and :meth:`_unfold` carry."""
         if self.X is not None:
             yield 0, self.X
-            return
-        for s, X in self.rows.chunks():
-            yield s, (X - self.mean) / self.scale
+        else:
+            yield from self.rows.chunks()
+
+    def _fold(self, W: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised-space (W, c) -> the same logits from raw blocks:
+        ((x - mean) / scale) W^T + c = x (W / scale)^T + (c - (W / scale) mean). Folding saves
+        standardising every chunk on every pass (measured: 190 ms of a 290 ms pass over
+        4,000 x 1,280; folded: ~95 ms)."""
+        if self.X is not None:
+            return W, c
+        Wr = W / self.scale
+        return Wr, c - Wr @ self.mean
+
+    def _unfold(self, GX: np.ndarray, gsum: np.ndarray) -> np.ndarray:
+        """sum_i g_i x_i over raw blocks -> sum_i g_i (x_i - mean) / scale. A feature constant
+        on these rows is exactly zero once standardised, as scikit-learn's: its gradient is
+        zero, not the rounding left by the subtraction."""
+        if self.X is not None:
+            return GX
+        G = (GX - np.outer(gsum, self.mean)) / self.scale
+        G[:, self.flat] = 0.0
+        return G
 
     def _multinomial_fg(self, theta, alpha, K):
         """Mean-scaled multinomial objective and its gradient; theta is [K, F+1] row-major."""
         F = self.width
         Wb = theta.reshape(K, F + 1)
-        Wr, cr = Wb[:, :F], Wb[:, F]
+        Wr, cr = self._fold(Wb[:, :F], Wb[:, F])
         loss, GX, gsum = 0.0, np.zeros((K, F)), np.zeros(K)
         for s, X in self._blocks():
             y, sw = self.yi[s:s + len(X)], self.sw[s:s + len(X)]
@@ -213,22 +234,24 @@ class _Problem:
             GX += G.T @ X
             gsum += G.sum(axis=0)
         grad = np.empty_like(Wb)
-        grad[:, :F] = GX + alpha * Wb[:, :F]
+        grad[:, :F] = self._unfold(GX, gsum) + alpha * Wb[:, :F]
         grad[:, F] = gsum
         return loss + 0.5 * alpha * float(np.sum(Wb[:, :F] ** 2)), grad.ravel()
 
     def _binomial_fg(self, theta, alpha, _K):
         """Mean-scaled binomial objective (y in {0, 1}) and its gradient; theta is [F+1]."""
         w, c = theta[:-1], theta[-1]
+        wr, cr = self._fold(w[None], np.array([c]))
         loss, gX, gsum = 0.0, np.zeros(self.width), 0.0
         for s, X in self._blocks():
             y, sw = self.yi[s:s + len(X)], self.sw[s:s + len(X)]
-            z = X @ w + c
+            z = X @ wr[0] + cr[0]
             loss += float(sw @ (np.logaddexp(0.0, z) - y * z))
             g = sw * (expit(z) - y)
             gX += X.T @ g
             gsum += float(g.sum())
-        return loss + 0.5 * alpha * float(w @ w), np.concatenate([gX + alpha * w, [gsum]])
+        gw = self._unfold(gX[None], np.array([gsum]))[0]
+        return loss + 0.5 * alpha * float(w @ w), np.concatenate([gw + alpha * w, [gsum]])
 
     def solve(self, C: float, theta0: np.ndarray | None, max_iter: int, tol: float) -> np.ndarray:
         """Optimal parameters (present classes, standardised space) for one C."""
@@ -265,8 +288,8 @@ class _Problem:
             # probability of a pseudo-count, 1 / (n + K), on every training row (the least
             # confident row sets it), so they are never predicted there and a held-out row
             # of such a class costs a large but finite log-loss.
-            Wp = Ws[P] if self.basis is None else Ws[P] @ self.basis.T
-            least = min(float(np.min(logsumexp(X @ Wp.T + bs[P], axis=1))) for _, X in self._blocks())
+            Wp, cp = self._fold(Ws[P] if self.basis is None else Ws[P] @ self.basis.T, bs[P])
+            least = min(float(np.min(logsumexp(X @ Wp.T + cp, axis=1))) for _, X in self._blocks())
             b[absent] = least - np.log(self.n + K)
         return W, b
 
@@ -289,13 +312,15 @@ def _check_labels(y: np.ndarray, n_classes) -> None:
         raise DataError(f"labels must be integers in [0, {n_classes}), got {y.dtype} in [{y.min()}, {y.max()}]")
 
 
-def _standardizer(rows: _Rows, sw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _standardizer(rows: _Rows, sw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's StandardScaler: (weighted) mean, ddof-0 std; near-constant -> scale 1.
-    Two passes over the chunks (mean, then squared deviations), as numpy's two-pass formula."""
+    Two passes over the chunks (mean, then squared deviations), as numpy's two-pass formula;
+    also which features are exactly constant (zero once standardised)."""
     total = float(sw.sum())
-    mean = np.zeros(rows.F)
+    mean, lo, hi = np.zeros(rows.F), np.full(rows.F, np.inf), np.full(rows.F, -np.inf)
     for s, X in rows.chunks():
         mean += sw[s:s + len(X)] @ X
+        lo, hi = np.minimum(lo, X.min(axis=0)), np.maximum(hi, X.max(axis=0))
     mean /= total
     var = np.zeros(rows.F)
     for s, X in rows.chunks():
@@ -304,7 +329,7 @@ def _standardizer(rows: _Rows, sw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # the same constant-feature bound as sklearn.preprocessing._data._is_constant_feature
     eps, n = np.finfo(np.float64).eps, total
     constant = var <= n * eps * var + (n * mean * eps) ** 2
-    return mean, np.where(constant, 1.0, np.sqrt(var))
+    return mean, np.where(constant, 1.0, np.sqrt(var)), lo == hi
 
 
 @_one_blas_thread
