@@ -3,6 +3,7 @@ loop on the same images, in the same run.
 
     python benchmarks/scale_bench.py                    # 1,000 and 5,000 images at 224 px
     python benchmarks/scale_bench.py --sizes 1000,5000,20000
+    python benchmarks/scale_bench.py --memory --sizes 1000,20000 --image-size 64   # peak memory alone
 
 Images are real digits (scikit-learn) resized to 224 px and written as distinct PNG files
 (copies beyond the 1,797 originals get one pixel changed, so every file has its own bytes).
@@ -15,13 +16,22 @@ Each row runs in a fresh process, which reports its wall time and peak RSS (VmHW
 - ``probe cached``: the default run again on the same files (every embedding from the cache);
 - ``raw ORT loop``: a plain loop that decodes each image, applies the same preprocessing and
   runs the same backbone exported to ONNX Runtime (batch 32, every core): the runtime's limit;
+  with ``--raw-no-spin`` also the same loop with ONNX Runtime's spinning off (as the probe's
+  session runs, since its decoding threads share the cores): like for like;
 - ``finetune 1 / 2 processes`` (with ``--finetune``): one epoch of fine-tuning the last block,
   in one process and with ``--nproc-per-node 2`` (gloo), the epoch's own seconds;
 - ``predict``: the probe RUN exported and packaged for x86-ort-fp32, ``Predictor.predict``
   over the folder (loading threads on) next to the bundle's backbone session fed
   preprocessed batches (the runtime's own throughput).
 
-Writes benchmarks/results/scale.json and prints a markdown table.
+With ``--memory`` only the ``probe onnxruntime`` row runs (no raw loop, cache, predict):
+the embedding + solver stage's wall time and peak RSS per size, to show that memory stays
+flat as the data grows (rows stream into a memory-mapped store; the solver reads it in
+chunks). A smaller ``--image-size`` makes that affordable at 20k images on a small machine:
+the embedding width (1,280) and so the rows' bytes do not depend on it.
+
+Writes benchmarks/results/scale.json (scale_memory.json with ``--memory``) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -49,10 +59,10 @@ import json, sys, time
 from edgetl.cli import _quiet_third_party
 _quiet_third_party()
 from edgetl.workstation.training import TrainConfig, train
-data, out, engine, cache, cache_dir = sys.argv[1:6]
+data, out, engine, cache, cache_dir, size = sys.argv[1:7]
 t0 = time.perf_counter()
-r = train(data, out, TrainConfig(image_size=224, embed_with=engine, embed_cache=cache == "1", cache_dir=cache_dir),
-          overwrite=True)
+r = train(data, out, TrainConfig(image_size=int(size), embed_with=engine, embed_cache=cache == "1",
+                                 cache_dir=cache_dir), overwrite=True)
 print(json.dumps({"wall_s": time.perf_counter() - t0, "peak_mb": _peak_mb(), "val_accuracy": r.val_accuracy,
                   "embedding": r.metrics["embedding"]}))
 """
@@ -65,15 +75,18 @@ _quiet_third_party()
 import torch, onnxruntime as ort
 from edgetl.workstation.backbones import create_backbone
 from edgetl.modalities.image import preprocess
-data, tmp = sys.argv[1:3]
+data, tmp, size, spin = sys.argv[1:5]
+size = int(size)
 t0 = time.perf_counter()
 bb = create_backbone("efficientnet_lite0")
-spec = bb.preprocess.with_input_size(224)
+spec = bb.preprocess.with_input_size(size)
 with warnings.catch_warnings(), torch.no_grad():
     warnings.simplefilter("ignore")
-    torch.onnx.export(bb.module.eval(), (torch.zeros(2, 3, 224, 224),), tmp, dynamo=False, opset_version=17,
+    torch.onnx.export(bb.module.eval(), (torch.zeros(2, 3, size, size),), tmp, dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["z"], dynamic_axes={"x": {0: "b"}, "z": {0: "b"}})
 opts = ort.SessionOptions(); opts.intra_op_num_threads = os.cpu_count()
+if spin == "0":  # as the probe's own session: workers sleep between ops
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
 sess = ort.InferenceSession(tmp, opts, providers=["CPUExecutionProvider"])
 paths = sorted(glob.glob(os.path.join(data, "*", "*.png")))
 t1 = time.perf_counter()
@@ -113,8 +126,8 @@ print(json.dumps({"predict_images_per_s": len(paths) / folder, "runtime_images_p
 """
 
 
-def write_images(root: Path, n: int) -> Path:
-    """``n`` distinct 224-px PNGs of real digits, one folder per class."""
+def write_images(root: Path, n: int, size: int = 224) -> Path:
+    """``n`` distinct ``size``-px PNGs of real digits, one folder per class."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -127,7 +140,7 @@ def write_images(root: Path, n: int) -> Path:
         if i >= len(digits.images):
             pixels = pixels.copy()
             pixels.flat[(i // len(digits.images)) % 64] ^= 1  # another file, another digest
-        Image.fromarray(pixels).resize((224, 224), Image.BILINEAR).save(root / str(digits.target[j]) / f"{i:06d}.png")
+        Image.fromarray(pixels).resize((size, size), Image.BILINEAR).save(root / str(digits.target[j]) / f"{i:06d}.png")
     return root
 
 
@@ -156,39 +169,68 @@ def _finetune(data: Path, out: Path, nproc: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1000,5000", help="numbers of images (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=224, help="pixels per side (default: %(default)s)")
     p.add_argument("--skip-torch", action="store_true", help="leave out the PyTorch-eager probe rows")
+    p.add_argument("--raw-no-spin", action="store_true",
+                   help="add the raw loop with ONNX Runtime's spinning off, as the probe's session runs")
+    p.add_argument("--memory", action="store_true",
+                   help="only the probe (embedding + solver) per size: wall time and peak RSS")
     p.add_argument("--finetune", action="store_true", help="add fine-tuning epoch time, 1 vs 2 processes")
+    p.add_argument("--work", type=Path, default=None,
+                   help="folder for the images and RUNs (default: a temporary folder, removed after)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from edgetl.benchmarking.environment import environment
 
-    rows = []
+    size, rows = str(args.image_size), []
     for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
-        with tempfile.TemporaryDirectory(prefix="edgetl-scale-") as tmp:
-            data = write_images(Path(tmp) / "data", n)
+        if args.work is not None:
+            args.work.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="edgetl-scale-", dir=args.work) as tmp:
+            data = write_images(Path(tmp) / "data", n, args.image_size)
             cache = str(Path(tmp) / "cache")
-            raw = _run(_RAW, str(data), str(Path(tmp) / "raw.onnx"))
-            row = {"images": n, "raw": raw}
+            row: dict = {"images": n, "image_size": args.image_size}
+            if args.memory:
+                row["onnxruntime"] = _run(_PROBE, str(data), str(Path(tmp) / "run_o"), "auto", "0", cache, size)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
+            row["raw"] = _run(_RAW, str(data), str(Path(tmp) / "raw.onnx"), size, "1")
+            if args.raw_no_spin:
+                row["raw_no_spin"] = _run(_RAW, str(data), str(Path(tmp) / "raw.onnx"), size, "0")
             if not args.skip_torch:
-                row["torch"] = _run(_PROBE, str(data), str(Path(tmp) / "run_t"), "torch", "0", cache)
-            row["onnxruntime"] = _run(_PROBE, str(data), str(Path(tmp) / "run_o"), "auto", "1", cache)
-            row["cached"] = _run(_PROBE, str(data), str(Path(tmp) / "run_c"), "auto", "1", cache)
+                row["torch"] = _run(_PROBE, str(data), str(Path(tmp) / "run_t"), "torch", "0", cache, size)
+            row["onnxruntime"] = _run(_PROBE, str(data), str(Path(tmp) / "run_o"), "auto", "1", cache, size)
+            row["cached"] = _run(_PROBE, str(data), str(Path(tmp) / "run_c"), "auto", "1", cache, size)
             row["predict"] = _run(_PREDICT, str(Path(tmp) / "run_c"), str(Path(tmp) / "bundle"), str(data))
             if args.finetune:
                 row["finetune"] = {k: _finetune(data, Path(tmp) / f"ft{k}", k) for k in (1, 2)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
-    print("\n| images | raw ORT loop | probe torch | probe onnxruntime | probe cached | peak MB (torch / ort / cached / raw) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    name = "scale_memory.json" if args.memory else "scale.json"
+    (args.out / name).write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
+    if args.memory:
+        print(f"\n| images ({args.image_size} px) | probe wall | embedding | images/s | peak RSS |")
+        print("|---:|---:|---:|---:|---:|")
+        for r in rows:
+            o = r["onnxruntime"]
+            print(f"| {r['images']} | {o['wall_s']:.1f} s | {o['embedding']['seconds']:.1f} s | "
+                  f"{o['embedding']['images_per_s']:.0f} | {o['peak_mb']:.0f} MB |")
+        return 0
+    print("\n| images | raw ORT loop | probe onnxruntime | probe / raw | probe cached | probe torch "
+          "| peak MB (raw / ort / cached / torch) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        t = r.get("torch", {})
-        print(f"| {r['images']} | {r['raw']['wall_s']:.1f} s | {t.get('wall_s', float('nan')):.1f} s | "
-              f"{r['onnxruntime']['wall_s']:.1f} s | {r['cached']['wall_s']:.1f} s | "
-              f"{t.get('peak_mb', float('nan')):.0f} / {r['onnxruntime']['peak_mb']:.0f} / "
-              f"{r['cached']['peak_mb']:.0f} / {r['raw']['peak_mb']:.0f} |")
+        if "raw_no_spin" in r:
+            print(f"| {r['images']} | raw loop, spinning off: {r['raw_no_spin']['wall_s']:.1f} s "
+                  f"(probe / that: {r['onnxruntime']['wall_s'] / r['raw_no_spin']['wall_s']:.2f}x) |")
+        t, o = r.get("torch", {}), r["onnxruntime"]
+        print(f"| {r['images']} | {r['raw']['wall_s']:.1f} s | {o['wall_s']:.1f} s | "
+              f"{o['wall_s'] / r['raw']['wall_s']:.2f}x | {r['cached']['wall_s']:.1f} s | "
+              f"{t.get('wall_s', float('nan')):.1f} s | {r['raw']['peak_mb']:.0f} / {o['peak_mb']:.0f} / "
+              f"{r['cached']['peak_mb']:.0f} / {t.get('peak_mb', float('nan')):.0f} |")
     print("\n| images | predict over the folder | the runtime alone | fine-tune epoch, 1 process | 2 processes |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -135,6 +135,8 @@ def test_onnxruntime_embeddings_equal_pytorch(sample, tmp_path):
     got, rep_o = embed_paths(bb.module, sample, spec, torch.device("cpu"),
                              EmbedOptions(cache_dir=str(tmp_path), batch_size=8))
     assert rep_t["engine"] == "torch" and rep_o["engine"] == "onnxruntime" and rep_o["computed"] == len(sample)
+    assert rep_o["rows"] == "memory-mapped"  # streamed into an unnamed scratch file beside the cache
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temporary shard or scratch file left
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
     again, rep = embed_paths(bb.module, sample, spec, torch.device("cpu"), EmbedOptions(cache_dir=str(tmp_path)))
     assert rep["cached"] == len(sample) and rep["computed"] == 0

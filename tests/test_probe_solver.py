@@ -255,3 +255,68 @@ def test_bad_input_is_a_clear_error(call, message):
     X, y = np.random.default_rng(0).normal(size=(12, 4)), np.arange(12) % 3
     with pytest.raises((ConfigError, DataError), match=message):
         call(X, y)
+
+
+def _rss_file_kb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_memory_mapped_float32_rows_read_in_chunks_give_the_in_memory_solution(emb, tmp_path, monkeypatch):
+    from edgetl.core import rowstore
+
+    (X, y), (Xv, yv), (Xt, yt) = emb["digits_train"], emb["digits_val"], emb["digits_test"]
+    # real embeddings, 256 of their features: more rows than features, so the rows are read
+    # where they lie in chunks (not solved in their span, which is held in memory)
+    X, y = np.vstack([X, Xt])[:, :256].astype(np.float32), np.concatenate([y, yt])
+    Xv = Xv[:, :256].astype(np.float32)
+    W0, b0 = fit_logreg(X.astype(np.float64), y, 10, 0.1, **TIGHT)  # in memory, one chunk
+    Cs = [1e-2, 1e-1, 1.0]
+    sol0 = solve_probe(X.astype(np.float64), y, Xv.astype(np.float64), yv, 10, Cs=Cs, folds=3, **TIGHT)
+    store = rowstore.RowStore(tmp_path, len(X) + len(Xv), X.shape[1])
+    store.array[:len(X)], store.array[len(X):] = X, Xv
+    assert not list(tmp_path.iterdir())  # the store's file has no name: nothing to leave behind
+    monkeypatch.setattr(rowstore, "CHUNK_BYTES", 64 * 256 * 8)  # 64-row chunks: 8 of them
+    W1, b1 = fit_logreg(store.array[:len(X)], y, 10, 0.1, **TIGHT)
+    np.testing.assert_allclose(W1, W0, atol=1e-5 * np.abs(W0).max())
+    np.testing.assert_allclose(b1, b0, atol=1e-5 * max(1.0, np.abs(b0).max()))
+    # the same float32 values, given as float64: scikit-learn would solve float32 in float32, we read
+    # float32 and compute in float64
+    sk = _sk_fit(make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000, tol=1e-10)),
+                 X.astype(np.float64), y)
+    Xq = emb["digits_val"][0][:, :256]
+    assert np.abs(softmax(Xq @ W1.T + b1, axis=1) - sk.predict_proba(Xq)).max() < 1e-4
+    # the verb on two views of the store (train, validation), k-fold on index views of both
+    sol1 = solve_probe(store.array[:len(X)], y, store.array[len(X):], yv, 10, Cs=Cs, folds=3, **TIGHT)
+    assert sol1.C == sol0.C and np.allclose(sol1.table, sol0.table, rtol=1e-6)
+    np.testing.assert_allclose(sol1.W, sol0.W, atol=1e-4 * np.abs(sol0.W).max())
+
+
+def test_peak_memory_does_not_grow_with_rows(emb, tmp_path, monkeypatch):
+    import tracemalloc
+
+    from edgetl.core import rowstore
+
+    monkeypatch.setattr(rowstore, "CHUNK_BYTES", 2 * 1024**2)
+    X, y = emb["digits_train"]  # 200 real rows of 1,280 features, repeated with a little noise
+    rng, peaks = np.random.default_rng(0), {}
+    for n in (3000, 12000):
+        store = rowstore.RowStore(tmp_path, n, X.shape[1])
+        for s in range(0, n, 1000):
+            rows = np.arange(s, min(n, s + 1000)) % len(X)
+            store.write(slice(s, s + len(rows)), X[rows] + 0.05 * rng.standard_normal((len(rows), X.shape[1])))
+        yy = y[np.arange(n) % len(X)]
+        resident = _rss_file_kb()
+        tracemalloc.start()
+        W, _ = fit_logreg(store.array, yy, 10, 0.1, max_iter=3)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert np.all(np.isfinite(W))
+        # the store's pages leave the resident set after each chunk (12,000 rows: 61 MB)
+        assert (_rss_file_kb() - resident) * 1024 < 0.25 * store.array.nbytes
+    full = 12000 * X.shape[1] * 8  # one float64 copy of the rows, as the solver once made (twice)
+    print(f"\npeak traced memory: 3,000 rows {peaks[3000] / 2**20:.1f} MB, 12,000 rows {peaks[12000] / 2**20:.1f} MB "
+          f"(a float64 copy: {full / 2**20:.0f} MB)")
+    assert peaks[12000] < 1.2 * peaks[3000] + 2**20 and peaks[12000] < 0.2 * full  # measured 6.4 and 6.3 MB

@@ -6,7 +6,8 @@ model, its weights, the preprocessing and the engine (see
 :func:`edgetl.workstation.embedding.cache_key`), so a cached row is only ever reused for the
 same computation on the same bytes.
 
-Safety: a writer writes its own shard under temporary names and renames the embeddings
+Safety: a writer writes its own shard (streamed row block by row block, so no writer
+needs all its rows in memory) under temporary names and renames the embeddings
 first and the keys last, so a reader sees a shard only once it is complete; concurrent
 writers never share a file (duplicates are harmless: the first found wins). Anything a
 killed writer left behind (``.tmp-*``) is removed by a later writer once it is an hour old.
@@ -26,7 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_BYTES", "EmbeddingCache", "cache_size", "default_cache_dir", "file_digest"]
+from edgetl.core.rowstore import chunk_rows, release
+
+__all__ = ["DEFAULT_MAX_BYTES", "EmbeddingCache", "ShardWriter", "cache_size", "default_cache_dir", "file_digest"]
 
 DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB: ~400k embeddings of 1280 floats
 _STALE_SECONDS = 3600.0
@@ -82,15 +85,30 @@ class EmbeddingCache:
             return []
         return sorted(p.name[: -len(".keys.npy")] for p in self.dir.glob("*.keys.npy") if not p.name.startswith("."))
 
-    def lookup(self, digests: Sequence[bytes], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def width(self) -> int | None:
+        """The embedding size of the first readable shard (None: no shard)."""
+        for shard in self._shards():
+            try:
+                emb = np.load(self.dir / f"{shard}.emb.npy", mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                continue
+            if emb.ndim == 2 and emb.dtype == np.float32:
+                return int(emb.shape[1])
+        return None
+
+    def lookup(self, digests: Sequence[bytes], width: int | None = None,
+               out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows for ``digests``: ``(embeddings, found)`` where ``found`` is a boolean mask and
         ``embeddings[i]`` is valid where ``found[i]`` (zeros elsewhere). ``width`` (the
-        embedding size, when known) refuses shards of another size."""
+        embedding size, when known) refuses shards of another size. ``out`` (``[n, width]``,
+        a memory-mapped :class:`~edgetl.core.rowstore.RowStore` array, say) receives the rows
+        instead of a new array; shards are read in chunks, their pages given back after each."""
+        if out is not None:
+            width = out.shape[1]
         wanted: dict[bytes, list[int]] = {}
         for i, d in enumerate(digests):
             wanted.setdefault(bytes(d), []).append(i)
         found = np.zeros(len(digests), bool)
-        out: np.ndarray | None = None
         for shard in self._shards():
             if not wanted:
                 break
@@ -117,10 +135,14 @@ class EmbeddingCache:
                 continue
             if out is None:
                 out = np.zeros((len(digests), emb.shape[1]), np.float32)
-            block = np.asarray(emb[rows])
-            for row, idx in zip(block, targets):
-                out[idx] = row
-                found[idx] = True
+            step = chunk_rows(emb.shape[1], 4)
+            for s in range(0, len(rows), step):
+                block = np.asarray(emb[rows[s:s + step]])
+                for row, idx in zip(block, targets[s:s + step]):
+                    out[idx] = row
+                    found[idx] = True
+                release(emb)
+                release(out)
             os.utime(keys_path)  # least recently used goes first
         if out is None:
             out = np.zeros((len(digests), width or 0), np.float32)
@@ -129,26 +151,27 @@ class EmbeddingCache:
     # ------------------------------------------------------------------ writing
     def add(self, digests: Sequence[bytes], embeddings: np.ndarray) -> None:
         """Store rows as one new shard (atomically), then keep the cache under its bound."""
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if len(digests) != len(embeddings) or embeddings.ndim != 2:
+        if len(digests) != len(embeddings) or np.ndim(embeddings) != 2:
             raise ValueError("one 2-D embedding row per digest")
-        if not len(digests) or embeddings.nbytes > self.max_bytes:
+        writer = self.writer(len(digests), embeddings.shape[1])
+        if writer is None:
             return
+        try:
+            for s in range(0, len(digests), chunk_rows(embeddings.shape[1], 4)):
+                writer.write(embeddings[s:s + chunk_rows(embeddings.shape[1], 4)])
+                release(embeddings)
+            writer.commit(digests)
+        finally:
+            writer.close()
+
+    def writer(self, n: int, width: int) -> "ShardWriter | None":
+        """A new shard of ``n`` rows written as they come (:meth:`ShardWriter.write`), visible
+        only once :meth:`ShardWriter.commit` renames it; None when it would not fit the bound."""
+        if n <= 0 or n * width * 4 > self.max_bytes:
+            return None
         self.dir.mkdir(parents=True, exist_ok=True)
         self._collect_stale()
-        shard = uuid.uuid4().hex
-        keys = np.frombuffer(b"".join(bytes(d) for d in digests), np.uint8).reshape(len(digests), _DIGEST_BYTES)
-        tmp_emb, tmp_keys = self.dir / f".tmp-{shard}.emb.npy", self.dir / f".tmp-{shard}.keys.npy"
-        try:
-            with open(tmp_emb, "wb") as f:
-                np.save(f, embeddings, allow_pickle=False)
-            with open(tmp_keys, "wb") as f:
-                np.save(f, keys, allow_pickle=False)
-            os.replace(tmp_emb, self.dir / f"{shard}.emb.npy")
-            os.replace(tmp_keys, self.dir / f"{shard}.keys.npy")  # the shard exists from here on
-        finally:
-            _remove(tmp_emb, tmp_keys)
-        self._evict()
+        return ShardWriter(self, n, width)
 
     def _collect_stale(self) -> None:
         now = time.time()
@@ -175,3 +198,47 @@ class EmbeddingCache:
                 break
             _remove(keys_path, emb_path)  # keys first: the shard is gone for readers at once
             total -= size
+
+
+class ShardWriter:
+    """One shard being written: rows streamed to ``.tmp-ID.emb.npy``, then the keys, then
+    the two renamed (embeddings first, keys last). :meth:`close` without a commit removes
+    the temporary files."""
+
+    def __init__(self, cache: EmbeddingCache, n: int, width: int):
+        self.cache, self.n, self.width, self.count = cache, int(n), int(width), 0
+        self.id = uuid.uuid4().hex
+        self.tmp_emb = cache.dir / f".tmp-{self.id}.emb.npy"
+        self.tmp_keys = cache.dir / f".tmp-{self.id}.keys.npy"
+        self._f = open(self.tmp_emb, "wb")
+        try:
+            np.lib.format.write_array_header_1_0(
+                self._f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                          "shape": (self.n, self.width)})
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.width or self.count + len(rows) > self.n:
+            raise ValueError(f"rows of width {self.width}, {self.n} in all")
+        self._f.write(rows.tobytes())
+        self.count += len(rows)
+
+    def commit(self, digests: Sequence[bytes]) -> None:
+        if self.count != self.n or len(digests) != self.n:
+            raise ValueError(f"{self.count} rows written and {len(digests)} digests for a shard of {self.n}")
+        self._f.close()
+        keys = np.frombuffer(b"".join(bytes(d) for d in digests), np.uint8).reshape(self.n, _DIGEST_BYTES)
+        with open(self.tmp_keys, "wb") as f:
+            np.save(f, keys, allow_pickle=False)
+        d = self.cache.dir
+        os.replace(self.tmp_emb, d / f"{self.id}.emb.npy")
+        os.replace(self.tmp_keys, d / f"{self.id}.keys.npy")  # the shard exists from here on
+        self.cache._evict()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+        _remove(self.tmp_emb, self.tmp_keys)

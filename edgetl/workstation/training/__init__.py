@@ -21,6 +21,7 @@ from edgetl.workstation.model import EdgeModel
 from edgetl.core.run import RUN_FORMAT, package_versions, write_run_json
 from edgetl.workstation.training.config import Strategy, TrainConfig, TrainReport, TrainResult
 from edgetl.workstation.training import distributed
+from edgetl.workstation.embedding import scratch_folder
 from edgetl.workstation.training.data import embed_images
 from edgetl.workstation.training import adapt, loops  # noqa: F401 - register the strategies
 from edgetl.workstation.training.strategies import STRATEGIES, FitData
@@ -146,7 +147,8 @@ def _fit_and_write(fit: FitData, out: Path, backbone: Backbone, modality: str, s
                    split: dict, skipped: int, artifacts: dict, labels, dist) -> TrainReport:
     cfg, model = fit.cfg, fit.model
     t0 = time.perf_counter()
-    fitted = STRATEGIES.get(cfg.strategy.value)(fit)
+    with scratch_folder(out):  # frozen-backbone embeddings stream to a store inside the RUN (an unnamed file)
+        fitted = STRATEGIES.get(cfg.strategy.value)(fit)
     history, stop, extra = fitted.history, fitted.stop, fitted.extra
     model.load_state_dict(stop.state)
     model.eval().cpu()

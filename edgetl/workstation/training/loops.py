@@ -34,10 +34,6 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, tota
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
-
-
 class EarlyStop:
     """Keeps the best state by validation loss (accuracy breaks ties); says when patience ran out.
     Validation sets are small: accuracy moves in steps of one sample and its maximum is often a
@@ -76,7 +72,7 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
     exactly (L2 strength chosen by validation log-loss, or k-fold for small splits), load it
     into ``model.head``. Returns the solution, the training embeddings' loss/accuracy and
     how the embeddings were computed."""
-    from edgetl.workstation.probe_solver import solve_probe
+    from edgetl.workstation.probe_solver import score_head, solve_probe
 
     d = distributed.current()  # under torchrun each rank embeds its shard; rank 0 solves
     items = [*train_paths, *val_paths]  # one pass: one export, one weights digest, one report
@@ -96,13 +92,12 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
         sol = solve_probe(z_train, np.asarray(train_y), z_val, np.asarray(val_y), n_classes, refit=refit,
                           seed=cfg.seed)
     sol = distributed.broadcast_object(sol, d)
-    z_train = torch.from_numpy(z_train)
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(sol.W))
         model.head.bias.copy_(torch.from_numpy(sol.b))
-        logits = model.forward_head(z_train.to(device))
-        train_loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(train_y, device=device)))
-    return sol, train_loss, _accuracy(logits.cpu(), torch.as_tensor(train_y)), seen
+    # the head in eval mode is logits = z W^T + b: scored over row chunks of the (memory-mapped) rows
+    train_loss, train_acc = score_head(sol.W, sol.b, z_train, np.asarray(train_y))
+    return sol, train_loss, train_acc, seen
 
 
 def train_probe(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y,
