@@ -225,17 +225,18 @@ def _accuracy_estimate(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: Select
             "knn_accuracy": knn, "logme": score, "seconds_probe": t1 - t0, "seconds_logme": t2 - t1}
 
 
-def _latency_run(name: str, modality: str, size: int | None, max_length: int | None, tgt: Target, items: list,
-                 y: list[int], labels: list[str], root: Path, work: Path) -> tuple[Path, bool]:
+def _latency_run(name: str, digest: str, modality: str, size: int | None, max_length: int | None, tgt: Target,
+                 items: list, y: list[int], labels: list[str], root: Path, work: Path) -> tuple[Path, bool]:
     """A small RUN of ``name`` (head trained on a few sample items), exported and, for an
-    int8 target, quantized with the target's engine; cached by backbone, size and target."""
+    int8 target, quantized with the target's engine; cached by the backbone's weights (two
+    names of the same weights, such as a built-in and its folder as ``hf:PATH``, deploy
+    the same graph), input shape and target."""
     from edgetl.workstation.onnx_export import ExportConfig, export
     from edgetl.workstation.quantization import Engine, QuantizeConfig, quantize
     from edgetl.workstation.training import TrainConfig, train
 
     shape = (size or "native") if modality == "image" else f"len{max_length or 'default'}"
-    key = f"{name.replace(':', '_').replace('/', '_')}-{shape}-{tgt.runtime.value}-{tgt.precision.value}" \
-          f"-{len(labels)}c"
+    key = f"{digest[:16]}-{shape}-{tgt.runtime.value}-{tgt.precision.value}-{len(labels)}c"
     run_dir = work / "latency" / key
     if (run_dir / "select-ready").is_file():
         return run_dir, True
@@ -266,7 +267,7 @@ def _latency_run(name: str, modality: str, size: int | None, max_length: int | N
         quantize(run_dir, QuantizeConfig(engine=engine, max_drop=0.99, min_agreement=0.0, max_steps=0,
                                          calib_size=len(items), ranking_images=min(8, len(items))))
     shutil.rmtree(tiny, ignore_errors=True)
-    (run_dir / "select-ready").write_text("ok\n")
+    (run_dir / "select-ready").write_text(f"{name}\n")
     return run_dir, False
 
 
@@ -469,6 +470,7 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
     class-per-folder tree) or texts (CSV/TSV/JSONL, or class folders of .txt files)."""
     from edgetl.modalities import get_modality
     from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.embedding import weights_digest
 
     cfg = config or SelectConfig()
     tgt = load_target(target)
@@ -501,7 +503,7 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
         est = _accuracy_estimate(X.astype(np.float64), y, len(found.labels), cfg)
         seconds_probe, seconds_logme = est.pop("seconds_probe"), est.pop("seconds_logme")
         t2 = time.perf_counter()
-        run_dir, run_cached = _latency_run(name, modality, cfg.image_size, cfg.max_length, tgt, tiny,
+        run_dir, run_cached = _latency_run(name, weights_digest(bb.module), modality, cfg.image_size, cfg.max_length, tgt, tiny,
                                            found.targets[tiny_idx].tolist(), list(found.labels), Path(found.root),
                                            work)
         t3 = time.perf_counter()
