@@ -174,6 +174,29 @@ def test_unfreeze_sweep_suggests_a_depth_from_held_out_accuracy(auto_build, smal
                                                                                  * sweep["n_heldout"]))
         assert r["seconds"] > 0
     assert d0["epochs"] == d1["epochs"] == 1 and probe["epochs"] == 0
+    # the probe row is scikit-learn's logistic regression (its C) fit on the training part
+    # only and scored on the held-out part: the held-out items choose nothing
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from edgetl.core.data import stratified_split
+    from edgetl.modalities.image import scan_folder
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.embedding import embed_paths
+    from edgetl.workstation.selection import _stratified_sample
+
+    folder = scan_folder(small_digits)
+    idx = _stratified_sample(folder.targets, SAMPLE, 0)
+    y = folder.targets[idx]
+    tr, ho = stratified_split(y, 0.3, 0)
+    assert len(ho) == sweep["n_heldout"]
+    bb = create_backbone(one)
+    X = embed_paths(bb.module, [folder.paths[i] for i in idx], bb.preprocess.with_input_size(64),
+                    torch.device("cpu"))[0].astype(np.float64)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=probe["C"], max_iter=5000, tol=1e-8)).fit(X[tr], y[tr])
+    assert probe["heldout_accuracy"] == pytest.approx(float(np.mean(ref.predict(X[ho]) == y[ho])), abs=1.5 / len(ho))
     # depth 0 trains the head only (as many parameters as the probe's), depth 1 a block more
     assert probe["trainable_params"] == d0["trainable_params"] < d1["trainable_params"]
     assert (sweep["suggested"], sweep["why"]) == suggest_depth(sweep["rows"], sweep["n_heldout"])

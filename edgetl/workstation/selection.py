@@ -321,8 +321,10 @@ def _depth_name(d: int | None) -> str:
 def _unfreeze_sweep(name: str, items: list, y: np.ndarray, n_classes: int, spec, cfg: SelectConfig) -> dict[str, Any]:
     """The linear probe and a short LP-FT fine-tuning per depth of ``cfg.sweep_unfreeze``,
     each from the same pretrained weights, trained on one stratified part of the sample and
-    scored on the rest (``sweep_holdout``), at the last epoch of a fixed schedule: the
-    held-out part chooses nothing (no early stopping, no epoch picked on it)."""
+    scored on the rest (``sweep_holdout``), at the last epoch of a fixed schedule. The
+    held-out part chooses nothing: the probe's C is cross-validated on the training part
+    only, that probe is every fine-tuning's starting head (LP-FT), and no epoch is picked
+    on the held-out part (no early stopping)."""
     import copy
 
     import torch
@@ -330,38 +332,50 @@ def _unfreeze_sweep(name: str, items: list, y: np.ndarray, n_classes: int, spec,
     from edgetl.core.data import stratified_split
     from edgetl.workstation.backbones import create_backbone
     from edgetl.workstation.model import EdgeModel
+    from edgetl.workstation.probe_solver import cross_validate_C, fit_logreg
     from edgetl.workstation.training import TrainConfig
+    from edgetl.workstation.training.data import embed_items
     from edgetl.workstation.training.strategies import STRATEGIES, FitData
 
     tr, ho = stratified_split(y, cfg.sweep_holdout, cfg.seed)
     pick = lambda idx: [items[i] for i in idx]  # noqa: E731
     base = create_backbone(name)
-    image = spec.__class__.__name__ == "PreprocessSpec"
-    rows = []
+    image = _is_image(spec)
+    cpu = torch.device("cpu")
     t_all = time.perf_counter()
-    for depth in ("probe", *cfg.sweep_unfreeze):
-        probe = depth == "probe"
-        label = "probe" if probe else _depth_name(depth)
-        _ui.info(f"sweep {name}: {'linear probe' if probe else f'fine-tuning, --unfreeze {label}'} on "
-                 f"{len(tr)} sampled items, held-out {len(ho)}")
+    _ui.info(f"sweep {name}: linear probe on {len(tr)} sampled items, held-out {len(ho)}")
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        z = embed_items(base.module, items, spec, cpu, description=f"embedding {name}",
+                        options=TrainConfig().embed_options() if image else None).numpy().astype(np.float64)
+    C, _ = cross_validate_C(z[tr], y[tr], n_classes, folds=cfg.folds, seed=cfg.seed)
+    W, b = fit_logreg(z[tr], y[tr], n_classes, C)
+    logits = z[ho] @ W.T.astype(np.float64) + b
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    rows = [{"unfreeze": "probe", "heldout_accuracy": float(np.mean(logits.argmax(1) == y[ho])),
+             "heldout_loss": float(-logp[np.arange(len(ho)), y[ho]].mean()),
+             "train_accuracy": float(np.mean((z[tr] @ W.T + b).argmax(1) == y[tr])), "epochs": 0,
+             "trainable_params": int(W.size + b.size), "seconds": time.perf_counter() - t0, "C": C}]
+    for depth in cfg.sweep_unfreeze:
+        label = _depth_name(depth)
+        _ui.info(f"sweep {name}: LP-FT, --unfreeze {label}, {cfg.sweep_epochs} epochs")
         torch.manual_seed(cfg.seed)
         model = EdgeModel(copy.deepcopy(base.module), base.num_features, n_classes, 0.0)
-        tcfg = TrainConfig(backbone=name, strategy="linear-probe" if probe else "finetune",
-                           unfreeze=None if probe else depth, epochs=None if probe else cfg.sweep_epochs,
-                           patience=cfg.sweep_epochs + 1, seed=cfg.seed, device="cpu", refit=False,
+        with torch.no_grad():  # LP-FT: the head starts from the probe above
+            model.head.weight.copy_(torch.from_numpy(W))
+            model.head.bias.copy_(torch.from_numpy(b))
+        tcfg = TrainConfig(backbone=name, strategy="finetune", unfreeze=depth, epochs=cfg.sweep_epochs,
+                           patience=cfg.sweep_epochs + 1, seed=cfg.seed, device="cpu", lp_ft=False,
                            augment=image, warmup_epochs=1 if cfg.sweep_epochs > 2 else 0).resolved()
         t0 = time.perf_counter()
         fitted = STRATEGIES.get(tcfg.strategy.value)(FitData(model, tcfg, pick(tr), y[tr].tolist(), pick(ho),
-                                                             y[ho].tolist(), spec, torch.device("cpu")))
-        seconds = time.perf_counter() - t0
+                                                             y[ho].tolist(), spec, cpu))
         last = fitted.history[-1]
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if not probe else \
-            sum(p.numel() for p in model.head.parameters())
-        rows.append({"unfreeze": label, "heldout_accuracy": fitted.stop.best if probe else last["val_acc"],
-                     "heldout_loss": fitted.extra["probe"]["val_loss"] if probe else last["val_loss"],
-                     "train_accuracy": None if probe else last["train_acc"],
-                     "epochs": 0 if probe else len(fitted.history), "trainable_params": int(trainable),
-                     "seconds": seconds})
+        rows.append({"unfreeze": label, "heldout_accuracy": last["val_acc"], "heldout_loss": last["val_loss"],
+                     "train_accuracy": last["train_acc"], "epochs": len(fitted.history),
+                     "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+                     "seconds": time.perf_counter() - t0})
     suggested, why = suggest_depth(rows, len(ho))
     return {"backbone": name, "rows": rows, "suggested": suggested, "why": why, "n_train": len(tr),
             "n_heldout": len(ho), "epochs": cfg.sweep_epochs,
