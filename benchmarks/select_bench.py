@@ -9,7 +9,9 @@ for each built-in candidate at its native input size:
   its held-out validation accuracy (20 %, never seen by the head's fit or its C).
 
 Reports Spearman's and Kendall's rank correlation between each estimate and the full
-training accuracy, and select's cost (cold cache, then warm). Resumable: each finished
+training accuracy, and select's cost (cold cache, then warm); then whether that ranking is
+real at all (paired bootstrap over items, single split and repeated 5-fold, see
+``agreement``) and whether larger samples or repeated k-fold estimates rank better. Resumable: each finished
 step is kept in benchmarks/results/select.json.
 
     python benchmarks/select_bench.py                    # digits (1,797) and photos, 3 candidates

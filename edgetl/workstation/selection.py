@@ -14,7 +14,10 @@ For each candidate backbone of the data's modality:
   in a fresh process with torch blocked, as ``edgetl bench`` does.
 
 The recommendation is the most accurate candidate whose p90 latency (and peak memory)
-meets the budget. The cost of the estimate is reported per candidate and stage.
+meets the budget. The cost of the estimate is reported per candidate and stage. With
+``sweep_unfreeze`` the recommended backbone is also fine-tuned briefly per depth
+(:func:`_unfreeze_sweep`) and the suggested ``--unfreeze`` comes from held-out accuracy.
+Images (a class-per-folder tree) and texts (the text modality's candidates) alike.
 """
 
 from __future__ import annotations
