@@ -9,7 +9,9 @@ for each built-in candidate at its native input size:
   its held-out validation accuracy (20 %, never seen by the head's fit or its C).
 
 Reports Spearman's and Kendall's rank correlation between each estimate and the full
-training accuracy, and select's cost (cold cache, then warm). Resumable: each finished
+training accuracy, and select's cost (cold cache, then warm); then whether that ranking is
+real at all (paired bootstrap over items, single split and repeated 5-fold, see
+``agreement``) and whether larger samples or repeated k-fold estimates rank better. Resumable: each finished
 step is kept in benchmarks/results/select.json.
 
     python benchmarks/select_bench.py                    # digits (1,797) and photos, 3 candidates
@@ -56,6 +58,169 @@ def _ranks(est: list[float], full: list[float]) -> dict[str, float]:
     return {"spearman": float(spearmanr(est, full).statistic), "kendall": float(kendalltau(est, full).statistic)}
 
 
+# ----------------------------------------------------------------------------- agreement
+#
+# Is the ranking that select's estimate is scored against itself real? The full-training
+# accuracies of the three candidates lie within ~1 point of each other. Here, on the whole
+# data set's embeddings (the same frozen features full training uses):
+# - ground truth, twice: the single split that `edgetl train` makes (replicated: the same
+#   split, C chosen as train chooses it, the head fit on the training part), and repeated
+#   stratified 5-fold over all items (every item scored, REPEATS times) at the same C;
+# - a paired bootstrap over items (the same resampled items for every candidate): a 95 %
+#   interval for each accuracy and for each pairwise difference (significant when it
+#   excludes 0), how often a resample keeps the observed order, and the spread of the
+#   Spearman correlation a re-drawn ground truth would give the estimate;
+# - the estimate at several sample sizes and draws (plain 5-fold, and repeated 3 x 5-fold),
+#   each correlated with the lower-noise repeated-k-fold ground truth.
+
+REPEATS = 3
+BOOTSTRAP = 2000
+
+
+def _full_embeddings(folder: Path) -> tuple[dict, "np.ndarray"]:
+    import numpy as np
+    import torch
+
+    from edgetl.modalities.image import scan_folder
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.embedding import embed_paths
+
+    f = scan_folder(folder)
+    Z = {}
+    for b in CANDIDATES:
+        bb = create_backbone(b)
+        Z[b] = embed_paths(bb.module, f.paths, bb.preprocess, torch.device("cpu"), description=f"embedding {b}")[0]
+        Z[b] = Z[b].astype(np.float64)
+    return Z, f.targets
+
+
+def _single_split(X, y, n_classes: int):
+    """Per-item correctness of `edgetl train`'s linear probe on its own validation split
+    (or, when train pools a small split into k-fold, out-of-fold over all items), its C."""
+    import numpy as np
+
+    from edgetl.core.data import stratified_split
+    from edgetl.workstation.probe_solver import _stratified_folds, fit_logreg, solve_probe
+
+    tr, va = stratified_split(y, 0.2, 0)
+    sol = solve_probe(X[tr], y[tr], X[va], y[va], n_classes, refit=False, seed=0)
+    if sol.selection == "holdout":
+        return (X[va] @ sol.W.T.astype(np.float64) + sol.b).argmax(1) == y[va], sol.C, sol.val_accuracy, "holdout"
+    Xa, ya = np.vstack([X[tr], X[va]]), np.concatenate([y[tr], y[va]])
+    k = int(sol.selection.split("-")[0])
+    fold = _stratified_folds(ya, k, 0)
+    correct = np.zeros(len(ya), bool)
+    for f in range(k):
+        W, b = fit_logreg(Xa[fold != f], ya[fold != f], n_classes, sol.C)
+        correct[fold == f] = (Xa[fold == f] @ W.T + b).argmax(1) == ya[fold == f]
+    return correct, sol.C, sol.val_accuracy, sol.selection
+
+
+def _repeated_kfold(X, y, n_classes: int, C: float, repeats: int = REPEATS, folds: int = 5):
+    """Per-item fraction correct over ``repeats`` stratified k-fold partitions at C."""
+    import numpy as np
+
+    from edgetl.workstation.probe_solver import _stratified_folds, fit_logreg
+
+    out = np.zeros(len(y))
+    for r in range(repeats):
+        fold = _stratified_folds(y, folds, 1000 + r)
+        for f in range(folds):
+            W, b = fit_logreg(X[fold != f], y[fold != f], n_classes, C)
+            out[fold == f] += (X[fold == f] @ W.T + b).argmax(1) == y[fold == f]
+    return out / repeats
+
+
+def _paired_bootstrap(correct: dict, estimate: dict | None, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    names = list(correct)
+    M = np.stack([np.asarray(correct[b], float) for b in names])  # [m, n]
+    n = M.shape[1]
+    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)  # [B, n]
+    accs = M @ w.T / n  # [m, B]
+    acc = M.mean(1)
+    order = tuple(np.argsort(-acc, kind="stable"))
+    out = {"n_items": n, "accuracy": {b: float(a) for b, a in zip(names, acc)},
+           "ci95": {b: [float(np.percentile(accs[i], 2.5)), float(np.percentile(accs[i], 97.5))]
+                    for i, b in enumerate(names)}, "pairs": {}}
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            d = accs[i] - accs[j]
+            lo, hi = float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+            out["pairs"][f"{names[i]} - {names[j]}"] = {"diff": float(acc[i] - acc[j]), "ci95": [lo, hi],
+                                                       "significant": bool(lo > 0 or hi < 0)}
+    out["order_kept"] = float(np.mean([tuple(np.argsort(-accs[:, k], kind="stable")) == order
+                                       for k in range(n_boot)]))
+    out["any_significant"] = any(p["significant"] for p in out["pairs"].values())
+    if estimate is not None and len(set(estimate[b] for b in names)) > 1:
+        est = [estimate[b] for b in names]
+        rho = [spearmanr(est, accs[:, k]).statistic for k in range(n_boot)]
+        rho = np.asarray([r for r in rho if np.isfinite(r)])
+        out["spearman_vs_resampled_truth"] = {"mean": float(rho.mean()) if rho.size else None,
+                                              "ci95": [float(np.percentile(rho, 2.5)), float(np.percentile(rho, 97.5))]
+                                              if rho.size else None, "finite": int(rho.size)}
+    return out
+
+
+def _estimates(Z: dict, y, n_classes: int, sizes: list[int], draws: int) -> dict:
+    """select's probe estimate per sample size and draw: 5-fold (as select) and repeated 3 x 5-fold."""
+    from edgetl.workstation.probe_solver import cross_validate_C
+    from edgetl.workstation.selection import _stratified_sample
+
+    out = {}
+    for size in sizes:
+        rows = []
+        for d in range(draws if size < len(y) else 1):
+            idx = _stratified_sample(y, size, d)
+            row = {"draw": d, "n": int(len(idx)), "kfold": {}, "repeated": {}}
+            for b in CANDIDATES:
+                accs = []
+                for r in range(3):
+                    C, table = cross_validate_C(Z[b][idx], y[idx], n_classes, folds=5, seed=d * 10 + r)
+                    accs.append(next(a for c, _, a in table if c == C))
+                row["kfold"][b], row["repeated"][b] = accs[0], sum(accs) / len(accs)
+            rows.append(row)
+            print(f"  estimate n={len(idx)} draw {d}: " + ", ".join(f"{b[-5:]} {row['kfold'][b]:.3f}/"
+                                                                   f"{row['repeated'][b]:.3f}" for b in CANDIDATES),
+                  flush=True)
+        out[str(size)] = rows
+    return out
+
+
+def agreement(folder: Path, estimate: dict, sizes: list[int], draws: int) -> dict:
+    import numpy as np
+
+    from scipy.stats import spearmanr
+
+    t0 = time.perf_counter()
+    Z, y = _full_embeddings(folder)
+    n_classes = int(y.max()) + 1
+    single, repeated, Cs, recorded = {}, {}, {}, {}
+    for b in CANDIDATES:
+        single[b], Cs[b], recorded[b], how = _single_split(Z[b], y, n_classes)
+        repeated[b] = _repeated_kfold(Z[b], y, n_classes, Cs[b])
+    truth = {b: float(np.mean(repeated[b])) for b in CANDIDATES}
+    est = _estimates(Z, y, n_classes, [s for s in sizes if s < len(y)] + [len(y)], draws)
+    summary = {}
+    for size, rows in est.items():
+        per = {}
+        for kind in ("kfold", "repeated"):
+            rhos = [spearmanr([r[kind][b] for b in CANDIDATES], [truth[b] for b in CANDIDATES]).statistic
+                    for r in rows]
+            top = [max(CANDIDATES, key=lambda b: r[kind][b]) == max(CANDIDATES, key=truth.get) for r in rows]
+            per[kind] = {"spearman": [None if not np.isfinite(x) else float(x) for x in rhos],
+                         "top1_agrees": float(np.mean(top)),
+                         "sd_over_draws": {b: float(np.std([r[kind][b] for r in rows])) for b in CANDIDATES}}
+        summary[size] = per
+    return {"single_split": {"how": how, "C": Cs, "replicated": recorded,
+                             "bootstrap": _paired_bootstrap(single, estimate)},
+            "repeated_kfold": {"repeats": REPEATS, "folds": 5,
+                               "bootstrap": _paired_bootstrap(repeated, estimate)},
+            "estimates": est, "estimate_vs_repeated_truth": summary, "seconds": time.perf_counter() - t0}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sample", type=int, default=300)
@@ -66,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-warm", action="store_true", help="skip the second (warm-cache) select run")
     p.add_argument("--reselect", action="store_true",
                    help="run select again on the warm caches (new estimates, same full-training results)")
+    p.add_argument("--no-agreement", action="store_true", help="skip the significance / sample-size study")
+    p.add_argument("--reagree", action="store_true", help="redo the significance / sample-size study")
+    p.add_argument("--sizes", default="150,300,600", help="estimate sample sizes of the study (and all items)")
+    p.add_argument("--draws", type=int, default=5, help="sample draws per size in the study")
     args = p.parse_args(argv)
 
     from edgetl.workstation.selection import SelectConfig, select
@@ -120,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
             if all("probe_log_loss" in cands[b] for b in CANDIDATES) else None,
         }
         _save(results)
+        if not args.no_agreement and ("agreement" not in entry or args.reagree):
+            print(f"{name}: significance and sample-size study", flush=True)
+            est = {b: cands[b]["probe_accuracy"] for b in CANDIDATES}
+            entry["agreement"] = agreement(folder, est, [int(x) for x in args.sizes.split(",")], args.draws)
+            entry["agreement"]["single_split"]["recorded"] = {b: full[b]["val_accuracy"] for b in CANDIDATES}
+            _save(results)
 
     print(f"| data | backbone | px | probe (5-fold, sample) | LogME | p90 ms ({args.target}) | "
           "full-train val acc |")
@@ -136,6 +311,34 @@ def main(argv: list[str] | None = None) -> int:
               f" (Kendall {rc['probe']['kendall']:.2f}), probe log-loss "
               f"{(rc.get('probe_log_loss') or {}).get('spearman', float('nan')):.2f}, LogME {rc['logme']['spearman']:.2f}; select cost "
               f"{entry['select']['cold_seconds']:.0f} s cold, {entry['select']['warm_seconds'] or float('nan'):.0f} s warm")
+    for name, entry in results["datasets"].items():
+        ag = entry.get("agreement")
+        if not ag:
+            continue
+        for kind in ("single_split", "repeated_kfold"):
+            bs = ag[kind]["bootstrap"]
+            cis = ", ".join(f"{b[-5:]} {bs['accuracy'][b]:.3f} [{bs['ci95'][b][0]:.3f}, {bs['ci95'][b][1]:.3f}]"
+                            for b in CANDIDATES)
+            pairs = "; ".join(f"{k.replace('efficientnet_', '')}: {v['diff'] * 100:+.1f} pt "
+                              f"[{v['ci95'][0] * 100:+.1f}, {v['ci95'][1] * 100:+.1f}]{' *' if v['significant'] else ''}"
+                              for k, v in bs["pairs"].items())
+            rho = bs.get("spearman_vs_resampled_truth")
+            print(f"{name} ground truth ({kind.replace('_', ' ')}, {bs['n_items']} items): {cis}; pairs {pairs}; "
+                  f"order kept in {bs['order_kept'] * 100:.0f} % of resamples"
+                  + (f"; estimate's Spearman vs resampled truth {rho['mean']:.2f} "
+                     f"[{rho['ci95'][0]:.2f}, {rho['ci95'][1]:.2f}]" if rho and rho["mean"] is not None else ""))
+        sig = [sum(v["significant"] for v in ag[k]["bootstrap"]["pairs"].values()) for k in ("single_split",
+                                                                                              "repeated_kfold")]
+        rc = entry["rank_correlation"]["probe"]["spearman"]
+        print(f"{name}: Spearman(select's probe, full training) = {'tie' if rc != rc else f'{rc:.2f}'}, against a "
+              f"ground truth with {sig[0]} of 3 pairwise differences significant (single split; {sig[1]} of 3 "
+              "under repeated 5-fold): " + ("the ranking to agree with is itself within noise" if not any(sig)
+                                             else "part of the ranking is real"))
+        for size, per in ag["estimate_vs_repeated_truth"].items():
+            fmt = lambda xs: ",".join("tie" if x is None else f"{x:.2f}" for x in xs)  # noqa: E731
+            print(f"{name} estimate n={size}: Spearman vs repeated-k-fold truth 5-fold [{fmt(per['kfold']['spearman'])}]"
+                  f" repeated 3x5 [{fmt(per['repeated']['spearman'])}]; top-1 agrees "
+                  f"{per['kfold']['top1_agrees'] * 100:.0f} % / {per['repeated']['top1_agrees'] * 100:.0f} %")
     return 0
 
 

@@ -147,3 +147,77 @@ def test_unknown_candidate_is_one_line(small_digits, tmp_path, capsys):
                  "--work", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "did you mean" in err.strip().splitlines()[-1]
+
+
+def test_unfreeze_sweep_suggests_a_depth_from_held_out_accuracy(auto_build, small_digits, work, capsys):
+    """--sweep-unfreeze on real digits: the recommended backbone, the probe and LP-FT at each
+    depth on one split of the sample, scored on the held-out rest; the suggestion follows
+    the one-standard-error rule and reaches the table, the JSON and the recommendation."""
+    from edgetl.workstation.selection import suggest_depth
+
+    one = CANDIDATES[0]  # cached by auto_build: this run pays one latency timing and the sweep
+    code = main(["select", str(small_digits), "--target", "x86-ort-int8", "--backbones", one,
+                 "--image-size", str(SIZE), "--sample", str(SAMPLE), "--work", str(work), "--budget-ms", "60",
+                 "--bench-duration", "0.3", "--sweep-unfreeze", "0,1", "--sweep-epochs", "1",
+                 "--sweep-image-size", "64", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["recommended"] == one and "the only candidate for image data" in out["reason"]
+    ft = out["finetune"]
+    sweep = ft["sweep"]
+    assert ft["from"] == "sweep" and sweep["backbone"] == out["recommended"]
+    assert [r["unfreeze"] for r in sweep["rows"]] == ["probe", "0", "1"]
+    assert sweep["n_train"] + sweep["n_heldout"] == SAMPLE and 0.25 * SAMPLE <= sweep["n_heldout"] <= 0.35 * SAMPLE
+    probe, d0, d1 = sweep["rows"]
+    assert probe["heldout_accuracy"] > 0.5  # real features on real digits: far above chance (0.1)
+    for r in sweep["rows"]:  # accuracies are counts over the held-out part
+        assert r["heldout_accuracy"] * sweep["n_heldout"] == pytest.approx(round(r["heldout_accuracy"]
+                                                                                 * sweep["n_heldout"]))
+        assert r["seconds"] > 0
+    assert d0["epochs"] == d1["epochs"] == 1 and probe["epochs"] == 0
+    # the probe row is scikit-learn's logistic regression (its C) fit on the training part
+    # only and scored on the held-out part: the held-out items choose nothing
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from edgetl.core.data import stratified_split
+    from edgetl.modalities.image import scan_folder
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.embedding import embed_paths
+    from edgetl.workstation.selection import _stratified_sample
+
+    folder = scan_folder(small_digits)
+    idx = _stratified_sample(folder.targets, SAMPLE, 0)
+    y = folder.targets[idx]
+    tr, ho = stratified_split(y, 0.3, 0)
+    assert len(ho) == sweep["n_heldout"]
+    bb = create_backbone(one)
+    X = embed_paths(bb.module, [folder.paths[i] for i in idx], bb.preprocess.with_input_size(64),
+                    torch.device("cpu"))[0].astype(np.float64)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=probe["C"], max_iter=5000, tol=1e-8)).fit(X[tr], y[tr])
+    assert probe["heldout_accuracy"] == pytest.approx(float(np.mean(ref.predict(X[ho]) == y[ho])), abs=1.5 / len(ho))
+    # depth 0 trains the head only (as many parameters as the probe's), depth 1 a block more
+    assert probe["trainable_params"] == d0["trainable_params"] < d1["trainable_params"]
+    assert (sweep["suggested"], sweep["why"]) == suggest_depth(sweep["rows"], sweep["n_heldout"])
+    d = sweep["suggested"]
+    assert ft["suggest"] == ("--strategy linear-probe" if d == "probe" else f"--strategy finetune --unfreeze {d}")
+    assert ft["unfreeze"] == (None if d == "probe" else int(d)) and "sweep on" in ft["why"]
+    assert out["cost"]["sweep_seconds"] > 0
+
+
+def test_suggested_depth_is_the_cheapest_within_one_standard_error():
+    from edgetl.workstation.selection import parse_depths, suggest_depth
+
+    def rows(*accs):
+        return [{"unfreeze": u, "heldout_accuracy": a} for u, a in zip(("probe", "0", "1", "all"), accs)]
+
+    # 100 held out, best 0.90: one standard error is 0.03
+    assert suggest_depth(rows(0.80, 0.85, 0.90, 0.88), 100)[0] == "1"
+    assert suggest_depth(rows(0.80, 0.88, 0.90, 0.86), 100)[0] == "0"
+    assert suggest_depth(rows(0.88, 0.85, 0.90, 0.86), 100)[0] == "probe"
+    assert suggest_depth(rows(0.50, 0.50, 0.60, 0.99), 100)[0] == "all"
+    assert parse_depths("0, 1,2,ALL") == (0, 1, 2, None)
+    for bad, message in (("0,x", "'x' is not a block count"), ("1,1", "twice"), ("-1", "not a block count")):
+        with pytest.raises(ConfigError, match=message):
+            parse_depths(bad)

