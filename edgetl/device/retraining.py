@@ -78,7 +78,7 @@ from edgetl.device.learn import (
 from edgetl.device.learn.bias import CORRECTIONS, choose_correction
 from edgetl.device.learn.head import choice
 from edgetl.device.memory import (DEFAULT_PER_CLASS, MEMORY_FILE, ReplayMemory, Selection, check_selection,
-                                  embed_images, per_class_for_budget)
+                                  default_per_class, embed_images, per_class_for_budget)
 
 __all__ = ["BiasCorrection", "RetrainConfig", "RetrainReport", "retrain"]
 
@@ -99,7 +99,7 @@ class RetrainConfig:
     batch_size: int = 32
     holdout: float = 0.2  # fraction of DATA (and of memory-only classes' memory) held out
     patience: int = 10  # epochs without a lower holdout loss before stopping; 0 = never
-    memory_per_class: int = DEFAULT_PER_CLASS
+    memory_per_class: int | None = None  # None: memory.default_per_class (the bytes of 20 float32 rows)
     memory_mb: float | None = None  # replay-memory budget in MB (10^6 bytes); overrides memory_per_class
     memory_selection: Selection = Selection.HERDING  # which rows the merged memory keeps
     bias_correction: BiasCorrection = BiasCorrection.FIT  # only when new classes are added (learn/bias.py)
@@ -114,7 +114,8 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 1.0):
             raise ConfigError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
-        if not (isinstance(self.memory_per_class, int) and self.memory_per_class >= 1):
+        if self.memory_per_class is not None and not (isinstance(self.memory_per_class, int)
+                                                      and self.memory_per_class >= 1):
             raise ConfigError(f"memory_per_class must be an integer >= 1, got {self.memory_per_class!r}")
         if self.memory_mb is not None:
             per_class_for_budget(self.memory_mb, 1, 1)  # bounds; the fit is checked once F and C are known
@@ -453,8 +454,8 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
     all_labels = live.labels + new_classes
     memory = live.memory.relabel(all_labels)
     _check_classes(folder, live, memory)
-    per_class = (cfg.memory_per_class if cfg.memory_mb is None
-                 else per_class_for_budget(cfg.memory_mb, live.W.shape[1], len(all_labels)))
+    per_class = (per_class_for_budget(cfg.memory_mb, live.W.shape[1], len(all_labels)) if cfg.memory_mb is not None
+                 else cfg.memory_per_class or default_per_class(live.W.shape[1]))
     sets = _embed_and_assemble(live, folder, memory, all_labels, cfg)
     trainer = resolve_trainer(cfg.trainer)
     t1 = time.perf_counter()
