@@ -30,7 +30,7 @@ from edgetl.device.learn import (
     make_training_artifacts,
     read_head,
 )
-from edgetl.device.memory import ReplayMemory, default_per_class, embed_images, quantize_rows
+from edgetl.device.memory import ReplayMemory, embed_images
 from edgetl.device.evaluation import evaluate_bundle
 from edgetl.device.predictor import Predictor
 from edgetl.device.retraining import RetrainConfig, retrain
@@ -128,10 +128,9 @@ def test_memory_is_bounded_deterministic_and_round_trips(tmp_path):
     assert m.counts() == {"a": 20, "b": 20, "c": 20} and list(m.seen) == [100, 100, 100]
     again = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1, selection="random")
     assert np.array_equal(m.embeddings, again.embeddings) and np.array_equal(m.labels, again.labels)
-    # rows kept are real rows of their class, as the memory stores them (int8, quantize_rows)
-    zq = quantize_rows(z)
+    # rows kept are real rows of their class
     for row, label in zip(m.embeddings, m.labels):
-        assert any(np.array_equal(row, r) for r in zq[y == label])
+        assert any(np.array_equal(row, r) for r in z[y == label])
 
     # new data of one old class and one new class: bounded, names extended in order
     z2, y2 = rng.normal(size=(50, 8)).astype(np.float32), np.repeat([0, 1], 25)
@@ -140,7 +139,7 @@ def test_memory_is_bounded_deterministic_and_round_trips(tmp_path):
     assert merged.counts() == {"a": 20, "b": 20, "c": 20, "d": 20}
     assert list(merged.seen) == [100, 125, 100, 25]
     # reservoir: with 100 seen and 25 new, about 1 in 5 of b's rows is new
-    new_b = sum(any(np.array_equal(r, q) for q in quantize_rows(z2)[y2 == 1]) for r in merged.embeddings[merged.labels == 1])
+    new_b = sum(any(np.array_equal(r, q) for q in z2[y2 == 1]) for r in merged.embeddings[merged.labels == 1])
     assert 1 <= new_b <= 10
 
     merged.save(tmp_path / "memory.npz")
@@ -191,8 +190,7 @@ def test_retrain_improves_a_weak_head_and_writes_a_complete_version(weak_bundle,
     state = training_api().CheckpointState.load_checkpoint(str(weak_bundle / "v2/training/checkpoint"))
     assert np.array_equal(state.parameters["head.weight"].data, W)
     memory = ReplayMemory.load(weak_bundle / "v2/memory.npz")
-    # 20 memory rows + 30 new a class, all kept: the default holds default_per_class(FEATURES) (72)
-    assert set(memory.counts().values()) == {50} and list(memory.seen) == [130] * 10
+    assert set(memory.counts().values()) == {20} and list(memory.seen) == [130] * 10
     # the retrained bundle is what evaluate sees
     assert evaluate_bundle(weak_bundle, new_data)["accuracy"] >= 0.8
 
@@ -234,15 +232,15 @@ def test_new_classes_grow_the_head_and_the_memory(tmp_path, tiny, digits_dir):
     assert bc["method"] == "fit" and set(bc["candidates"]) == {"none", "fit"}
     assert bc["kept"] == (bc["candidates"][bc["method"]] < bc["candidates"]["none"]
                           and bc["balanced_accuracy"][bc["method"]] >= bc["balanced_accuracy"]["none"])
-    # 0.05 MB of 64 int8 features + scale exponent + int64 label (73 bytes) over 10 classes: 68 a class
-    assert report.memory_per_class == 50_000 // (10 * 73) == 68 and report.memory_selection == "herding"
+    # 0.05 MB of 64 float32 features + int64 label (264 bytes) over 10 classes: 18 a class
+    assert report.memory_per_class == 50_000 // (10 * 264) == 18 and report.memory_selection == "herding"
     assert report.n_holdout_memory == 8 * 4  # 20% of 20 memory rows of each old class
     m = open_bundle(bundle).manifest
     assert m["labels"] == DIGITS and m["history"][-1]["new_classes"] == ["8", "9"]
     W2, _, labels = read_head(bundle / m["models"]["head"])
     assert W2.shape == (10, FEATURES) and labels == DIGITS
     memory = ReplayMemory.load(bundle / m["memory"])
-    assert memory.label_names == tuple(DIGITS) and memory.counts() == {**{d: 20 for d in DIGITS[:8]}, "8": 40, "9": 40}  # all there is, under 68
+    assert memory.label_names == tuple(DIGITS) and set(memory.counts().values()) == {18}
     preds = Predictor.from_bundle(bundle).predict(sorted((device / "9").iterdir())[:10])
     assert {p.label for p in preds} <= set(DIGITS)
 
@@ -598,16 +596,12 @@ def test_new_classes_on_the_real_pipeline(bundle_0_7, digits_0_7, digits_8_9, tm
     m = open_bundle(bundle).manifest
     assert m["precision"] == "int8" and m["memory"] == "v1/memory.npz" and m["training"] == "v1/training"
     memory = ReplayMemory.load(bundle / m["memory"])
-    # the default budget (the bytes of 20 float32 rows, default_per_class int8 rows) or all there is
-    info = json.loads((bundle_0_7["run"] / "run.json").read_text())
-    have = {str(d): sum(p.startswith(f"{d}/") for p in info["split"]["train"]) for d in range(8)}
-    k = default_per_class(m["num_features"])
-    assert memory.counts() == {d: min(k, n) for d, n in have.items()} and memory.num_features == m["num_features"]
+    assert memory.counts() == {str(d): 20 for d in range(8)} and memory.num_features == m["num_features"]
     # the packaged memory is what the deployed backbone computes on the device
+    info = json.loads((bundle_0_7["run"] / "run.json").read_text())
     first = sorted(p for p in info["split"]["train"] if p.startswith("0/"))
     z = Predictor.from_bundle(bundle).embed([Path(info["data_root"]) / p for p in first])
-    step = np.abs(z).max(axis=1, keepdims=True) / 127  # an int8 step (the memory's rounding is half of one at most)
-    assert all((np.abs(z - row) <= step + 1e-5).all(axis=1).any() for row in memory.embeddings[memory.labels == 0])
+    assert all(np.isclose(z, row, atol=1e-5).all(axis=1).any() for row in memory.embeddings[memory.labels == 0])
 
     old_test = _unseen_digits(tmp_path / "old_test", range(8), digits_0_7, per_class=40)
     new_test = _unseen_digits(tmp_path / "new_test", [8, 9], digits_8_9, per_class=40)

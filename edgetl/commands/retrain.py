@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction held out for early stopping and before/after accuracy (default: 0.2)")
     p.add_argument("--patience", type=non_negative_int, default=10, metavar="N",
                    help="stop after N epochs without a lower holdout loss; 0 = never (default: 10)")
-    p.add_argument("--memory-per-class", type=positive_int, default=None, metavar="K",
-                   help="replay memory kept per class (default: as many int8 embeddings as 20 float32 ones took, 79 a class for 1,280 features)")
+    p.add_argument("--memory-per-class", type=positive_int, default=20, metavar="K",
+                   help="replay memory kept per class (default: 20)")
     p.add_argument("--memory-mb", type=positive_float, metavar="F",
                    help="replay memory budget in MB (10^6 bytes) split evenly over the classes, the new ones "
                         "included; overrides --memory-per-class")
