@@ -18,7 +18,7 @@ from edgetl.device.learn.bias import (apply_bias_correction, balanced_log_loss, 
                                       fit_bias_correction, weight_align)
 from edgetl.device.memory import ReplayMemory, herding, per_class_for_budget
 from edgetl.device.retraining import RetrainConfig
-from edgetl.errors import ConfigError
+from edgetl.errors import BundleError, ConfigError
 
 IMAGE_SIZE = 128
 N_OLD = 5
@@ -77,6 +77,10 @@ def test_memory_budget_in_mb_and_old_files_load(tmp_path):
     # 1280 float32 features + an int64 label = 5,128 bytes a row; 10 classes
     assert per_class_for_budget(1.0, 1280, 10) == 1_000_000 // (10 * 5128) == 19
     assert per_class_for_budget(0.5, 64, 2) == 500_000 // (2 * 264)
+    # float16 rows: 2,568 bytes, twice the exemplars in the same MB
+    assert per_class_for_budget(1.0, 1280, 10, "float16") == 1_000_000 // (10 * 2568) == 38
+    with pytest.raises(ConfigError, match="precision"):
+        per_class_for_budget(1.0, 1280, 10, "int8")
     for bad in (0, -1, float("nan"), float("inf"), 1e9, "1", True):
         with pytest.raises(ConfigError, match="memory_mb"):
             per_class_for_budget(bad, 1280, 10)
@@ -95,11 +99,36 @@ def test_memory_budget_in_mb_and_old_files_load(tmp_path):
         PackageConfig(memory_mb=float("nan"))
     with pytest.raises(ConfigError, match="memory selection"):
         PackageConfig(memory_selection="first")
+    with pytest.raises(ConfigError, match="memory precision"):
+        PackageConfig(memory_precision="int8")
     # a memory.npz written before herding and before 'seen' existed loads as it was
     X, y = _digit_pixels()
     np.savez(tmp_path / "old.npz", embeddings=X[:30], labels=y[:30], label_names=np.asarray([str(i) for i in range(10)]))
     m = ReplayMemory.load(tmp_path / "old.npz")
     assert np.array_equal(m.embeddings, X[:30]) and m.seen.tolist() == np.bincount(y[:30], minlength=10).tolist()
+    assert m.precision == "float32"
+
+
+def test_float16_memory_rows_are_close_and_stable(tmp_path):
+    """A float16 memory: rows within 2^-11 relative of the embeddings, a file about half of
+    float32's, bit for bit the same through merges, saves and loads."""
+    rng = np.random.default_rng(0)
+    z = np.concatenate([2.0 + rng.normal(0, 0.01, (40, 256)), rng.normal(0, 0.05, (40, 256))]).astype(np.float32)
+    y = np.repeat([0, 1], 40)
+    m = ReplayMemory.build(z, y, ["offset", "signed"], per_class=40, selection="random", precision="float16")
+    assert m.embeddings.dtype == np.float32 and len(m) == 80 and m.precision == "float16"
+    np.testing.assert_array_equal(m.embeddings, z.astype(np.float16).astype(np.float32))  # all kept, in order
+    assert (np.abs(m.embeddings - z) <= 2.0 ** -11 * np.abs(z) + 2.0 ** -25).all()
+    path = m.save(tmp_path / "m.npz")
+    f32 = ReplayMemory.build(z, y, ["offset", "signed"], per_class=40, selection="random").save(tmp_path / "f.npz")
+    assert path.stat().st_size < 0.55 * f32.stat().st_size
+    again = ReplayMemory.load(path)
+    assert again.precision == "float16" and np.array_equal(again.embeddings, m.embeddings)
+    merged = again.merge(z[:10] + 1e-4, np.zeros(10, np.int64), ["offset"], per_class=40)
+    assert merged.precision == "float16" and merged.relabel(["offset", "signed", "x"]).precision == "float16"
+    assert np.array_equal(ReplayMemory.load(merged.save(tmp_path / "m2.npz")).embeddings, merged.embeddings)
+    with pytest.raises(BundleError, match="float16"):
+        ReplayMemory.build(np.full((2, 4), 1e6, np.float32), np.array([0, 0]), ["a"], precision="float16")
 
 
 def _head_biased_to_new():
@@ -230,25 +259,38 @@ def test_class_addition_keeps_old_classes(scenarios, data):
     W0, b0 = fit_logreg(old[0], old[1], N_OLD, 1.0)  # the workstation's probe on the known classes
     o = test[1] < N_OLD
     before = accuracy(W0, b0, test[0][o], test[1][o])
+    # The same bytes a class: 20 float32 rows (102.6 KB of 1,280 features, the default) or 39 float16
+    # ones. Each row is the mean over 3 holdout seeds (one seed's old-class figure moves by a few
+    # points: the holdout picks the epoch and fits the correction).
+    F = old[0].shape[1]
+    budget_mb = N_OLD * 20 * (4 * F + 8) / 1e6
+    k16 = per_class_for_budget(budget_mb, F, N_OLD, "float16")
+    assert per_class_for_budget(budget_mb, F, N_OLD) == 20 and k16 == 39
     rows = {}
-    for name, selection, correction in (("random, no correction", "random", "none"),
-                                        ("herding, no correction", "herding", "none"),
-                                        ("herding + weight aligning", "herding", "weight-aligning"),
-                                        ("herding + correction", "herding", "fit")):  # the defaults
-        memory = ReplayMemory.build(old[0], old[1], [str(i) for i in range(N_OLD)], per_class=20,
-                                    selection=selection)
-        W, b, info = add_classes(W0, b0, memory, new[0], new[1], RetrainConfig(bias_correction=correction))
-        rows[name] = (accuracy(W, b, test[0][o], test[1][o]) / before, accuracy(W, b, test[0][~o], test[1][~o]),
-                      info["method"] if info["kept"] else "none")
+    for name, selection, correction, k, precision in (
+            ("random, no correction", "random", "none", 20, "float32"),
+            ("herding + correction (default)", "herding", "fit", 20, "float32"),
+            ("float16, random, no correction", "random", "none", k16, "float16"),
+            ("float16, herding + correction", "herding", "fit", k16, "float16")):
+        memory = ReplayMemory.build(old[0], old[1], [str(i) for i in range(N_OLD)], per_class=k,
+                                    selection=selection, precision=precision)
+        assert len(memory.to_bytes()) <= budget_mb * 1e6 + 2_000  # + the npz headers, names and counts
+        got = []
+        for seed in (0, 1, 2):
+            W, b, info = add_classes(W0, b0, memory, new[0], new[1],
+                                     RetrainConfig(bias_correction=correction, seed=seed))
+            got.append((accuracy(W, b, test[0][o], test[1][o]) / before, accuracy(W, b, test[0][~o], test[1][~o])))
+        rows[name] = np.asarray(got)
     ceiling = _joint_ceiling(old, new, test)
-    print(f"{data}: old before {before:.3f}; " + "; ".join(f"{k}: old kept {v[0]:.3f}, new {v[1]:.3f} ({v[2]})"
-                                                         for k, v in rows.items())
-          + f"; joint LogisticRegression: old kept {ceiling[0] / before:.3f}, new {ceiling[1]:.3f}")
-    kept, new_acc, _ = rows["herding + correction"]
-    # Issue 13 asks for >= 0.95 kept. Measured on this scenario (20 exemplars a class): digits
-    # 0.946 (random memory, no correction 0.941; joint LogisticRegression 0.995), photos 0.933
-    # (0.856; joint 0.962), new classes 0.955 and 1.000. So the bound below is what holds, and
-    # the 0.95 target is not met yet on this data.
-    assert new_acc >= 0.90, rows
-    assert kept >= rows["random, no correction"][0] - 0.01, rows
-    assert kept >= 0.92, rows
+    print(f"{data}: old before {before:.3f}; " + "; ".join(
+        f"{k}: old kept {' '.join(f'{x:.3f}' for x in v[:, 0])} (mean {v[:, 0].mean():.3f}), new {v[:, 1].mean():.3f}"
+        for k, v in rows.items()) + f"; joint LogisticRegression: old kept {ceiling[0] / before:.3f}, new {ceiling[1]:.3f}")
+    best, default = rows["float16, herding + correction"], rows["herding + correction (default)"]
+    # Issue 13: >= 95% of old-class accuracy kept, new classes >= 0.90, at the same memory budget.
+    # Measured (seeds 0/1/2): float16 digits 0.950/0.977/0.959, photos 0.923/0.981/0.952, new 0.93-0.95
+    # and 1.000; the float32 default 0.946/0.968/0.928 and 0.933/0.923/0.827; joint LogisticRegression
+    # 0.995 and 0.962. float16 is not the default yet (edgetl/device/memory.py says why).
+    assert best[:, 1].min() >= 0.90, rows
+    assert best[:, 0].mean() >= 0.95 and best[:, 0].min() >= 0.92, rows
+    assert best[:, 0].mean() >= default[:, 0].mean(), rows
+    assert default[:, 0].mean() >= rows["random, no correction"][:, 0].mean() - 0.01, rows

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-selection", choices=["herding", "random"], default="herding",
                    help="which training images the memory keeps: those whose mean is closest to the class mean "
                         "(herding, iCaRL) or a random draw (default: %(default)s)")
+    p.add_argument("--memory-precision", choices=["float32", "float16"], default="float32",
+                   help="how the memory stores embeddings: float16 halves a row, so --memory-mb holds twice "
+                        "the exemplars (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--sign", metavar="KEY", type=path_arg,
                    help="sign the manifest with this private key (from 'edgetl keygen'), into BUNDLE/manifest.sig; "
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     signed = _sign_first(args)
     report = package(args.run, args.target, args.out, PackageConfig(
         archive=args.archive and not signed, overwrite=args.force, memory_per_class=args.memory_per_class,
-        memory_mb=args.memory_mb, memory_selection=args.memory_selection))
+        memory_mb=args.memory_mb, memory_selection=args.memory_selection, memory_precision=args.memory_precision))
     if signed:  # --sign: the archive must hold the signature, so it is written after it
         report = _sign_and_archive(args, report)
     out = report.bundle

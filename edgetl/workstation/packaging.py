@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from edgetl.core.formats import MAX_IR_VERSION
 from edgetl.core.report import Report
 from edgetl.device.alignment import SOURCE_STATS, write_source_stats
-from edgetl.device.memory import DEFAULT_PER_CLASS, Selection, check_per_class, check_selection, per_class_for_budget
+from edgetl.device.memory import (DEFAULT_PER_CLASS, Selection, check_per_class, check_precision, check_selection,
+                                  per_class_for_budget)
 from edgetl.modalities import get_modality
 from edgetl.core.files import fsync_dir, fsync_tree, hash_dir, remove, utc_now
 from edgetl.core.ui import warn
@@ -146,7 +147,8 @@ def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, A
     try:
         predictor = Predictor.from_bundle(tmp, verify=False)
         memory, problems = memory_from_run(predictor, info, per_class=cfg.memory_per_class,
-                                           selection=cfg.memory_selection, memory_mb=cfg.memory_mb)
+                                           selection=cfg.memory_selection, memory_mb=cfg.memory_mb,
+                                           precision=cfg.memory_precision)
     except EdgeTLError as exc:
         memory, problems = None, [f"cannot compute the replay memory ({exc})"]
     finally:
@@ -186,12 +188,14 @@ class PackageConfig:
     memory_per_class: int = DEFAULT_PER_CLASS  # replay-memory rows per class, when the target retrains
     memory_mb: float | None = None  # or a budget in MB (10^6 bytes), split evenly over the classes
     memory_selection: Selection = Selection.HERDING  # exemplars closest to the class mean, or random
+    memory_precision: str = "float32"  # or float16: half the bytes a row (edgetl.device.memory)
 
     def __post_init__(self) -> None:
         check_per_class(self.memory_per_class)
         if self.memory_mb is not None:
             per_class_for_budget(self.memory_mb, 1, 1)  # bounds; the fit is checked once F and C are known
         object.__setattr__(self, "memory_selection", check_selection(self.memory_selection))
+        check_precision(self.memory_precision)
 
 
 @dataclass(frozen=True)
