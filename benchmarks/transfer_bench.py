@@ -6,8 +6,8 @@ per class, seed 0; target: 30 other draws per class, seed 1) and scikit-image's 
 (``edgetl.workstation.datasets.write_photos``: 18 classes, source 20 train crops per
 class, target 15 test crops per class from regions no source crop touches). The target
 is corrupted with ``edgetl.modalities.corruptions`` (each type at ``--severity``, and the
-strong combined shift contrast+gaussian_noise+gaussian_blur at ``--strong-severity``);
-it is both the unlabelled adaptation pool and, with its labels, the evaluation set (the
+strong combined shift contrast+gaussian_noise+gaussian_blur at each ``--strong-severity``, 1 to 3
+by default); it is both the unlabelled adaptation pool and, with its labels, the evaluation set (the
 transductive setting of the CORAL and DANN papers). Embeddings: pretrained
 efficientnet_lite0 at ``--image-size`` pixels, computed once per image set.
 
@@ -131,7 +131,8 @@ def run(args) -> list[dict]:
     from edgetl.modalities.corruptions import Corruption, write_shifted
     from edgetl.workstation.probe_solver import solve_probe
 
-    shifts = [(STRONG, args.strong_severity)] + [(c.value, args.severity) for c in Corruption] + [("clean", 0)]
+    shifts = ([(STRONG, s) for s in args.strong_severity] + [(c.value, args.severity) for c in Corruption]
+              + [("clean", 0)])
     emb = _Embedder(args.image_size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgetl-transfer-") as tmp:
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="digits,photos", type=lambda s: s.split(","))
     p.add_argument("--severity", type=int, default=3, help="severity of each single corruption (default: 3)")
-    p.add_argument("--strong-severity", type=int, default=2, help=f"severity of {STRONG} (default: 2)")
+    p.add_argument("--strong-severity", default=[1, 2, 3], type=lambda s: [int(v) for v in s.split(",")],
+                   help=f"severities of {STRONG}, comma-separated (default: 1,2,3)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = p.parse_args(argv)
