@@ -91,6 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text data: the label column (default: label)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="finetune: random resized crop and flip (default: on)")
+    p.add_argument("--batchnorm", choices=["frozen", "update"],
+                   help="finetune/adapt: BatchNorm normalises with its running statistics and keeps them (frozen), "
+                        "or with each batch's and updates them (update) (default: frozen for finetune, which "
+                        "keeps the solved probe's features; update for adapt)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--strict", action="store_true", help="reject unreadable files instead of skipping them")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
@@ -125,7 +129,7 @@ def _config_kwargs(args: argparse.Namespace) -> dict:
         patience=args.patience, val_split=args.val_split, refit=args.refit, lp_ft=args.lp_ft, seed=args.seed,
         image_size=args.image_size, max_length=args.max_length, text_column=args.text_column,
         label_column=args.label_column,
-        augment=args.augment, device=args.device, strict=args.strict, target_data=args.target_data,
+        augment=args.augment, batchnorm=args.batchnorm, device=args.device, strict=args.strict, target_data=args.target_data,
         adapt_method=args.adapt, adapt_weight=args.adapt_weight, target_eval=args.target_eval,
         embed_with=args.embed_with, embed_cache=args.embed_cache, cache_dir=args.cache_dir, workers=args.workers,
     )

@@ -54,6 +54,10 @@ class TrainConfig:
     text_column: str = "text"  # text data (CSV/TSV/JSONL): the columns to read
     label_column: str = "label"
     augment: bool = True  # fine-tuning only: random resized crop + horizontal flip
+    # fine-tuning: BatchNorm of the trainable blocks normalises with its running statistics
+    # ("frozen", as Keras' transfer-learning guide advises) or with each batch's ("update").
+    # None: frozen for finetune, update for adapt (DANN/Deep CORAL align batch statistics).
+    batchnorm: str | None = None
     dropout: float = 0.0
     device: str = "auto"
     strict: bool = False
@@ -84,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.batchnorm not in (None, "frozen", "update"):
+            raise ConfigError(f"batchnorm must be frozen or update, got {self.batchnorm!r}")
         self.embed_options()  # validates embed_with and workers
         if self.strategy is Strategy.ADAPT and not self.target_data:
             raise ConfigError("strategy 'adapt' needs target data: pass --target-data UNLABELLED_DIR")
@@ -101,6 +107,7 @@ class TrainConfig:
             epochs=self.epochs or d["epochs"],
             lr=self.lr or d["lr"],
             batch_size=self.batch_size or d["batch_size"],
+            batchnorm=self.batchnorm or ("update" if self.strategy is Strategy.ADAPT else "frozen"),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -168,6 +168,16 @@ class _Step(nn.Module):
         return loss, logits
 
 
+def _batchnorm_eval(module: nn.Module) -> None:
+    """BatchNorm layers normalise with their running statistics and leave them unchanged.
+    Measured (300 digits at 64 px, LP-FT, last 2 blocks, 3 epochs): held-out 0.81 with the
+    statistics frozen vs 0.33 with batch statistics, which a head solved on the running
+    statistics' features does not survive (training loss 27 at the first epoch vs 1.7)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y,
                    spec: PreprocessSpec, device: torch.device, extra_loss=None,
                    features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[dict], EarlyStop]:
@@ -220,6 +230,8 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
         model.train()
         for block in frozen:  # frozen blocks keep their BatchNorm statistics (after model.train())
             block.eval()
+        if cfg.batchnorm == "frozen":  # trainable blocks too: their affine parameters still learn
+            _batchnorm_eval(model.backbone)
         total, correct, n = 0.0, 0, 0
         for step, (x, y) in enumerate(_ui.progress(train_loader, f"epoch {epoch}/{cfg.epochs}")):
             x, y = as_inputs(x, device), y.to(device)
