@@ -427,7 +427,7 @@ def _finetune_advice(c: dict[str, Any], sweep: dict[str, Any] | None = None) -> 
                    unfreeze=None if d == "probe" else (d if d == "all" else int(d)),
                    why=f"sweep on {sweep['n_heldout']} held-out sampled items ({sweep['epochs']} epochs"
                        f"{', ' + str(sweep['input_size']) + ' px' if sweep['input_size'] else ''}): {measured}; "
-                       f"{sweep['why']}. Before the sweep: {why}")
+                       f"{sweep['why']}. (Without the sweep, from the ceilings: {why}.)")
         out["from"] = out.pop("from_")
         out["sweep"] = sweep
     return out
