@@ -512,14 +512,15 @@ def test_adabn_recomputes_batchnorm_statistics_on_the_target(shift):
 
     from edgetl.workstation.backbones import create_backbone
     from edgetl.workstation.model import EdgeModel
-    from edgetl.workstation.training.adapt import _batchnorms, adabn
+    from edgetl.workstation.training.adapt import adabn
+    from edgetl.workstation.training.loops import batchnorms
     from edgetl.workstation.training.data import ImageDataset, make_loader
 
     backbone = create_backbone("efficientnet_lite0", pretrained=True)
     model = EdgeModel(backbone.module, backbone.num_features, 10)
     spec = backbone.preprocess.with_input_size(64)
     paths = sorted(shift[2].rglob("*.png"))[::5]
-    first = _batchnorms(model)[0]
+    first = batchnorms(model)[0]
     seen = []
     hook = first.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach().double()))
     with torch.no_grad():
@@ -527,7 +528,7 @@ def test_adabn_recomputes_batchnorm_statistics_on_the_target(shift):
             model.eval().backbone(x)
     hook.remove()
     x = torch.cat(seen).transpose(0, 1).reshape(first.num_features, -1)
-    assert adabn(model, paths, spec, torch.device("cpu")) == len(_batchnorms(model)) > 10
+    assert adabn(model, paths, spec, torch.device("cpu")) == len(batchnorms(model)) > 10
     assert torch.allclose(first.running_mean.double(), x.mean(1), atol=1e-4, rtol=1e-4)
     assert torch.allclose(first.running_var.double(), x.var(1, unbiased=True), atol=1e-4, rtol=1e-3)
     assert not model.training

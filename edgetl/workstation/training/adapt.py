@@ -48,7 +48,7 @@ from edgetl.device.alignment import DEFAULT_SHRINKAGE, SourceStats, align_rows, 
 from edgetl.errors import ConfigError, DataError
 from edgetl.modalities.image import PreprocessSpec
 from edgetl.workstation.training.data import ImageDataset, embed_images, make_loader
-from edgetl.workstation.training.loops import evaluate_model, train_finetune, train_probe
+from edgetl.workstation.training.loops import batchnorms, evaluate_model, train_finetune, train_probe
 from edgetl.workstation.training.strategies import STRATEGIES, FitData, Fitted
 
 __all__ = ["AdaptMethod", "train_adapt", "dann_lambda", "coral_loss", "GradientReversal", "DomainClassifier"]
@@ -204,16 +204,11 @@ def _embed(model, paths, spec, device, what: str) -> np.ndarray:
     return embed_images(model.backbone, paths, spec, device, description=f"embedding {what}").double().numpy()
 
 
-def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.track_running_stats]
-
-
 def adabn(model, paths: Sequence[Path], spec: PreprocessSpec, device: torch.device, batch_size: int = 64) -> int:
     """AdaBN (Li et al., 2016): every BatchNorm layer's running mean and variance
     recomputed on ``paths`` (a cumulative average over all of them, no augmentation), all
     weights kept. Returns the number of BatchNorm layers updated (0: the backbone has none)."""
-    layers = _batchnorms(model)
+    layers = batchnorms(model)
     if not layers:
         return 0
     model.eval()
