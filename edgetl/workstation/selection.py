@@ -335,7 +335,7 @@ def _unfreeze_sweep(name: str, items: list, y: np.ndarray, n_classes: int, spec,
     from edgetl.core.data import stratified_split
     from edgetl.workstation.backbones import create_backbone
     from edgetl.workstation.model import EdgeModel
-    from edgetl.workstation.probe_solver import cross_validate_C, fit_logreg
+    from edgetl.workstation.probe_solver import cross_validate_C, fit_logreg, score_head
     from edgetl.workstation.training import TrainConfig
     from edgetl.workstation.training.data import embed_items
     from edgetl.workstation.training.strategies import STRATEGIES, FitData
@@ -353,12 +353,9 @@ def _unfreeze_sweep(name: str, items: list, y: np.ndarray, n_classes: int, spec,
                         options=TrainConfig().embed_options() if image else None).numpy().astype(np.float64)
     C, _ = cross_validate_C(z[tr], y[tr], n_classes, folds=cfg.folds, seed=cfg.seed)
     W, b = fit_logreg(z[tr], y[tr], n_classes, C)
-    logits = z[ho] @ W.T.astype(np.float64) + b
-    logp = logits - logits.max(1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
-    rows = [{"unfreeze": "probe", "heldout_accuracy": float(np.mean(logits.argmax(1) == y[ho])),
-             "heldout_loss": float(-logp[np.arange(len(ho)), y[ho]].mean()),
-             "train_accuracy": float(np.mean((z[tr] @ W.T + b).argmax(1) == y[tr])), "epochs": 0,
+    heldout_loss, heldout_accuracy = score_head(W, b, z[ho], y[ho])
+    rows = [{"unfreeze": "probe", "heldout_accuracy": heldout_accuracy, "heldout_loss": heldout_loss,
+             "train_accuracy": score_head(W, b, z[tr], y[tr])[1], "epochs": 0,
              "trainable_params": int(W.size + b.size), "seconds": time.perf_counter() - t0, "C": C}]
     for depth in cfg.sweep_unfreeze:
         label = _depth_name(depth)
