@@ -157,8 +157,9 @@ class EmbeddingCache:
         if writer is None:
             return
         try:
-            for s in range(0, len(digests), chunk_rows(embeddings.shape[1], 4)):
-                writer.write(embeddings[s:s + chunk_rows(embeddings.shape[1], 4)])
+            step = chunk_rows(embeddings.shape[1], 4)
+            for s in range(0, len(digests), step):
+                writer.write(embeddings[s:s + step])
                 release(embeddings)
             writer.commit(digests)
         finally:

@@ -76,8 +76,8 @@ def check_precision(precision: Any) -> str:
 
 
 def per_class_for_budget(memory_mb: Any, num_features: int, n_classes: int, precision: str = "float32") -> int:
-    """Rows per class that fit in ``memory_mb`` MB (10^6 bytes) of float32 embeddings of
-    ``num_features`` and int64 labels, for ``n_classes`` classes."""
+    """Rows per class that fit in ``memory_mb`` MB (10^6 bytes) of ``precision`` embeddings
+    of ``num_features`` and int64 labels, for ``n_classes`` classes."""
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or not math.isfinite(memory_mb) \
             or not 0 < memory_mb <= MAX_MEMORY_MB:
         raise ConfigError(f"memory_mb must be a number in (0, {MAX_MEMORY_MB:g}], got {memory_mb!r}")
