@@ -58,13 +58,15 @@ def test_finetune_with_nproc_per_node(small_digits, tmp_path):
     """DDP fine-tuning of the last block: every validation image counted once over the ranks
     (checked in the loop), the RUN written by rank 0 and usable by export."""
     out = _edgetl(["train", str(small_digits), "--out", "ft", "--strategy", "finetune", "--unfreeze", "1",
-                   "--epochs", "2", "--image-size", "64", "--json", "--nproc-per-node", "2"], tmp_path)
+                   "--epochs", "2", "--image-size", "64", "--json", "--nproc-per-node", "2",
+                   "--batchnorm", "update"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     m = json.loads(out.stdout)
     assert m["distributed"] == {"world_size": 2, "backend": "gloo"} and m["epochs_run"] == 2
     assert m["val_accuracy"] > 0.5, m["val_accuracy"]  # 10 classes: chance is 0.1
     info = json.loads((tmp_path / "ft" / "run.json").read_text())
     assert info["distributed"]["world_size"] == 2 and len(info["split"]["val"]) == m["n_val"]
+    assert info["config"]["batchnorm"] == "update"  # the unfrozen block's BatchNorm learnt batch statistics
 
 
 def test_launch_options_are_checked_before_launching(tmp_path, small_digits):
@@ -72,4 +74,6 @@ def test_launch_options_are_checked_before_launching(tmp_path, small_digits):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--rdzv-endpoint" in bad.stderr
     bad = _edgetl(["train", str(small_digits), "--out", "x", "--nproc-per-node", "2", "--epochs", "0"], tmp_path)
     assert bad.returncode == 2 and "positive" in bad.stderr and "Traceback" not in bad.stderr
+    bad = _edgetl(["train", str(small_digits), "--out", "x", "--strategy", "finetune", "--batchnorm", "train"], tmp_path)
+    assert bad.returncode == 2 and "frozen" in bad.stderr and "update" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x").exists()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from edgetl.device.learn import (
     make_training_artifacts,
     read_head,
 )
-from edgetl.device.memory import ReplayMemory, embed_images
+from edgetl.device.memory import ReplayMemory, default_per_class, embed_images
 from edgetl.device.evaluation import evaluate_bundle
 from edgetl.device.predictor import Predictor
 from edgetl.device.retraining import RetrainConfig, retrain
@@ -124,9 +125,10 @@ def good_bundle(tmp_path, tiny, digits_dir) -> Path:
 def test_memory_is_bounded_deterministic_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     z, y = rng.normal(size=(300, 8)).astype(np.float32), np.repeat(np.arange(3), 100)
-    m = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1, selection="random")
+    # float32 rows are kept bit for bit (the float16 default: tests/test_class_addition.py)
+    m = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1, selection="random", precision="float32")
     assert m.counts() == {"a": 20, "b": 20, "c": 20} and list(m.seen) == [100, 100, 100]
-    again = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1, selection="random")
+    again = ReplayMemory.build(z, y, ["a", "b", "c"], per_class=20, seed=1, selection="random", precision="float32")
     assert np.array_equal(m.embeddings, again.embeddings) and np.array_equal(m.labels, again.labels)
     # rows kept are real rows of their class
     for row, label in zip(m.embeddings, m.labels):
@@ -190,7 +192,9 @@ def test_retrain_improves_a_weak_head_and_writes_a_complete_version(weak_bundle,
     state = training_api().CheckpointState.load_checkpoint(str(weak_bundle / "v2/training/checkpoint"))
     assert np.array_equal(state.parameters["head.weight"].data, W)
     memory = ReplayMemory.load(weak_bundle / "v2/memory.npz")
-    assert set(memory.counts().values()) == {20} and list(memory.seen) == [130] * 10
+    # the default budget: the bytes of 20 float32 rows a class, as float16 rows (38 of 64 features)
+    assert memory.precision == "float16" and set(memory.counts().values()) == {default_per_class(64)} == {38}
+    assert list(memory.seen) == [130] * 10
     # the retrained bundle is what evaluate sees
     assert evaluate_bundle(weak_bundle, new_data)["accuracy"] >= 0.8
 
@@ -232,15 +236,17 @@ def test_new_classes_grow_the_head_and_the_memory(tmp_path, tiny, digits_dir):
     assert bc["method"] == "fit" and set(bc["candidates"]) == {"none", "fit"}
     assert bc["kept"] == (bc["candidates"][bc["method"]] < bc["candidates"]["none"]
                           and bc["balanced_accuracy"][bc["method"]] >= bc["balanced_accuracy"]["none"])
-    # 0.05 MB of 64 float32 features + int64 label (264 bytes) over 10 classes: 18 a class
-    assert report.memory_per_class == 50_000 // (10 * 264) == 18 and report.memory_selection == "herding"
+    # 0.05 MB of 64 float16 features + int64 label (136 bytes) over 10 classes, beside the 128-byte
+    # centre: 36 a class
+    assert report.memory_per_class == (50_000 - 128) // (10 * 136) == 36 and report.memory_selection == "herding"
     assert report.n_holdout_memory == 8 * 4  # 20% of 20 memory rows of each old class
     m = open_bundle(bundle).manifest
     assert m["labels"] == DIGITS and m["history"][-1]["new_classes"] == ["8", "9"]
     W2, _, labels = read_head(bundle / m["models"]["head"])
     assert W2.shape == (10, FEATURES) and labels == DIGITS
     memory = ReplayMemory.load(bundle / m["memory"])
-    assert memory.label_names == tuple(DIGITS) and set(memory.counts().values()) == {18}
+    # the old classes keep the 20 rows they had, the new ones get the budget's 36
+    assert memory.label_names == tuple(DIGITS) and memory.counts() == {d: 20 if d in DIGITS[:8] else 36 for d in DIGITS}
     preds = Predictor.from_bundle(bundle).predict(sorted((device / "9").iterdir())[:10])
     assert {p.label for p in preds} <= set(DIGITS)
 
@@ -596,12 +602,18 @@ def test_new_classes_on_the_real_pipeline(bundle_0_7, digits_0_7, digits_8_9, tm
     m = open_bundle(bundle).manifest
     assert m["precision"] == "int8" and m["memory"] == "v1/memory.npz" and m["training"] == "v1/training"
     memory = ReplayMemory.load(bundle / m["memory"])
-    assert memory.counts() == {str(d): 20 for d in range(8)} and memory.num_features == m["num_features"]
-    # the packaged memory is what the deployed backbone computes on the device
     info = json.loads((bundle_0_7["run"] / "run.json").read_text())
+    # the default budget (39 float16 rows of 1,280 features), or every training image a class has
+    train_counts = Counter(p.split("/")[0] for p in info["split"]["train"])
+    assert memory.precision == "float16" and memory.num_features == m["num_features"] == 1280
+    assert memory.counts() == {str(d): min(39, train_counts[str(d)]) for d in range(8)}
+    # the packaged memory is what the deployed backbone computes on the device
     first = sorted(p for p in info["split"]["train"] if p.startswith("0/"))
     z = Predictor.from_bundle(bundle).embed([Path(info["data_root"]) / p for p in first])
-    assert all(np.isclose(z, row, atol=1e-5).all(axis=1).any() for row in memory.embeddings[memory.labels == 0])
+    # (float16 offsets from the memory's centre: within 2^-11 of each value's distance from it)
+    close = [(np.abs(z - row) <= 2.0 ** -11 * np.abs(z - memory.center) + 1e-5).all(axis=1).any()
+             for row in memory.embeddings[memory.labels == 0]]
+    assert all(close)
 
     old_test = _unseen_digits(tmp_path / "old_test", range(8), digits_0_7, per_class=40)
     new_test = _unseen_digits(tmp_path / "new_test", [8, 9], digits_8_9, per_class=40)

@@ -156,3 +156,22 @@ def check_sign_key(args: argparse.Namespace) -> None:
         from edgetl.core.signing import load_signing_key
 
         load_signing_key(args.sign)
+
+
+def add_memory_options(p: argparse.ArgumentParser, *, retrain: bool) -> None:
+    """The replay-memory budget and selection options of ``package`` (the first memory) and
+    ``retrain`` (the merged one); ``package`` also chooses the precision."""
+    what = "memory kept per class" if retrain else "memory for on-device retraining: K embeddings per class"
+    p.add_argument("--memory-per-class", type=positive_int, metavar="K",
+                   help=f"replay {what} (default: the bytes of 20 float32 rows, in the memory's precision: "
+                        "39 float16 rows of 1,280 features)")
+    p.add_argument("--memory-mb", type=positive_float, metavar="F",
+                   help="replay memory budget in MB (10^6 bytes), split evenly over the classes"
+                        f"{', the new ones included' if retrain else ''}; overrides --memory-per-class")
+    p.add_argument("--memory-selection", choices=["herding", "random"], default="herding",
+                   help="which rows the memory keeps: those whose mean is closest to the class mean (herding, "
+                        "iCaRL) or a uniform sample of all seen (random) (default: %(default)s)")
+    if not retrain:
+        p.add_argument("--memory-precision", choices=["float16", "float32"], default="float16",
+                       help="how the memory stores embeddings: float16 (offsets from the class-wide centre) "
+                            "halves a row, so a budget holds twice the exemplars (default: %(default)s)")

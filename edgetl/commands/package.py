@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import path_arg, positive_float, positive_int
+from edgetl.commands._args import add_memory_options, path_arg
 
 HELP = "package a trained RUN as a bundle for a deployment target"
 DESCRIPTION = """\
@@ -37,17 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="BUNDLE", type=path_arg, help="bundle folder to create")
     p.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (and archive)")
-    p.add_argument("--memory-per-class", type=positive_int, default=20, metavar="K",
-                   help="replay memory for on-device retraining: K embeddings per class (default: 20)")
-    p.add_argument("--memory-mb", type=positive_float, metavar="F",
-                   help="replay memory budget in MB (10^6 bytes), split evenly over the classes; "
-                        "overrides --memory-per-class")
-    p.add_argument("--memory-selection", choices=["herding", "random"], default="herding",
-                   help="which training images the memory keeps: those whose mean is closest to the class mean "
-                        "(herding, iCaRL) or a random draw (default: %(default)s)")
-    p.add_argument("--memory-precision", choices=["float32", "float16"], default="float32",
-                   help="how the memory stores embeddings: float16 halves a row, so --memory-mb holds twice "
-                        "the exemplars (default: %(default)s)")
+    add_memory_options(p, retrain=False)
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--sign", metavar="KEY", type=path_arg,
                    help="sign the manifest with this private key (from 'edgetl keygen'), into BUNDLE/manifest.sig; "

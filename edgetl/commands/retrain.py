@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetl.commands._args import (NO_VERIFY_HELP, SIGN_HELP, add_trust, batch_size, check_sign_key, fraction,
+from edgetl.commands._args import (NO_VERIFY_HELP, SIGN_HELP, add_memory_options, add_trust, batch_size, check_sign_key, fraction,
                                    non_negative_int, path_arg, positive_float, positive_int, require_trust)
 
 HELP = "retrain a bundle's head on the device from labelled images (torch-free)"
@@ -53,14 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction held out for early stopping and before/after accuracy (default: 0.2)")
     p.add_argument("--patience", type=non_negative_int, default=10, metavar="N",
                    help="stop after N epochs without a lower holdout loss; 0 = never (default: 10)")
-    p.add_argument("--memory-per-class", type=positive_int, default=20, metavar="K",
-                   help="replay memory kept per class (default: 20)")
-    p.add_argument("--memory-mb", type=positive_float, metavar="F",
-                   help="replay memory budget in MB (10^6 bytes) split evenly over the classes, the new ones "
-                        "included; overrides --memory-per-class")
-    p.add_argument("--memory-selection", choices=["herding", "random"], default="herding",
-                   help="which rows the merged memory keeps: those whose mean is closest to the class mean "
-                        "(herding, iCaRL) or a uniform sample of all seen (random) (default: %(default)s)")
+    add_memory_options(p, retrain=True)
     p.add_argument("--bias-correction", choices=["fit", "weight-aligning", "auto", "none"], default="fit",
                    help="after adding classes, correct the head's bias toward them: fit (new-class logits shifted "
                         "by a number fit on the holdout), weight-aligning (new rows scaled to the old rows' mean "

@@ -1,7 +1,8 @@
 """The replay memory: a small, bounded set of embeddings per class that a bundle keeps so
 that retraining on new data does not forget the classes the data lacks. Torch-free.
 
-Stored as ``memory.npz`` in a version folder: ``embeddings`` float32 [M, F], ``labels``
+Stored as ``memory.npz`` in a version folder: ``embeddings`` float16 or float32 [M, F] (float16:
+offsets from ``center`` [F], below), ``labels``
 int64 [M] (indices into ``label_names``), ``label_names`` (str [C]) and ``seen`` int64 [C]
 (how many samples of each class the memory has been offered so far, so that merging keeps
 a uniform sample of everything seen: reservoir sampling per class). Embeddings are the
@@ -12,19 +13,25 @@ Which rows are kept (:class:`Selection`): ``herding`` (default; iCaRL, Rebuffi e
 greedily picks the rows whose running mean best approximates the class mean of the
 L2-normalised embeddings, so a few exemplars stand for the whole class; ``random`` keeps a
 uniform sample of everything seen. The budget is ``per_class`` rows, or a size in MB
-(:func:`per_class_for_budget`: 10^6 bytes, float32 embeddings and int64 labels, split evenly
-over the classes). Selection is deterministic: the same memory, new data and seed always
+(:func:`per_class_for_budget`: 10^6 bytes of embeddings in the memory's precision and int64
+labels, split evenly over the classes), or by default :func:`default_per_class`. Selection is deterministic: the same memory, new data and seed always
 keep the same rows. Files written before herding existed load unchanged.
 
-**Precision** (``precision``, kept in the file as the embeddings' dtype): ``float32`` (default)
-or ``float16``, which halves a row (``2F + 8`` bytes) so the same MB hold twice the exemplars,
-what class addition needs most. Measured (tests/test_class_addition.py scenario: 5 known + 5 new
-classes, 102.6 KB a class, holdout seeds 0/1/2): 20 float32 exemplars kept 94.6/96.8/92.8% of
-old-class accuracy on the digits and 93.3/92.3/82.7% on photos; 39 float16 ones in the same bytes
-95.0/97.7/95.9% and 92.3/98.1/95.2%. Not the default: with float16 source rows, device
-adaptation's refit on the tests' tiny backbone (large feature offsets, tiny variations) gained
-+0.09 instead of +0.18 (tests/test_adapt.py), and that is not measured on real backbones yet.
-A float16 memory rounds every row it is given (idempotent), so what is in RAM is what is on disk.
+**Precision** (``precision``, kept in the file as the embeddings' dtype): ``float16``
+(default) or ``float32``. A float16 memory stores each row as its offset from a centre (the
+first rows' mean, itself rounded to float16, kept with the file as ``center``), so what float16
+rounds is the row's variation, not a large common offset: a row is within 2^-11 of its distance
+from the centre. That halves a row (``2F + 8`` bytes), so the same bytes hold twice the
+exemplars, which is what class addition needs most. The default budget is the bytes of 20
+float32 rows a class (:func:`default_per_class`: 39 float16 rows of 1,280 features). Measured
+(tests/test_class_addition.py scenario: 5 known + 5 new classes, 102.6 KB a class, holdout seeds
+0/1/2): 20 float32 exemplars kept 94.6/96.8/92.8% of old-class accuracy on the digits and
+93.3/92.3/82.7% on photos; 39 float16 ones in the same bytes 95.0/97.7/95.9% and 92.3/98.1/95.2%.
+Centring matters on backbones whose features share a large offset (the tests' tiny backbone):
+float16 of the raw rows halved device adaptation's refit gain there, float16 of the centred rows
+does not. The encoding is idempotent (the centre is float16, so ``center + code`` is exact or
+rounds back to the same code), so what is in RAM is what is on disk, through any merge.
+Files without a ``center`` (float32, or float16 written before it existed) load unchanged.
 """
 
 from __future__ import annotations
@@ -41,12 +48,14 @@ import numpy as np
 
 from edgetl.errors import BundleError, ConfigError
 
-__all__ = ["MEMORY_FILE", "PRECISIONS", "check_precision", "DEFAULT_PER_CLASS", "MAX_MEMORY_MB", "Selection", "ReplayMemory", "memory_from_run",
-           "embed_images", "herding", "per_class_for_budget"]
+__all__ = ["MEMORY_FILE", "PRECISIONS", "DEFAULT_PRECISION", "check_precision", "DEFAULT_PER_CLASS", "MAX_MEMORY_MB",
+           "Selection", "ReplayMemory", "memory_from_run", "embed_images", "herding", "per_class_for_budget",
+           "default_per_class"]
 
 MEMORY_FILE = "memory.npz"
 PRECISIONS = {"float32": 4, "float16": 2}  # bytes a value
-DEFAULT_PER_CLASS = 20
+DEFAULT_PRECISION = "float16"
+DEFAULT_PER_CLASS = 20  # the default budget: the bytes of this many float32 rows a class (default_per_class)
 MAX_MEMORY_MB = 4096.0
 
 
@@ -75,13 +84,21 @@ def check_precision(precision: Any) -> str:
     return str(precision)
 
 
-def per_class_for_budget(memory_mb: Any, num_features: int, n_classes: int, precision: str = "float32") -> int:
+def default_per_class(num_features: int, precision: str = DEFAULT_PRECISION) -> int:
+    """Rows per class of the default budget: the bytes of :data:`DEFAULT_PER_CLASS` float32
+    rows (102.6 KB at 1,280 features), in ``precision`` (39 float16 rows of 1,280 features)."""
+    width = max(int(num_features), 1)
+    return max(1, DEFAULT_PER_CLASS * _row_bytes(width, "float32") // _row_bytes(width, precision))
+
+
+def per_class_for_budget(memory_mb: Any, num_features: int, n_classes: int, precision: str = DEFAULT_PRECISION) -> int:
     """Rows per class that fit in ``memory_mb`` MB (10^6 bytes) of ``precision`` embeddings
-    of ``num_features`` and int64 labels, for ``n_classes`` classes."""
+    of ``num_features`` and int64 labels, for ``n_classes`` classes (float16: beside the centre)."""
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or not math.isfinite(memory_mb) \
             or not 0 < memory_mb <= MAX_MEMORY_MB:
         raise ConfigError(f"memory_mb must be a number in (0, {MAX_MEMORY_MB:g}], got {memory_mb!r}")
-    per_class = int(memory_mb * 1e6) // (max(n_classes, 1) * _row_bytes(max(num_features, 1), precision))
+    center = 2 * max(num_features, 1) if precision == "float16" else 0  # a float16 memory keeps its centre
+    per_class = (int(memory_mb * 1e6) - center) // (max(n_classes, 1) * _row_bytes(max(num_features, 1), precision))
     if per_class < 1:
         raise ConfigError(f"a replay memory of {memory_mb:g} MB holds less than one {num_features}-feature "
                           f"embedding per class for {n_classes} classes (at least "
@@ -115,12 +132,34 @@ def herding(embeddings: np.ndarray, k: int, target: np.ndarray | None = None) ->
     return np.asarray(chosen, np.int64)
 
 
+def _encode_float16(z: np.ndarray, center: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(center, rows as float16 stores them)``: the centre (float16 values, the rows' mean
+    when none is given yet) and ``center + float16(z - center)`` in float32."""
+    if center is None:
+        if not z.shape[0]:
+            return None, z
+        center = np.mean(z, axis=0, dtype=np.float64)
+    if not np.isfinite(center).all() or np.abs(center).max(initial=0) > np.finfo(np.float16).max:
+        raise BundleError("the replay memory's centre is beyond float16's range; use a float32 replay memory")
+    center = np.asarray(center, np.float16).astype(np.float32).reshape(-1)
+    if center.shape != z.shape[1:]:
+        raise BundleError(f"the replay memory's centre has {center.shape[0]} features, its rows {z.shape[1]}")
+    offset = z - center
+    if offset.size and np.abs(offset).max() > np.finfo(np.float16).max:
+        raise BundleError(f"embeddings lie {np.abs(offset).max():.3g} from the memory's centre, beyond float16's "
+                          "range; use a float32 replay memory")
+    return center, center + offset.astype(np.float16).astype(np.float32)
+
+
 def _unit_mean(z: np.ndarray) -> np.ndarray:
     u = np.asarray(z, np.float64)
     return (u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)).mean(axis=0)
 
 
-def check_per_class(per_class: Any) -> int:
+def check_per_class(per_class: Any) -> int | None:
+    """``per_class`` if it is an integer >= 1; None (the default budget) passes."""
+    if per_class is None:
+        return None
     if not (isinstance(per_class, int) and not isinstance(per_class, bool) and per_class >= 1):
         raise ConfigError(f"memory_per_class must be an integer >= 1, got {per_class!r}")
     return per_class
@@ -135,7 +174,8 @@ class ReplayMemory:
     labels: np.ndarray
     label_names: tuple[str, ...]
     seen: np.ndarray
-    precision: str = "float32"  # what the file stores (float16: half the bytes; see the module docstring)
+    precision: str = DEFAULT_PRECISION  # what the file stores (float16: half the bytes; see the module docstring)
+    center: np.ndarray | None = None  # float16 only: what rows are stored relative to (float16 values)
 
     def __post_init__(self) -> None:
         z = np.ascontiguousarray(self.embeddings, dtype=np.float32)
@@ -152,20 +192,19 @@ class ReplayMemory:
             raise BundleError(f"replay memory 'seen' has {seen.shape} entries for {len(names)} classes")
         if not np.isfinite(z).all():
             raise BundleError("replay memory holds NaN or infinite embeddings; re-package the bundle")
+        center = None
         if check_precision(self.precision) == "float16":
-            if z.size and np.abs(z).max() > np.finfo(np.float16).max:
-                raise BundleError(f"embeddings reach {np.abs(z).max():.3g}, beyond float16's range; "
-                                  "use a float32 replay memory")
-            z = z.astype(np.float16).astype(np.float32)
+            center, z = _encode_float16(z, self.center)
         kept = np.bincount(y, minlength=len(names))
         seen = np.maximum(seen, kept)
-        for name, value in (("embeddings", z), ("labels", y), ("label_names", names), ("seen", seen)):
+        for name, value in (("embeddings", z), ("labels", y), ("label_names", names), ("seen", seen),
+                            ("center", center)):
             object.__setattr__(self, name, value)
 
     # -- construction -------------------------------------------------------------
 
     @classmethod
-    def empty(cls, label_names: Sequence[str], num_features: int, precision: str = "float32") -> "ReplayMemory":
+    def empty(cls, label_names: Sequence[str], num_features: int, precision: str = DEFAULT_PRECISION) -> "ReplayMemory":
         return cls(np.zeros((0, num_features), np.float32), np.zeros(0, np.int64), tuple(label_names),
                    np.zeros(len(label_names), np.int64), precision)
 
@@ -173,7 +212,7 @@ class ReplayMemory:
     def build(
         cls, embeddings: np.ndarray, labels: np.ndarray, label_names: Sequence[str], *,
         per_class: int = DEFAULT_PER_CLASS, seed: int = 0, selection: Selection | str = Selection.HERDING,
-        precision: str = "float32",
+        precision: str = DEFAULT_PRECISION,
     ) -> "ReplayMemory":
         """A memory of at most ``per_class`` rows per class, chosen by ``selection``."""
         z = np.asarray(embeddings, np.float32)
@@ -214,7 +253,7 @@ class ReplayMemory:
             if n in index:
                 seen[index[n]] = self.seen[i]
         return ReplayMemory(self.embeddings, remap[self.labels] if len(self) else self.labels, names, seen,
-                            self.precision)
+                            self.precision, self.center)
 
     def merge(
         self, embeddings: np.ndarray, labels: np.ndarray, label_names: Sequence[str], *,
@@ -278,7 +317,7 @@ class ReplayMemory:
         width = z.shape[1] if z.shape[0] else self.num_features
         emb = np.concatenate([a.reshape(-1, width) for a in keep_z]) if keep_z else np.zeros((0, width), np.float32)
         lab = np.concatenate(keep_y) if keep_y else np.zeros(0, np.int64)
-        return ReplayMemory(emb, lab, tuple(names), seen, self.precision)
+        return ReplayMemory(emb, lab, tuple(names), seen, self.precision, self.center)
 
     def split(self, fraction: float, seed: int = 0, classes: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(train rows, holdout rows)``: a seeded per-class slice of ``fraction`` of the rows
@@ -301,8 +340,12 @@ class ReplayMemory:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, embeddings=self.embeddings.astype(self.precision), labels=self.labels,
-                 label_names=np.asarray(self.label_names, dtype=np.str_), seen=self.seen)
+        extra = {}
+        rows = self.embeddings
+        if self.center is not None:
+            rows, extra = rows - self.center, {"center": self.center.astype(np.float16)}
+        np.savez(buffer, embeddings=rows.astype(self.precision), labels=self.labels,
+                 label_names=np.asarray(self.label_names, dtype=np.str_), seen=self.seen, **extra)
         return buffer.getvalue()
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -317,19 +360,25 @@ class ReplayMemory:
                 z, y = f["embeddings"], f["labels"]
                 names = tuple(str(n) for n in f["label_names"])
                 seen = f["seen"] if "seen" in f.files else np.bincount(y.astype(np.int64), minlength=len(names))
-                return cls(z, y, names, seen, "float16" if z.dtype == np.float16 else "float32")
+                if z.dtype != np.float16:
+                    return cls(z, y, names, seen, "float32")
+                center = f["center"] if "center" in f.files else np.zeros(z.shape[1:], np.float16)
+                if center.dtype != np.float16 or center.shape != z.shape[1:]:
+                    raise ValueError(f"center must be float16 of {z.shape[1:]}, got {center.dtype} {center.shape}")
+                center = center.astype(np.float32)
+                return cls(center + z.astype(np.float32), y, names, seen, "float16", center)
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"{path}: not a readable replay memory (.npz with embeddings, labels, label_names): "
                               f"{exc}; re-package the bundle") from None
 
 
 def memory_from_run(
-    predictor: Any, info: Mapping[str, Any], *, per_class: int | None = DEFAULT_PER_CLASS, seed: int = 0,
+    predictor: Any, info: Mapping[str, Any], *, per_class: int | None = None, seed: int = 0,
     selection: Selection | str = Selection.HERDING, memory_mb: float | None = None,
-    precision: str = "float32",
+    precision: str = DEFAULT_PRECISION,
 ) -> tuple[ReplayMemory, list[str]]:
     """The initial memory of a bundle: up to ``per_class`` images per class (or as many as
-    ``memory_mb`` holds) from a RUN's training split (``run.json`` ``split.train``, relative
+    ``memory_mb`` holds; neither: :func:`default_per_class`) from a RUN's training split (``run.json`` ``split.train``, relative
     to ``data_root``), embedded by ``predictor`` (the deployed backbone; raw, no adapter).
     ``HERDING`` embeds every training image and keeps the exemplars closest to each class
     mean; ``RANDOM`` embeds only a seeded draw. Returns the memory and a list of problems
@@ -343,10 +392,10 @@ def memory_from_run(
     train = [str(p) for p in (split.get("train") or [])]
     features = predictor.head.input_shape[-1] if predictor.head.input_shape else 0
     features = features if isinstance(features, int) else 0
+    precision = check_precision(precision)
     if memory_mb is not None:
         per_class = per_class_for_budget(memory_mb, features, len(labels), precision)
-    per_class = check_per_class(per_class)
-    precision = check_precision(precision)
+    per_class = check_per_class(per_class) or default_per_class(features, precision)
     if (info.get("modality") or "image") != "image":
         return _memory_from_items(predictor, info, labels, features, per_class, seed, selection, precision)
     if not info.get("data_root") or not root.is_dir() or not train:
@@ -367,7 +416,7 @@ def memory_from_run(
 
 
 def _memory_from_items(predictor: Any, info: Mapping[str, Any], labels: list[str], features: int, per_class: int,
-                       seed: int, selection: "Selection", precision: str = "float32") -> tuple[ReplayMemory, list[str]]:
+                       seed: int, selection: "Selection", precision: str) -> tuple[ReplayMemory, list[str]]:
     """The same for a modality whose split holds indices into its data file (text): the data
     is read again, through the predictor's modality, and must hold as many items as at training."""
     from edgetl.errors import EdgeTLError
@@ -410,8 +459,7 @@ def _rows_to_embed(by_class: dict[int, list], per_class: int, selection: "Select
 
 
 def _embed_chosen(predictor: Any, chosen: list, labels: list[str], features: int, per_class: int, seed: int,
-                  problems: list[str], selection: "Selection",
-                  precision: str = "float32") -> tuple[ReplayMemory, list[str]]:
+                  problems: list[str], selection: "Selection", precision: str) -> tuple[ReplayMemory, list[str]]:
     z, ok = embed_images(predictor, [p for p, _ in chosen])
     if len(ok) < len(chosen):
         problems.append(f"{len(chosen) - len(ok)} training image(s) could not be read")

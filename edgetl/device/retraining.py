@@ -77,8 +77,8 @@ from edgetl.device.learn import (
 )
 from edgetl.device.learn.bias import CORRECTIONS, choose_correction
 from edgetl.device.learn.head import choice
-from edgetl.device.memory import (DEFAULT_PER_CLASS, MEMORY_FILE, ReplayMemory, Selection, check_selection,
-                                  embed_images, per_class_for_budget)
+from edgetl.device.memory import (MEMORY_FILE, ReplayMemory, Selection, check_per_class, check_selection,
+                                  default_per_class, embed_images, per_class_for_budget)
 
 __all__ = ["BiasCorrection", "RetrainConfig", "RetrainReport", "retrain"]
 
@@ -99,7 +99,7 @@ class RetrainConfig:
     batch_size: int = 32
     holdout: float = 0.2  # fraction of DATA (and of memory-only classes' memory) held out
     patience: int = 10  # epochs without a lower holdout loss before stopping; 0 = never
-    memory_per_class: int = DEFAULT_PER_CLASS
+    memory_per_class: int | None = None  # None: the default budget in the memory's precision (default_per_class)
     memory_mb: float | None = None  # replay-memory budget in MB (10^6 bytes); overrides memory_per_class
     memory_selection: Selection = Selection.HERDING  # which rows the merged memory keeps
     bias_correction: BiasCorrection = BiasCorrection.FIT  # only when new classes are added (learn/bias.py)
@@ -114,8 +114,7 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 1.0):
             raise ConfigError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
-        if not (isinstance(self.memory_per_class, int) and self.memory_per_class >= 1):
-            raise ConfigError(f"memory_per_class must be an integer >= 1, got {self.memory_per_class!r}")
+        check_per_class(self.memory_per_class)
         if self.memory_mb is not None:
             per_class_for_budget(self.memory_mb, 1, 1)  # bounds; the fit is checked once F and C are known
         object.__setattr__(self, "memory_selection", check_selection(self.memory_selection))
@@ -183,7 +182,7 @@ class RetrainReport(Report):
     # holdout accuracy of the classes the bundle knew: {"old_retained": after/before, "max_drop",
     # "max_drop_class", "new_accuracy"}
     forgetting: dict[str, Any] = field(default_factory=dict)
-    memory_per_class: int = DEFAULT_PER_CLASS  # rows per class the new memory may keep
+    memory_per_class: int = 0  # rows per class the new memory may keep
     memory_selection: str = Selection.HERDING.value
 
 
@@ -460,8 +459,10 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
     all_labels = live.labels + new_classes
     memory = live.memory.relabel(all_labels)
     _check_classes(folder, live, memory)
-    per_class = (cfg.memory_per_class if cfg.memory_mb is None
-                 else per_class_for_budget(cfg.memory_mb, live.W.shape[1], len(all_labels), memory.precision))
+    if cfg.memory_mb is not None:
+        per_class = per_class_for_budget(cfg.memory_mb, live.W.shape[1], len(all_labels), memory.precision)
+    else:
+        per_class = cfg.memory_per_class or default_per_class(live.W.shape[1], memory.precision)
     sets = _embed_and_assemble(live, folder, memory, all_labels, cfg)
     trainer = resolve_trainer(cfg.trainer)
     t1 = time.perf_counter()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from edgetl.core.formats import MAX_IR_VERSION
 from edgetl.core.report import Report
 from edgetl.device.alignment import SOURCE_STATS, write_source_stats
-from edgetl.device.memory import (DEFAULT_PER_CLASS, Selection, check_per_class, check_precision, check_selection,
+from edgetl.device.memory import (DEFAULT_PRECISION, Selection, check_per_class, check_precision, check_selection,
                                   per_class_for_budget)
 from edgetl.modalities import get_modality
 from edgetl.core.files import fsync_dir, fsync_tree, hash_dir, remove, utc_now
@@ -185,10 +185,12 @@ class PackageConfig:
 
     archive: bool = False  # also write BUNDLE.tar.gz
     overwrite: bool = False  # replace an existing bundle at ``out`` (never another folder)
-    memory_per_class: int = DEFAULT_PER_CLASS  # replay-memory rows per class, when the target retrains
+    # replay-memory rows per class, when the target retrains; None: the bytes of 20 float32 rows
+    # (edgetl.device.memory.default_per_class: 39 float16 rows of 1,280 features)
+    memory_per_class: int | None = None
     memory_mb: float | None = None  # or a budget in MB (10^6 bytes), split evenly over the classes
     memory_selection: Selection = Selection.HERDING  # exemplars closest to the class mean, or random
-    memory_precision: str = "float32"  # or float16: half the bytes a row (edgetl.device.memory)
+    memory_precision: str = DEFAULT_PRECISION  # float16 (centred; half the bytes a row) or float32
 
     def __post_init__(self) -> None:
         check_per_class(self.memory_per_class)
