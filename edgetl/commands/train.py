@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "small), refit on train + validation (default); --no-refit keeps validation apart")
     p.add_argument("--lp-ft", dest="lp_ft", action=argparse.BooleanOptionalAction, default=None,
                    help="start fine-tuning from the solved linear probe (LP-FT; default: on for finetune, "
-                        "off for adapt)")
+                        "off for adapt's dann and coral, where it lowered target accuracy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=positive_int, help="input size (default: the backbone's)")
     p.add_argument("--max-length", type=positive_int, metavar="TOKENS",
