@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgetl demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 	$(MAKE) test-device
 
 # Quick loop while developing: skips the slow end-to-end tests.
