@@ -149,18 +149,21 @@ def test_unknown_candidate_is_one_line(small_digits, tmp_path, capsys):
     assert code == 2 and "Traceback" not in err and "did you mean" in err.strip().splitlines()[-1]
 
 
-def test_unfreeze_sweep_suggests_a_depth_from_held_out_accuracy(auto_build, small_digits, work, capsys):
-    """--sweep-unfreeze on real digits: the recommended backbone, the probe and LP-FT at each
-    depth on one split of the sample, scored on the held-out rest; the suggestion follows
-    the one-standard-error rule and reaches the table, the JSON and the recommendation."""
+def test_unfreeze_sweep_suggests_a_depth_from_held_out_accuracy(auto_build, small_digits, work, tmp_path, capsys):
+    """--sweep-unfreeze on real digits, through ``edgetl build --backbone auto``: the
+    recommended backbone, the probe and LP-FT at each depth on one split of the sample,
+    scored on the held-out rest; the suggestion follows the one-standard-error rule, reaches
+    select's JSON and recommendation, and is the depth the build trains with, saying why."""
     from edgetl.workstation.selection import suggest_depth
 
     one = CANDIDATES[0]  # cached by auto_build: this run pays one latency timing and the sweep
-    code = main(["select", str(small_digits), "--target", "x86-ort-int8", "--backbones", one,
-                 "--image-size", str(SIZE), "--sample", str(SAMPLE), "--work", str(work), "--budget-ms", "60",
-                 "--bench-duration", "0.3", "--sweep-unfreeze", "0,1", "--sweep-epochs", "1",
-                 "--sweep-image-size", "64", "--json"])
-    out = json.loads(capsys.readouterr().out)
+    code = main(["build", str(small_digits), "--target", "x86-ort-int8", "--out", str(tmp_path / "bundle"),
+                 "--backbone", "auto", "--backbones", one, "--image-size", str(SIZE), "--sample", str(SAMPLE),
+                 "--work", str(work), "--budget-ms", "60", "--bench-duration", "0.3", "--sweep-unfreeze", "0,1",
+                 "--sweep-epochs", "1", "--sweep-image-size", "64", "--epochs", "1", "--exporter", "torchscript",
+                 "--max-drop", "0.5", "--no-bench", "--json"])
+    built = json.loads(capsys.readouterr().out)
+    out = built["selection"]
     assert code == 0 and out["recommended"] == one and "the only candidate for image data" in out["reason"]
     ft = out["finetune"]
     sweep = ft["sweep"]
@@ -204,6 +207,41 @@ def test_unfreeze_sweep_suggests_a_depth_from_held_out_accuracy(auto_build, smal
     assert ft["suggest"] == ("--strategy linear-probe" if d == "probe" else f"--strategy finetune --unfreeze {d}")
     assert ft["unfreeze"] == (None if d == "probe" else int(d)) and "sweep on" in ft["why"]
     assert out["cost"]["sweep_seconds"] > 0
+    # the build trained what the sweep suggested, and its summary says why (backbone and depth)
+    info = json.loads((tmp_path / "bundle.run" / "run.json").read_text())
+    assert info["backbone"] == one == built["summary"]["backbone"]
+    assert info["config"]["strategy"] == ("linear-probe" if d == "probe" else "finetune")
+    if d != "probe":
+        assert info["config"]["unfreeze"] == int(d)
+    s = built["summary"]
+    assert s["backbone_choice"] == out["reason"]
+    assert "from the unfreeze sweep" in s["depth_choice"] and sweep["why"] in s["depth_choice"]
+
+
+def test_auto_build_takes_the_sweeps_depth_unless_given():
+    """--backbone auto with a sweep: the suggested depth replaces the default strategy, but
+    an explicit --strategy/--unfreeze wins and the summary says what the sweep suggested."""
+    from types import SimpleNamespace
+
+    from edgetl.workstation.pipeline import _auto_train_config
+    from edgetl.workstation.training import TrainConfig
+
+    def report(suggested, source="sweep"):
+        ft = {"from": source, "why": f"sweep says {suggested}", "suggest": "x", "sweep": {"suggested": suggested}}
+        return SimpleNamespace(recommended="efficientnet_lite1", finetune=ft)
+
+    base = TrainConfig(backbone="auto")
+    for suggested, strategy, unfreeze in (("probe", "linear-probe", 2), ("1", "finetune", 1),
+                                          ("all", "finetune", None)):
+        cfg, why = _auto_train_config(base, report(suggested), follow_sweep=True)
+        assert (cfg.backbone, cfg.strategy.value, cfg.unfreeze) == ("efficientnet_lite1", strategy, unfreeze)
+        assert "from the unfreeze sweep: sweep says " + suggested in why
+    given = TrainConfig(backbone="auto", strategy="finetune", unfreeze=3)
+    cfg, why = _auto_train_config(given, report("probe"), follow_sweep=False)
+    assert (cfg.strategy.value, cfg.unfreeze) == ("finetune", 3)
+    assert why.startswith("finetune --unfreeze 3, given explicitly (the sweep suggested the linear probe")
+    cfg, why = _auto_train_config(base, report("1", source="ceilings"), follow_sweep=True)
+    assert cfg.strategy.value == "linear-probe" and "no --sweep-unfreeze" in why
 
 
 def test_suggested_depth_is_the_cheapest_within_one_standard_error():

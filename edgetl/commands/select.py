@@ -52,7 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_select_arguments(p)
     p.add_argument("--budget-ms", type=positive_float, help="p90 latency budget (default: the target's)")
     p.add_argument("--plot", metavar="PNG", help="write accuracy against latency, Pareto front and budget line")
-    g = p.add_argument_group("the unfreeze sweep")
+    add_sweep_arguments(p.add_argument_group("the unfreeze sweep"))
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def add_sweep_arguments(g) -> None:
+    """--sweep-unfreeze and its options (``edgetl build --backbone auto`` shares them)."""
     g.add_argument("--sweep-unfreeze", metavar="D,D,...", type=_depths,
                    help="fine-tune the recommended backbone briefly at each depth (block counts or 'all', "
                         "e.g. 0,1,2,all) and suggest --unfreeze from the held-out accuracies")
@@ -60,7 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sweep-image-size", type=positive_int, default=64,
                    help="input size of the sweep, images (default 64: cheap; the ranking of depths, not the "
                         "accuracy, is what it measures)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def add_select_arguments(p: argparse.ArgumentParser, image_size: bool = True) -> None:
