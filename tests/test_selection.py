@@ -142,6 +142,35 @@ def test_bad_options_are_clear(kwargs, message):
         SelectConfig(**kwargs)
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("efficientnet_lite0@abc", "must be a whole number of pixels from 32 to 1024"),
+    ("efficientnet_lite0@0", "from 32 to 1024"),
+    ("efficientnet_lite0@16", "from 32 to 1024"),
+    ("efficientnet_lite0@", "from 32 to 1024"),
+    ("@96", "no backbone name"),
+    ("efficientnet_lite0@96,efficientnet_lite0@96", "given twice"),
+])
+def test_a_bad_candidate_size_is_one_line(small_digits, tmp_path, capsys, spec, message):
+    code = main(["select", str(small_digits), "--target", "x86-ort-int8", "--backbones", spec,
+                 "--work", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and "Traceback" not in "\n".join(err) and message in err[-1]
+    assert not any(tmp_path.iterdir())
+
+
+def test_candidate_specs_name_a_size():
+    from edgetl.workstation.selection import SelectConfig, parse_candidate
+
+    assert parse_candidate("efficientnet_lite0@160") == ("efficientnet_lite0", 160)
+    assert parse_candidate(" efficientnet_lite2 ") == ("efficientnet_lite2", None)
+    assert parse_candidate("hf:/models/x@v2") == ("hf:/models/x@v2", None)  # a path's '@'
+    assert parse_candidate("hf:/models/x@96") == ("hf:/models/x", 96)
+    # one backbone at two sizes is two candidates; at the same size, one given twice
+    assert SelectConfig(backbones=("efficientnet_lite0@96", "efficientnet_lite0@160", "efficientnet_lite0"))
+    with pytest.raises(ConfigError, match="twice"):
+        SelectConfig(backbones=("efficientnet_lite0@96", " efficientnet_lite0@96"))
+
+
 def test_unknown_candidate_is_one_line(small_digits, tmp_path, capsys):
     code = main(["select", str(small_digits), "--target", "x86-ort-int8", "--backbones", "efficientnet_lite9",
                  "--work", str(tmp_path)])
@@ -157,17 +186,22 @@ def test_unfreeze_sweep_suggests_a_depth_from_held_out_accuracy(auto_build, smal
     from edgetl.workstation.selection import suggest_depth
 
     one = CANDIDATES[0]  # cached by auto_build: this run pays one latency timing and the sweep
+    # named at its input size (NAME@SIZE, no --image-size): estimated, timed and built at it
+    spec = f"{one}@{SIZE}"
     code = main(["build", str(small_digits), "--target", "x86-ort-int8", "--out", str(tmp_path / "bundle"),
-                 "--backbone", "auto", "--backbones", one, "--image-size", str(SIZE), "--sample", str(SAMPLE),
+                 "--backbone", "auto", "--backbones", spec, "--sample", str(SAMPLE),
                  "--work", str(work), "--budget-ms", "60", "--bench-duration", "0.3", "--sweep-unfreeze", "0,1",
                  "--sweep-epochs", "1", "--sweep-image-size", "64", "--epochs", "1", "--exporter", "torchscript",
                  "--max-drop", "0.5", "--no-bench", "--json"])
     built = json.loads(capsys.readouterr().out)
     out = built["selection"]
-    assert code == 0 and out["recommended"] == one and "the only candidate for image data" in out["reason"]
+    assert code == 0 and out["recommended"] == spec and "the only candidate for image data" in out["reason"]
+    (c,) = out["candidates"]
+    assert (c["backbone"], c["candidate"], c["input_size"]) == (one, spec, SIZE)
+    assert c["seconds"]["embed_cached"] and c["seconds"]["export_cached"]  # the same as auto_build's at 64 px
     ft = out["finetune"]
     sweep = ft["sweep"]
-    assert ft["from"] == "sweep" and sweep["backbone"] == out["recommended"]
+    assert ft["from"] == "sweep" and (sweep["backbone"], sweep["candidate"]) == (one, spec)
     assert [r["unfreeze"] for r in sweep["rows"]] == ["probe", "0", "1"]
     assert sweep["n_train"] + sweep["n_heldout"] == SAMPLE and 0.25 * SAMPLE <= sweep["n_heldout"] <= 0.35 * SAMPLE
     probe, d0, d1 = sweep["rows"]
@@ -210,6 +244,7 @@ def test_unfreeze_sweep_suggests_a_depth_from_held_out_accuracy(auto_build, smal
     # the build trained what the sweep suggested, and its summary says why (backbone and depth)
     info = json.loads((tmp_path / "bundle.run" / "run.json").read_text())
     assert info["backbone"] == one == built["summary"]["backbone"]
+    assert info["preprocess"]["input_size"] == SIZE == built["summary"]["input_size"]
     assert info["config"]["strategy"] == ("linear-probe" if d == "probe" else "finetune")
     if d != "probe":
         assert info["config"]["unfreeze"] == int(d)
@@ -229,6 +264,10 @@ def test_auto_build_takes_the_sweeps_depth_unless_given():
     def report(suggested, source="sweep"):
         ft = {"from": source, "why": f"sweep says {suggested}", "suggest": "x", "sweep": {"suggested": suggested}}
         return SimpleNamespace(recommended="efficientnet_lite1", finetune=ft)
+
+    cfg, _ = _auto_train_config(TrainConfig(backbone="auto", image_size=64),
+                                SimpleNamespace(recommended="efficientnet_lite2@96", finetune={}), True)
+    assert (cfg.backbone, cfg.image_size) == ("efficientnet_lite2", 96)  # NAME@SIZE: built at SIZE
 
     base = TrainConfig(backbone="auto")
     for suggested, strategy, unfreeze in (("probe", "linear-probe", 2), ("1", "finetune", 1),

@@ -84,3 +84,9 @@ def test_a_candidate_of_the_wrong_kind_is_one_line(reviews, tmp_path, capsys):
     assert code != 0 and "Traceback" not in "\n".join(err)
     assert "is text data, but efficientnet_lite0 is an image backbone" in err[-1]
     assert not any(tmp_path.iterdir())
+    code = main(["select", str(reviews), "--target", "x86-ort-int8", "--backbones", "all_minilm_l6_v2@64",
+                 "--work", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and "Traceback" not in "\n".join(err)
+    assert "an input size ('@64') is for image backbones; all_minilm_l6_v2 takes text" in err[-1]
+    assert not any(tmp_path.iterdir())

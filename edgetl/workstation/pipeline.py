@@ -144,11 +144,15 @@ def build(
 
 
 def _auto_train_config(train_config, report, follow_sweep: bool) -> tuple[Any, str]:
-    """The train config of ``--backbone auto`` from select's report, and why its depth.
+    """The train config of ``--backbone auto`` from select's report (the recommended
+    backbone, at its input size where the candidate named one), and why its depth.
     With a sweep (and ``follow_sweep``), the suggested depth: the linear probe, or
     finetune with that ``--unfreeze``; otherwise the train config's own strategy."""
+    from edgetl.workstation.selection import parse_candidate
+
     ft = report.finetune or {}
-    config = replace(train_config, backbone=report.recommended)
+    name, size = parse_candidate(report.recommended)  # NAME@SIZE: train at that input size
+    config = replace(train_config, backbone=name, image_size=size or train_config.image_size)
 
     def current(c) -> str:
         return (c.strategy.value if c.strategy.value != "finetune"
@@ -176,6 +180,7 @@ def _summary(info: dict[str, Any], target: Target, bundle: Path, report) -> dict
     summary = {
         "target": target.name,
         "backbone": info.get("backbone"),
+        "input_size": (info.get("preprocess") or {}).get("input_size"),  # images: px; texts: None
         "runtime": target.runtime.value,
         "precision": target.precision.value,
         "accuracy_fp32": accuracy.get("fp32", info["metrics"].get("val_accuracy")),
@@ -211,7 +216,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
 
     rows = [
         ("target", f"{summary['target']} ({summary['runtime']}, {summary['precision']})"),
-        ("backbone", summary.get("backbone")),
+        ("backbone", summary.get("backbone") + (f" at {summary['input_size']} px" if summary.get("input_size") else "")
+         if summary.get("backbone") else None),
         ("precision executed", summary.get("precision_executed")),
         ("accuracy fp32 (PyTorch, held-out)", summary.get("accuracy_fp32")),
         ("accuracy deployed (held-out)", summary.get("accuracy_deployed")),
