@@ -68,20 +68,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sweep_arguments(g)
 
 
-def run(args: argparse.Namespace) -> int:
-    from edgetl.core import ui as _ui
+def build_config(args: argparse.Namespace):
+    """The BuildConfig of the parsed options (with --backbone auto, select's and the sweep's)."""
     from edgetl.benchmarking import BenchConfig
-    from edgetl.workstation.pipeline import BuildConfig, build, summary_rows
     from edgetl.workstation.onnx_export import ExportConfig
+    from edgetl.workstation.pipeline import BuildConfig
     from edgetl.workstation.quantization import QuantizeConfig
-    from edgetl.core.targets import load_target
     from edgetl.workstation.training import TrainConfig
 
-    if args.json:
-        _ui.quiet()
-    target = load_target(args.target)
     explicit = args.strategy is not _GIVEN_NONE or args.unfreeze is not _GIVEN_NONE
-    result = build(args.data, target, args.out, BuildConfig(
+    return BuildConfig(
         run_dir=args.run,
         train=TrainConfig(backbone=args.backbone,
                           strategy="linear-probe" if args.strategy is _GIVEN_NONE else args.strategy,
@@ -95,7 +91,18 @@ def run(args: argparse.Namespace) -> int:
         if args.backbone == "auto" else None,
         follow_sweep=not explicit,
         run_bench=args.bench, archive=args.archive, overwrite=args.force,
-    ))
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgetl.core import ui as _ui
+    from edgetl.core.targets import load_target
+    from edgetl.workstation.pipeline import build, summary_rows
+
+    if args.json:
+        _ui.quiet()
+    target = load_target(args.target)
+    result = build(args.data, target, args.out, build_config(args))
     if args.json:
         _ui.print_json(result.to_dict())
         return 0
