@@ -170,8 +170,10 @@ def _paired_bootstrap(correct: dict, estimate: dict | None, n_boot: int = BOOTST
     return out
 
 
-def _estimates(Z: dict, y, n_classes: int, sizes: list[int], draws: int, candidates=CANDIDATES) -> dict:
-    """select's probe estimate per sample size and draw: 5-fold (as select) and repeated 3 x 5-fold."""
+def _estimates(Z: dict, y, n_classes: int, sizes: list[int], draws: int, candidates=CANDIDATES,
+               repeats: int = 3) -> dict:
+    """select's probe estimate per sample size and draw: 5-fold (as select) and repeated
+    ``repeats`` x 5-fold."""
     from edgetl.workstation.probe_solver import cross_validate_C
     from edgetl.workstation.selection import _stratified_sample
 
@@ -183,7 +185,7 @@ def _estimates(Z: dict, y, n_classes: int, sizes: list[int], draws: int, candida
             row = {"draw": d, "n": int(len(idx)), "kfold": {}, "repeated": {}}
             for b in candidates:
                 accs = []
-                for r in range(3):
+                for r in range(repeats):
                     C, table = cross_validate_C(Z[b][idx], y[idx], n_classes, folds=5, seed=d * 10 + r)
                     accs.append(next(a for c, _, a in table if c == C))
                 row["kfold"][b], row["repeated"][b] = accs[0], sum(accs) / len(accs)
@@ -311,6 +313,19 @@ def resolution(args) -> int:
                                  "repeated_kfold": {"repeats": REPEATS, "folds": 5,
                                                     "bootstrap": _paired_bootstrap(repeated, est)}}
         save()
+        if "by_sample_size" not in entry:  # does a larger sample (or repeated k-fold) rank better?
+            print(f"{name}: the estimate at other sample sizes", flush=True)
+            sizes = [int(x) for x in args.res_sizes.split(",") if int(x) < len(y)]
+            by = _estimates(Z, y, n_classes, sizes, args.res_draws, cands, repeats=1)
+            fulls = [full[c]["val_accuracy"] for c in cands]
+            entry["by_sample_size"] = {
+                n: {kind: {"spearman_vs_repeated_kfold": [_ranks([r[kind][c] for c in cands],
+                                                                 [truth[c] for c in cands])["spearman"] for r in rows],
+                           "spearman_vs_full_train": [_ranks([r[kind][c] for c in cands], fulls)["spearman"]
+                                                      for r in rows]}
+                    for kind in ("kfold",)} | {"rows": rows}
+                for n, rows in by.items()}
+            save()
 
     print(f"| data | candidate | probe (5-fold, sample of {args.sample}) | LogME | p90 ms ({args.target}) | "
           "full-train val acc | all items, repeated 5-fold [95 % CI] |")
@@ -343,6 +358,11 @@ def resolution(args) -> int:
             for k, v in bs["pairs"].items():
                 print(f"    {k.replace('efficientnet_', '')}: {v['diff'] * 100:+.1f} pt "
                       f"[{v['ci95'][0] * 100:+.1f}, {v['ci95'][1] * 100:+.1f}]{' *' if v['significant'] else ''}")
+        for n, per in entry.get("by_sample_size", {}).items():
+            fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+            print(f"  select's 5-fold estimate on {n} sampled items ({len(per['rows'])} draws): Spearman vs "
+                  f"repeated 5-fold over all items [{fmt(per['kfold']['spearman_vs_repeated_kfold'])}], "
+                  f"vs full training [{fmt(per['kfold']['spearman_vs_full_train'])}]")
     return 0
 
 
@@ -364,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the input-resolution study instead (results/select_resolution.json)")
     p.add_argument("--res-candidates", default=",".join(RESOLUTIONS), help="its candidates, NAME@SIZE")
     p.add_argument("--digits-per-class", type=int, default=0, help="resolution study: digits per class (0: all)")
+    p.add_argument("--res-sizes", default="200,600", help="resolution study: estimate sample sizes")
+    p.add_argument("--res-draws", type=int, default=3, help="resolution study: sample draws per size")
     args = p.parse_args(argv)
     if args.resolution:
         return resolution(args)
