@@ -16,6 +16,7 @@ step is kept in benchmarks/results/select.json.
 
     python benchmarks/select_bench.py                    # digits (1,797) and photos, 3 candidates
     python benchmarks/select_bench.py --sample 200 --photos-per-class 30
+    python benchmarks/select_bench.py --resolution --sample 200   # Lite0 at 64-224 px, Lite2 at 260
 """
 
 from __future__ import annotations
@@ -77,19 +78,24 @@ REPEATS = 3
 BOOTSTRAP = 2000
 
 
-def _full_embeddings(folder: Path) -> tuple[dict, "np.ndarray"]:
+def _full_embeddings(folder: Path, candidates=CANDIDATES) -> tuple[dict, "np.ndarray"]:
+    """Every item's embedding per candidate (NAME or NAME@SIZE: at that input size), through
+    the shared embedding cache that select's sample and ``edgetl train`` read too."""
     import numpy as np
     import torch
 
     from edgetl.modalities.image import scan_folder
     from edgetl.workstation.backbones import create_backbone
     from edgetl.workstation.embedding import embed_paths
+    from edgetl.workstation.selection import parse_candidate
 
     f = scan_folder(folder)
     Z = {}
-    for b in CANDIDATES:
-        bb = create_backbone(b)
-        Z[b] = embed_paths(bb.module, f.paths, bb.preprocess, torch.device("cpu"), description=f"embedding {b}")[0]
+    for b in candidates:
+        name, size = parse_candidate(b)
+        bb = create_backbone(name)
+        spec = bb.preprocess if size is None else bb.preprocess.with_input_size(size)
+        Z[b] = embed_paths(bb.module, f.paths, spec, torch.device("cpu"), description=f"embedding {b}")[0]
         Z[b] = Z[b].astype(np.float64)
     return Z, f.targets
 
@@ -164,8 +170,10 @@ def _paired_bootstrap(correct: dict, estimate: dict | None, n_boot: int = BOOTST
     return out
 
 
-def _estimates(Z: dict, y, n_classes: int, sizes: list[int], draws: int) -> dict:
-    """select's probe estimate per sample size and draw: 5-fold (as select) and repeated 3 x 5-fold."""
+def _estimates(Z: dict, y, n_classes: int, sizes: list[int], draws: int, candidates=CANDIDATES,
+               repeats: int = 3) -> dict:
+    """select's probe estimate per sample size and draw: 5-fold (as select) and repeated
+    ``repeats`` x 5-fold."""
     from edgetl.workstation.probe_solver import cross_validate_C
     from edgetl.workstation.selection import _stratified_sample
 
@@ -175,15 +183,15 @@ def _estimates(Z: dict, y, n_classes: int, sizes: list[int], draws: int) -> dict
         for d in range(draws if size < len(y) else 1):
             idx = _stratified_sample(y, size, d)
             row = {"draw": d, "n": int(len(idx)), "kfold": {}, "repeated": {}}
-            for b in CANDIDATES:
+            for b in candidates:
                 accs = []
-                for r in range(3):
+                for r in range(repeats):
                     C, table = cross_validate_C(Z[b][idx], y[idx], n_classes, folds=5, seed=d * 10 + r)
                     accs.append(next(a for c, _, a in table if c == C))
                 row["kfold"][b], row["repeated"][b] = accs[0], sum(accs) / len(accs)
             rows.append(row)
             print(f"  estimate n={len(idx)} draw {d}: " + ", ".join(f"{b[-5:]} {row['kfold'][b]:.3f}/"
-                                                                   f"{row['repeated'][b]:.3f}" for b in CANDIDATES),
+                                                                   f"{row['repeated'][b]:.3f}" for b in candidates),
                   flush=True)
         out[str(size)] = rows
     return out
@@ -221,6 +229,143 @@ def agreement(folder: Path, estimate: dict, sizes: list[int], draws: int) -> dic
             "estimates": est, "estimate_vs_repeated_truth": summary, "seconds": time.perf_counter() - t0}
 
 
+# ----------------------------------------------------------------------------- resolution
+#
+# The three built-in backbones at their native sizes are statistical ties on both data sets
+# (every paired-bootstrap interval of their differences contains 0): no ranking among them
+# is there to agree with. The input resolution is a choice with a real spread, in accuracy
+# and in latency on the device: one backbone at several sizes (select's NAME@SIZE), here
+# estimated by select exactly as a user runs it and scored against full training.
+
+RES_OUT = HERE / "results" / "select_resolution.json"
+RESOLUTIONS = ("efficientnet_lite0@64", "efficientnet_lite0@96", "efficientnet_lite0@128",
+               "efficientnet_lite0@160", "efficientnet_lite0@224", "efficientnet_lite2@260")
+
+
+def _res_datasets(root: Path, digits_per_class: int, photos_per_class: int) -> dict[str, Path]:
+    """Digits and photos with ten classes each (the exported candidates, cached per class
+    count, are then timed once for both)."""
+    from edgetl.modalities.image import write_digits
+    from edgetl.workstation.datasets import PHOTOS, write_photos
+
+    out = {"digits": root / f"digits-{digits_per_class or 'all'}", "photos": root / f"photos10-{photos_per_class}"}
+    if not out["digits"].is_dir():
+        write_digits(out["digits"], per_class=digits_per_class or None, seed=0)
+    if not out["photos"].is_dir():
+        write_photos(out["photos"], classes=list(PHOTOS)[:10], per_class=photos_per_class, seed=0)
+    return out
+
+
+def resolution(args) -> int:
+    """select's estimate over candidates that differ for real (input sizes) against full
+    training, with the paired-bootstrap significance of the ground truth's differences."""
+    import numpy as np
+
+    from edgetl.workstation.selection import SelectConfig, parse_candidate, select
+    from edgetl.workstation.training import TrainConfig, train
+
+    cands = tuple(args.res_candidates.split(","))
+    work = Path(args.work) / "resolution"
+    results = json.loads(RES_OUT.read_text()) if RES_OUT.is_file() and not args.fresh else {"datasets": {}}
+    results["settings"] = {"sample": args.sample, "target": args.target, "candidates": cands,
+                           "digits_per_class": args.digits_per_class, "photos_per_class": args.photos_per_class}
+
+    def save():
+        RES_OUT.parent.mkdir(parents=True, exist_ok=True)
+        RES_OUT.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+    for name, folder in _res_datasets(work / "data", args.digits_per_class, args.photos_per_class).items():
+        entry = results["datasets"].setdefault(name, {})
+        t0 = time.perf_counter()
+        Z, y = _full_embeddings(folder, cands)  # fills the shared cache select and train read
+        entry["embed_all_seconds"] = entry.get("embed_all_seconds") or time.perf_counter() - t0
+        n_classes = int(y.max()) + 1
+        if "select" not in entry:
+            cfg = SelectConfig(backbones=cands, sample=args.sample, work_dir=work / "cache", bench_duration=2.0)
+            t0 = time.perf_counter()
+            report = select(folder, args.target, cfg, plot=HERE / "results" / f"select_resolution_{name}.png")
+            entry["select"] = {**report.to_dict(), "seconds_embeddings_cached": time.perf_counter() - t0}
+            save()
+        full = entry.setdefault("full", {})
+        for c in cands:
+            if c not in full:
+                b, size = parse_candidate(c)
+                t0 = time.perf_counter()
+                r = train(folder, work / "runs" / f"{name}-{c.replace('@', '-')}",
+                          TrainConfig(backbone=b, image_size=size), overwrite=True)
+                full[c] = {"val_accuracy": r.val_accuracy, "n_train": r.metrics["n_train"],
+                           "n_val": r.metrics["n_val"], "seconds": time.perf_counter() - t0}
+                save()
+        rows = {c["candidate"]: c for c in entry["select"]["candidates"]}
+        est = {c: rows[c]["probe_accuracy"] for c in cands}
+        single, repeated, Cs = {}, {}, {}
+        for c in cands:
+            single[c], Cs[c], _, how = _single_split(Z[c], y, n_classes)
+            repeated[c] = _repeated_kfold(Z[c], y, n_classes, Cs[c])
+        truth = {c: float(np.mean(repeated[c])) for c in cands}
+        entry["rank_correlation"] = {
+            "probe_vs_full_train": _ranks([est[c] for c in cands], [full[c]["val_accuracy"] for c in cands]),
+            "probe_vs_repeated_kfold": _ranks([est[c] for c in cands], [truth[c] for c in cands]),
+            "logme_vs_full_train": _ranks([rows[c]["logme"] for c in cands], [full[c]["val_accuracy"] for c in cands]),
+            "p90_vs_full_train": _ranks([rows[c]["p90_ms"] for c in cands], [full[c]["val_accuracy"] for c in cands]),
+        }
+        entry["significance"] = {"single_split": {"how": how, "C": Cs, "bootstrap": _paired_bootstrap(single, est)},
+                                 "repeated_kfold": {"repeats": REPEATS, "folds": 5,
+                                                    "bootstrap": _paired_bootstrap(repeated, est)}}
+        save()
+        if "by_sample_size" not in entry:  # does a larger sample (or repeated k-fold) rank better?
+            print(f"{name}: the estimate at other sample sizes", flush=True)
+            sizes = [int(x) for x in args.res_sizes.split(",") if int(x) < len(y)]
+            by = _estimates(Z, y, n_classes, sizes, args.res_draws, cands, repeats=1)
+            fulls = [full[c]["val_accuracy"] for c in cands]
+            entry["by_sample_size"] = {
+                n: {kind: {"spearman_vs_repeated_kfold": [_ranks([r[kind][c] for c in cands],
+                                                                 [truth[c] for c in cands])["spearman"] for r in rows],
+                           "spearman_vs_full_train": [_ranks([r[kind][c] for c in cands], fulls)["spearman"]
+                                                      for r in rows]}
+                    for kind in ("kfold",)} | {"rows": rows}
+                for n, rows in by.items()}
+            save()
+
+    print(f"| data | candidate | probe (5-fold, sample of {args.sample}) | LogME | p90 ms ({args.target}) | "
+          "full-train val acc | all items, repeated 5-fold [95 % CI] |")
+    print("|---|---|---|---|---|---|---|")
+    for name, entry in results["datasets"].items():
+        rows = {c["candidate"]: c for c in entry["select"]["candidates"]}
+        bs = entry["significance"]["repeated_kfold"]["bootstrap"]
+        for c in cands:
+            r = rows[c]
+            print(f"| {name} | {c} | {r['probe_accuracy']:.3f} | {r['logme']:.3f} | {r['p90_ms']:.2f} | "
+                  f"{entry['full'][c]['val_accuracy']:.3f} | {bs['accuracy'][c]:.3f} "
+                  f"[{bs['ci95'][c][0]:.3f}, {bs['ci95'][c][1]:.3f}] |")
+    for name, entry in results["datasets"].items():
+        rc = entry["rank_correlation"]
+        sel = entry["select"]
+        print(f"{name}: select recommends {sel['recommended']} ({sel['cost']['seconds']:.0f} s with the embeddings "
+              f"cached, {entry['embed_all_seconds']:.0f} s to embed all {sel['sample']['of']} images at all sizes); "
+              f"Spearman / Kendall of select's probe vs full training {rc['probe_vs_full_train']['spearman']:.2f} / "
+              f"{rc['probe_vs_full_train']['kendall']:.2f}, vs repeated 5-fold over all items "
+              f"{rc['probe_vs_repeated_kfold']['spearman']:.2f} / {rc['probe_vs_repeated_kfold']['kendall']:.2f}; "
+              f"LogME vs full training {rc['logme_vs_full_train']['spearman']:.2f}")
+        for kind in ("single_split", "repeated_kfold"):
+            bs = entry["significance"][kind]["bootstrap"]
+            sig = [k for k, v in bs["pairs"].items() if v["significant"]]
+            rho = bs.get("spearman_vs_resampled_truth") or {}
+            print(f"  {kind.replace('_', ' ')} ({bs['n_items']} items): {len(sig)} of {len(bs['pairs'])} pairwise "
+                  f"differences significant; order kept in {bs['order_kept'] * 100:.0f} % of resamples"
+                  + (f"; estimate's Spearman vs resampled truth {rho['mean']:.2f} [{rho['ci95'][0]:.2f}, "
+                     f"{rho['ci95'][1]:.2f}]" if rho.get("mean") is not None else ""))
+            for k, v in bs["pairs"].items():
+                print(f"    {k.replace('efficientnet_', '')}: {v['diff'] * 100:+.1f} pt "
+                      f"[{v['ci95'][0] * 100:+.1f}, {v['ci95'][1] * 100:+.1f}]{' *' if v['significant'] else ''}")
+        for n, per in entry.get("by_sample_size", {}).items():
+            fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+            print(f"  select's 5-fold estimate on {n} sampled items ({len(per['rows'])} draws): Spearman vs "
+                  f"repeated 5-fold over all items [{fmt(per['kfold']['spearman_vs_repeated_kfold'])}], "
+                  f"vs full training [{fmt(per['kfold']['spearman_vs_full_train'])}]")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sample", type=int, default=300)
@@ -235,7 +380,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reagree", action="store_true", help="redo the significance / sample-size study")
     p.add_argument("--sizes", default="150,300,600", help="estimate sample sizes of the study (and all items)")
     p.add_argument("--draws", type=int, default=5, help="sample draws per size in the study")
+    p.add_argument("--resolution", action="store_true",
+                   help="the input-resolution study instead (results/select_resolution.json)")
+    p.add_argument("--res-candidates", default=",".join(RESOLUTIONS), help="its candidates, NAME@SIZE")
+    p.add_argument("--digits-per-class", type=int, default=0, help="resolution study: digits per class (0: all)")
+    p.add_argument("--res-sizes", default="200,600", help="resolution study: estimate sample sizes")
+    p.add_argument("--res-draws", type=int, default=3, help="resolution study: sample draws per size")
     args = p.parse_args(argv)
+    if args.resolution:
+        return resolution(args)
 
     from edgetl.workstation.selection import SelectConfig, select
     from edgetl.workstation.training import TrainConfig, train

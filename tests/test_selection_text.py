@@ -53,13 +53,28 @@ def test_select_ranks_text_backbones_on_real_reviews(reviews, tmp_path, capsys):
         assert named[key] == builtin[key]
     assert out["recommended"] in ("all_minilm_l6_v2", local) and "sampled texts" in out["reason"]
 
-    # by default the candidates are the built-ins of the data's kind: one text encoder
-    code = main(args)
+    # by default the candidates are the built-ins of the data's kind: one text encoder; its
+    # unfreeze sweep fine-tunes MiniLM's last layer(s) on the texts (one epoch per depth)
+    code = main([*args, "--sweep-unfreeze", "0,1", "--sweep-epochs", "1"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and [c["backbone"] for c in out["candidates"]] == ["all_minilm_l6_v2"]
     assert out["recommended"] == "all_minilm_l6_v2" and "the only candidate for text data" in out["reason"]
     assert out["candidates"][0]["probe_accuracy"] == builtin["probe_accuracy"]
     assert out["candidates"][0]["seconds"]["export_cached"]
+    ft = out["finetune"]
+    sweep = ft["sweep"]
+    assert ft["from"] == "sweep" and sweep["backbone"] == "all_minilm_l6_v2"
+    assert sweep["max_length"] == MAX_LENGTH and sweep["input_size"] is None
+    assert [r["unfreeze"] for r in sweep["rows"]] == ["probe", "0", "1"]
+    assert sweep["n_train"] + sweep["n_heldout"] == SAMPLE
+    probe, d0, d1 = sweep["rows"]
+    assert probe["heldout_accuracy"] > 0.6 and d0["epochs"] == d1["epochs"] == 1
+    # depth 0: the head only (as many parameters as the probe's); depth 1: a transformer layer more
+    assert probe["trainable_params"] == d0["trainable_params"] == 2 * 384 + 2 < d1["trainable_params"]
+    for r in sweep["rows"]:
+        assert 0.0 <= r["heldout_accuracy"] <= 1.0 and np.isfinite(r["heldout_loss"])
+    assert ft["suggest"] == ("--strategy linear-probe" if sweep["suggested"] == "probe"
+                             else f"--strategy finetune --unfreeze {sweep['suggested']}")
 
 
 def test_a_candidate_of_the_wrong_kind_is_one_line(reviews, tmp_path, capsys):
@@ -68,4 +83,10 @@ def test_a_candidate_of_the_wrong_kind_is_one_line(reviews, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and "Traceback" not in "\n".join(err)
     assert "is text data, but efficientnet_lite0 is an image backbone" in err[-1]
+    assert not any(tmp_path.iterdir())
+    code = main(["select", str(reviews), "--target", "x86-ort-int8", "--backbones", "all_minilm_l6_v2@64",
+                 "--work", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and "Traceback" not in "\n".join(err)
+    assert "an input size ('@64') is for image backbones; all_minilm_l6_v2 takes text" in err[-1]
     assert not any(tmp_path.iterdir())

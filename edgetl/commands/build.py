@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 
 from edgetl.commands._args import fraction, positive_float, positive_int
-from edgetl.commands.select import add_select_arguments, select_config
+from edgetl.commands.select import add_select_arguments, add_sweep_arguments, select_config
 from edgetl.commands.train import _unfreeze
+
+# --strategy and --unfreeze not given: their defaults, or the sweep's suggested depth
+_GIVEN_NONE = object()
 
 HELP = "images to a deployed, benchmarked bundle in one command (train, export, quantize, package, bench)"
 DESCRIPTION = """\
 Run the whole workstation pipeline for one deployment target:
 
   0 select    with --backbone auto: the most accurate candidate within the
-              target's latency budget ('edgetl select'); the summary says why
+              target's latency budget ('edgetl select'); the summary says why;
+              with --sweep-unfreeze, also the depth the sweep suggests (the
+              probe, or --strategy finetune --unfreeze N) unless --strategy or
+              --unfreeze is given
   1 train     linear probe (or --strategy finetune) on DATA
   2 export    ONNX backbone, head and fused model, validated against PyTorch
   3 quantize  int8 for int8 targets, within the accuracy budget (--max-drop)
@@ -28,6 +34,7 @@ Examples:
   edgetl build photos/ --target x86-openvino-int8 --out ov-bundle/ --strategy finetune --epochs 5
   edgetl build photos/ --target ./my-board.toml --out board/ --no-bench --json
   edgetl build photos/ --target rpi4-ort-int8 --out pi/ --backbone auto
+  edgetl build photos/ --target rpi4-ort-int8 --out pi/ --backbone auto --sweep-unfreeze 0,1,2,all
 """
 
 
@@ -38,8 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", metavar="RUN", help="RUN directory (default: BUNDLE.run)")
     p.add_argument("--backbone", default="efficientnet_lite0",
                    help="a backbone name (see 'edgetl train --help'), or 'auto': run 'edgetl select' first")
-    p.add_argument("--strategy", choices=["linear-probe", "finetune"], default="linear-probe")
-    p.add_argument("--unfreeze", type=_unfreeze, default=2, metavar="N|all")
+    p.add_argument("--strategy", choices=["linear-probe", "finetune"], default=_GIVEN_NONE,
+                   help="default linear-probe; with --backbone auto --sweep-unfreeze, the sweep's suggestion")
+    p.add_argument("--unfreeze", type=_unfreeze, default=_GIVEN_NONE, metavar="N|all",
+                   help="finetune: last N blocks trainable (default 2; with a sweep, its suggestion)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--val-split", type=fraction, default=0.2)
@@ -55,31 +64,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     g = p.add_argument_group("with --backbone auto (see 'edgetl select --help')")
     add_select_arguments(g, image_size=False)
+    g.add_argument("--budget-ms", type=positive_float, help="p90 latency budget (default: the target's)")
+    add_sweep_arguments(g)
 
 
-def run(args: argparse.Namespace) -> int:
-    from edgetl.core import ui as _ui
+def build_config(args: argparse.Namespace):
+    """The BuildConfig of the parsed options (with --backbone auto, select's and the sweep's)."""
     from edgetl.benchmarking import BenchConfig
-    from edgetl.workstation.pipeline import BuildConfig, build, summary_rows
     from edgetl.workstation.onnx_export import ExportConfig
+    from edgetl.workstation.pipeline import BuildConfig
     from edgetl.workstation.quantization import QuantizeConfig
-    from edgetl.core.targets import load_target
     from edgetl.workstation.training import TrainConfig
 
-    if args.json:
-        _ui.quiet()
-    target = load_target(args.target)
-    result = build(args.data, target, args.out, BuildConfig(
+    explicit = args.strategy is not _GIVEN_NONE or args.unfreeze is not _GIVEN_NONE
+    return BuildConfig(
         run_dir=args.run,
-        train=TrainConfig(backbone=args.backbone, strategy=args.strategy, unfreeze=args.unfreeze,
+        train=TrainConfig(backbone=args.backbone,
+                          strategy="linear-probe" if args.strategy is _GIVEN_NONE else args.strategy,
+                          unfreeze=2 if args.unfreeze is _GIVEN_NONE else args.unfreeze,
                           epochs=args.epochs, lr=args.lr, val_split=args.val_split,
                           image_size=args.image_size, seed=args.seed),
         export=ExportConfig(exporter=args.exporter, opset=18 if args.exporter == "dynamo" else 17),
         quantize=QuantizeConfig(max_drop=args.max_drop, calib=args.calib),
         bench=BenchConfig(duration=args.duration, repeats=2) if args.bench else None,
-        select=select_config(args, image_size=args.image_size) if args.backbone == "auto" else None,
+        select=select_config(args, image_size=args.image_size, budget_ms=args.budget_ms)
+        if args.backbone == "auto" else None,
+        follow_sweep=not explicit,
         run_bench=args.bench, archive=args.archive, overwrite=args.force,
-    ))
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgetl.core import ui as _ui
+    from edgetl.core.targets import load_target
+    from edgetl.workstation.pipeline import build, summary_rows
+
+    if args.json:
+        _ui.quiet()
+    target = load_target(args.target)
+    result = build(args.data, target, args.out, build_config(args))
     if args.json:
         _ui.print_json(result.to_dict())
         return 0

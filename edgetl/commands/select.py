@@ -27,6 +27,13 @@ with text and label columns, or class subfolders of .txt files); the candidates
 are the built-ins of that kind (text: all_minilm_l6_v2; add local models with
 --backbones all_minilm_l6_v2,hf:/path/to/model).
 
+A candidate NAME@SIZE is that image backbone at SIZE px input, estimated,
+exported and timed at it: on a device the input resolution is often the
+cheaper choice (latency grows with its square), so
+--backbones efficientnet_lite0@96,efficientnet_lite0@160,efficientnet_lite2
+compares sizes and backbones at once; 'edgetl build --backbone auto' then
+trains at the chosen size.
+
 --sweep-unfreeze 0,1,2,all measures instead of guessing: the recommended
 backbone is fine-tuned briefly (LP-FT: the head starts from the solved probe;
 --sweep-epochs, small inputs --sweep-image-size) once per depth on 70 % of the
@@ -42,6 +49,7 @@ Examples:
   edgetl select photos/ --target rpi4-ort-int8 --backbones efficientnet_lite0,efficientnet_lite1 --plot sel.png
   edgetl select photos/ --target x86-ort-int8 --budget-ms 5 --json
   edgetl select photos/ --target x86-ort-int8 --sweep-unfreeze 0,1,2,all
+  edgetl select photos/ --target rpi4-ort-int8 --backbones efficientnet_lite0@96,efficientnet_lite0@160
   edgetl select reviews.csv --target x86-ort-int8 --max-length 64
 """
 
@@ -52,7 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_select_arguments(p)
     p.add_argument("--budget-ms", type=positive_float, help="p90 latency budget (default: the target's)")
     p.add_argument("--plot", metavar="PNG", help="write accuracy against latency, Pareto front and budget line")
-    g = p.add_argument_group("the unfreeze sweep")
+    add_sweep_arguments(p.add_argument_group("the unfreeze sweep"))
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def add_sweep_arguments(g) -> None:
+    """--sweep-unfreeze and its options (``edgetl build --backbone auto`` shares them)."""
     g.add_argument("--sweep-unfreeze", metavar="D,D,...", type=_depths,
                    help="fine-tune the recommended backbone briefly at each depth (block counts or 'all', "
                         "e.g. 0,1,2,all) and suggest --unfreeze from the held-out accuracies")
@@ -60,12 +73,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sweep-image-size", type=positive_int, default=64,
                    help="input size of the sweep, images (default 64: cheap; the ranking of depths, not the "
                         "accuracy, is what it measures)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def add_select_arguments(p: argparse.ArgumentParser, image_size: bool = True) -> None:
     """The options ``edgetl build --backbone auto`` shares (build passes its --image-size)."""
-    p.add_argument("--backbones", metavar="A,B,C", help="candidate backbones, comma-separated (default: built-ins)")
+    p.add_argument("--backbones", metavar="A,B,C",
+                   help="candidate backbones, comma-separated (default: built-ins); NAME@SIZE is that backbone "
+                        "at SIZE px input (estimated, exported and timed at it), e.g. "
+                        "efficientnet_lite0@96,efficientnet_lite0@160,efficientnet_lite2")
     p.add_argument("--sample", type=positive_int, default=300, help="images in the stratified sample (default 300)")
     p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default 5)")
     if image_size:
@@ -117,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         rows = [(c["backbone"], size(c), _fmt(c["probe_accuracy"], ".3f"), _fmt(c["knn_accuracy"], ".3f"),
                  _fmt(c["probe_train_accuracy"], ".3f"), _fmt(c["logme"], ".3f"), _fmt(c["p50_ms"], ".3g"),
                  _fmt(c["p90_ms"], ".3g"), _fmt(c["peak_rss_mb"], ".0f"),
-                 ("*" if c["backbone"] == report.recommended else "") + ("yes" if c["meets_budget"] else "no"))
+                 ("*" if c.get("candidate", c["backbone"]) == report.recommended else "")
+                 + ("yes" if c["meets_budget"] else "no"))
                 for c in report.candidates]
         _ui.print_table(
             f"edgetl select: {report.sample['n']} of {report.sample['of']} {report.sample.get('noun', 'image')}s, "

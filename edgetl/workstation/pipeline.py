@@ -28,6 +28,10 @@ class BuildConfig:
     package: Any = None  # PackageConfig (its archive/overwrite come from this config's)
     bench: Any = None  # BenchConfig
     select: Any = None  # SelectConfig, used when the train config's backbone is "auto"
+    # with "auto" and the select config's sweep_unfreeze: train with the sweep's suggested
+    # depth (the probe, or finetune at that --unfreeze) instead of the train config's
+    # strategy and unfreeze; False where the user gave those explicitly
+    follow_sweep: bool = True
     run_dir: str | os.PathLike | None = None  # default: <out>.run beside the bundle
     run_bench: bool = True  # benchmark the bundle against PyTorch at the end
     archive: bool = False
@@ -101,7 +105,7 @@ def build(
         report = select(data, tgt, sel)
         if report.recommended is None:
             raise NoCandidateError(report.reason)
-        chosen["config"] = replace(train_config, backbone=report.recommended)
+        chosen["config"], chosen["depth"] = _auto_train_config(train_config, report, cfg.follow_sweep)
         return report
 
     stages: list[tuple[str, Callable[[], Any]]] = [("select", choose)] if auto else []
@@ -135,7 +139,37 @@ def build(
     result.summary = _summary(read_run_json(run_dir), tgt, out, result.bench)
     if result.selection is not None:
         result.summary["backbone_choice"] = result.selection.reason
+        result.summary["depth_choice"] = chosen["depth"]
     return result
+
+
+def _auto_train_config(train_config, report, follow_sweep: bool) -> tuple[Any, str]:
+    """The train config of ``--backbone auto`` from select's report (the recommended
+    backbone, at its input size where the candidate named one), and why its depth.
+    With a sweep (and ``follow_sweep``), the suggested depth: the linear probe, or
+    finetune with that ``--unfreeze``; otherwise the train config's own strategy."""
+    from edgetl.workstation.selection import parse_candidate
+
+    ft = report.finetune or {}
+    name, size = parse_candidate(report.recommended)  # NAME@SIZE: train at that input size
+    config = replace(train_config, backbone=name, image_size=size or train_config.image_size)
+
+    def current(c) -> str:
+        return (c.strategy.value if c.strategy.value != "finetune"
+                else f"finetune --unfreeze {'all' if c.unfreeze is None else c.unfreeze}")
+
+    if ft.get("from") != "sweep":
+        return config, (f"{current(config)}, as given (no --sweep-unfreeze; select's advice from the ceilings: "
+                        f"{ft.get('suggest')}: {ft.get('why')})")
+    suggested = ft["sweep"]["suggested"]
+    if not follow_sweep:
+        return config, (f"{current(config)}, given explicitly (the sweep suggested "
+                        f"{'the linear probe' if suggested == 'probe' else '--unfreeze ' + suggested}: {ft['why']})")
+    if suggested == "probe":
+        config = replace(config, strategy="linear-probe")
+    else:
+        config = replace(config, strategy="finetune", unfreeze=None if suggested == "all" else int(suggested))
+    return config, f"{current(config)}, from the unfreeze sweep: {ft['why']}"
 
 
 def _summary(info: dict[str, Any], target: Target, bundle: Path, report) -> dict[str, Any]:
@@ -146,6 +180,7 @@ def _summary(info: dict[str, Any], target: Target, bundle: Path, report) -> dict
     summary = {
         "target": target.name,
         "backbone": info.get("backbone"),
+        "input_size": (info.get("preprocess") or {}).get("input_size"),  # images: px; texts: None
         "runtime": target.runtime.value,
         "precision": target.precision.value,
         "accuracy_fp32": accuracy.get("fp32", info["metrics"].get("val_accuracy")),
@@ -181,7 +216,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
 
     rows = [
         ("target", f"{summary['target']} ({summary['runtime']}, {summary['precision']})"),
-        ("backbone", summary.get("backbone")),
+        ("backbone", summary.get("backbone") + (f" at {summary['input_size']} px" if summary.get("input_size") else "")
+         if summary.get("backbone") else None),
         ("precision executed", summary.get("precision_executed")),
         ("accuracy fp32 (PyTorch, held-out)", summary.get("accuracy_fp32")),
         ("accuracy deployed (held-out)", summary.get("accuracy_deployed")),
@@ -196,4 +232,5 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
     if summary.get("backbone_choice"):
         rows.insert(2, ("why this backbone (edgetl select)", summary["backbone_choice"]))
+        rows.insert(3, ("why this depth", summary.get("depth_choice")))
     return rows

@@ -37,7 +37,7 @@ from edgetl.core.targets import Precision, Runtime, Target, load_target
 from edgetl.errors import ConfigError, EdgeTLError
 
 __all__ = ["SelectConfig", "SelectReport", "select", "recommend", "NoCandidateError", "default_work_dir",
-           "parse_depths", "suggest_depth"]
+           "parse_depths", "suggest_depth", "parse_candidate", "candidate_label"]
 
 # The probe is "far below" a ceiling at this gap (accuracy, a fraction). k-NN beating the
 # linear probe says the classes are in the embedding but not linearly: a fine-tuned
@@ -86,8 +86,9 @@ class SelectConfig:
             names = tuple(b.strip() for b in self.backbones if b and b.strip())
             if not names:
                 raise ConfigError("--backbones: give at least one backbone name")
-            if len(set(names)) != len(names):
-                raise ConfigError(f"--backbones: a name is given twice ({', '.join(names)})")
+            specs = [parse_candidate(n) for n in names]  # one line for a bad NAME@SIZE
+            if len(set(specs)) != len(specs):
+                raise ConfigError(f"--backbones: a candidate is given twice ({', '.join(names)})")
             object.__setattr__(self, "backbones", names)
         if self.budget_ms is not None and not self.budget_ms > 0:
             raise ConfigError(f"budget_ms must be positive, got {self.budget_ms}")
@@ -112,6 +113,35 @@ class SelectConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if not 0.0 < self.sweep_holdout < 1.0:
             raise ConfigError(f"sweep_holdout must be in (0, 1), got {self.sweep_holdout}")
+
+
+# NAME@SIZE: the input sizes a candidate may be estimated, exported and timed at. Below 32
+# px EfficientNet's five stride-2 stages leave less than one pixel; above 1024 one image
+# is 12 MB of float32 input and a sample of 300 embeds for minutes per candidate.
+MIN_SIZE, MAX_SIZE = 32, 1024
+
+
+def parse_candidate(spec: str) -> tuple[str, int | None]:
+    """``"efficientnet_lite0@96"`` -> ("efficientnet_lite0", 96); a plain name -> (name, None).
+    The size is the candidate's input resolution: embedded, exported and timed at it. For
+    ``hf:PATH`` only a tail of digits after the last ``@`` is a size (a path may hold ``@``)."""
+    spec = spec.strip()
+    if "@" not in spec:
+        return spec, None
+    name, size = spec.rsplit("@", 1)
+    name = name.strip()
+    if name.startswith("hf:") and not size.strip().isdigit():
+        return spec, None
+    if not name:
+        raise ConfigError(f"--backbones: {spec!r} has no backbone name before '@' (example: efficientnet_lite0@160)")
+    if not size.strip().isdigit() or not MIN_SIZE <= int(size) <= MAX_SIZE:
+        raise ConfigError(f"--backbones: {spec!r}: the input size after '@' must be a whole number of pixels "
+                          f"from {MIN_SIZE} to {MAX_SIZE} (example: efficientnet_lite0@160)")
+    return name, int(size)
+
+
+def candidate_label(name: str, size: int | None) -> str:
+    return name if size is None else f"{name}@{size}"
 
 
 def parse_depths(text: str) -> tuple[int | None, ...]:
@@ -294,24 +324,29 @@ def recommend(candidates: list[dict[str, Any]], budget_ms: float, memory_mb: flo
     timed = [c for c in candidates if c.get("p90_ms") is not None]
     if not timed:
         return None, f"no candidate could be timed on {target}: " + "; ".join(
-            f"{c['backbone']}: {c.get('latency_error')}" for c in candidates)
+            f"{_label(c)}: {c.get('latency_error')}" for c in candidates)
     fits = [c for c in timed if c["p90_ms"] <= budget_ms and (memory_mb is None or c["peak_rss_mb"] <= memory_mb)]
     if not fits:
         fastest = min(timed, key=lambda c: c["p90_ms"])
         memory = f" and {memory_mb:g} MB" if memory_mb is not None else ""
         return None, (f"no candidate meets the {budget_ms:g} ms p90 budget{memory} on {target}: the fastest, "
-                      f"{fastest['backbone']}, takes {fastest['p90_ms']:.3g} ms p90 "
+                      f"{_label(fastest)}, takes {fastest['p90_ms']:.3g} ms p90 "
                       f"({fastest['peak_rss_mb']:.0f} MB); raise --budget-ms or pick a faster target")
     best = max(fits, key=lambda c: (c["probe_accuracy"], -c["p90_ms"]))
     others = [c for c in timed if c is not best]
-    why = (f"{best['backbone']}: the most accurate within the {budget_ms:g} ms p90 budget on {target} "
+    why = (f"{_label(best)}: the most accurate within the {budget_ms:g} ms p90 budget on {target} "
            f"(probe accuracy {best['probe_accuracy']:.3f} on {best['n_sample']} sampled {noun}s, "
            f"p90 {best['p90_ms']:.3g} ms)")
     better = [c for c in others if c["probe_accuracy"] > best["probe_accuracy"]]
     if better:
         b = max(better, key=lambda c: c["probe_accuracy"])
-        why += f"; {b['backbone']} is more accurate ({b['probe_accuracy']:.3f}) but takes {b['p90_ms']:.3g} ms"
-    return best["backbone"], why
+        why += f"; {_label(b)} is more accurate ({b['probe_accuracy']:.3f}) but takes {b['p90_ms']:.3g} ms"
+    return _label(best), why
+
+
+def _label(c: dict[str, Any]) -> str:
+    """A candidate's name as given: the backbone, or NAME@SIZE."""
+    return c.get("candidate") or c["backbone"]
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -412,7 +447,7 @@ def _finetune_advice(c: dict[str, Any], sweep: dict[str, Any] | None = None) -> 
         f"the linear probe ({c['probe_accuracy']:.3f}) is within {CEILING_GAP * 100:.0f} points of k-NN "
         f"({c['knn_accuracy']:.3f}) and fits its training sample ({c['probe_train_accuracy']:.3f}): "
         "the linear probe is likely enough")
-    out = {"backbone": c["backbone"], "likely_to_pay": likely, "why": why,
+    out = {"backbone": c["backbone"], "candidate": _label(c), "likely_to_pay": likely, "why": why,
            "suggest": "--strategy finetune --unfreeze 2" if likely else "--strategy linear-probe",
            "unfreeze": 2 if likely else None, "from": "ceilings"}
     if sweep is not None:  # measured beats the rule of thumb
@@ -455,12 +490,16 @@ def _candidates(names: tuple[str, ...] | None, modality: str, data: Path) -> lis
         names = tuple(n for n in BUILTIN.names() if create_backbone(n, pretrained=False).modality == modality)
         if not names:
             raise ConfigError(f"no built-in backbone takes {modality} data; name candidates with --backbones")
-    for n in names:  # the wrong kind for DATA is one line, before anything is computed
+    specs = [parse_candidate(n) for n in names]
+    for n, size in specs:  # the wrong kind for DATA is one line, before anything is computed
         kind = create_backbone(n, pretrained=False).modality
         if kind != modality:
             raise DataError(f"{data}: is {modality} data, but {n} is {'an' if kind == 'image' else 'a'} {kind} backbone; "
                             f"name {modality} backbones with --backbones")
-    return list(names)
+        if size is not None and kind != "image":
+            raise ConfigError(f"--backbones: {candidate_label(n, size)}: an input size ('@{size}') is for image "
+                              f"backbones; {n} takes text (use --max-length)")
+    return specs
 
 
 def _spec(bb, cfg: SelectConfig, image_size: int | None = None):
@@ -507,24 +546,26 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
     tiny = [found.items[i] for i in tiny_idx]
     rows: list[dict[str, Any]] = []
     run_dirs: list[Path] = []
-    for i, name in enumerate(names, 1):
-        _ui.info(f"[{i}/{len(names)}] {name}: embedding {len(items)} {noun}s, probe, LogME, export for {tgt.name}")
+    for i, (name, size) in enumerate(names, 1):
+        label = candidate_label(name, size)
+        _ui.info(f"[{i}/{len(names)}] {label}: embedding {len(items)} {noun}s, probe, LogME, export for {tgt.name}")
         t0 = time.perf_counter()
         bb = create_backbone(name)
-        spec = _spec(bb, cfg)
+        spec = _spec(bb, cfg, size)
         X, cached = _embed(bb, spec, items, work)
         t1 = time.perf_counter()
         est = _accuracy_estimate(X.astype(np.float64), y, len(found.labels), cfg)
         seconds_probe, seconds_logme = est.pop("seconds_probe"), est.pop("seconds_logme")
         t2 = time.perf_counter()
-        run_dir, run_cached = _latency_run(name, weights_digest(bb.module), modality, cfg.image_size, cfg.max_length, tgt, tiny,
+        run_dir, run_cached = _latency_run(name, weights_digest(bb.module), modality, size or cfg.image_size,
+                                           cfg.max_length, tgt, tiny,
                                            found.targets[tiny_idx].tolist(), list(found.labels), Path(found.root),
                                            work)
         t3 = time.perf_counter()
         run_dirs.append(run_dir)
         shape = {"input_size": spec.input_size} if modality == "image" else {"input_size": None,
                                                                              "max_length": spec.max_length}
-        rows.append({"backbone": name, **shape, "num_features": bb.num_features,
+        rows.append({"backbone": name, "candidate": label, **shape, "num_features": bb.num_features,
                      "n_sample": len(items), **est,
                      "seconds": {"embed": t1 - t0, "embed_cached": cached, "probe": seconds_probe,
                                  "logme": seconds_logme, "export_quantize": t3 - t2, "export_cached": run_cached}})
@@ -544,15 +585,17 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
         reason += f"; the only candidate for {modality} data (name more with --backbones, e.g. hf:PATH)"
     sweep = None
     sweep_seconds = 0.0
+    chosen = next((r for r in rows if r["candidate"] == choice), None)
     if choice and cfg.sweep_unfreeze:
         t_sweep = time.perf_counter()
-        bb = create_backbone(choice)
-        spec = _spec(bb, cfg, cfg.sweep_image_size)
-        sweep = _unfreeze_sweep(choice, items, y, len(found.labels), spec, cfg)
+        bb = create_backbone(chosen["backbone"])
+        spec = _spec(bb, cfg, cfg.sweep_image_size or chosen["input_size"])
+        sweep = _unfreeze_sweep(chosen["backbone"], items, y, len(found.labels), spec, cfg)
+        sweep["candidate"] = choice
         sweep_seconds = time.perf_counter() - t_sweep
-    finetune = _finetune_advice(next(r for r in rows if r["backbone"] == choice), sweep) if choice else {}
+    finetune = _finetune_advice(chosen, sweep) if choice else {}
     cost = {"seconds": time.perf_counter() - t_start, "bench_seconds": bench_seconds, "sweep_seconds": sweep_seconds,
-            "per_backbone": {r["backbone"]: r["seconds"] for r in rows},
+            "per_backbone": {r["candidate"]: r["seconds"] for r in rows},
             "cpu_threads": os.cpu_count(), "note": "embeddings and exported models are cached in the work folder; "
                                                   "a second run re-measures latency only (and re-runs a sweep)"}
     sample = {"n": len(items), "of": len(found.items), "classes": len(found.labels), "seed": cfg.seed,

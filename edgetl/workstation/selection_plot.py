@@ -32,7 +32,7 @@ def plot_selection(report: Any, path: str | os.PathLike) -> Path:
     pts = [(c["p90_ms"], c["probe_accuracy"]) for c in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for c, (x, y) in zip(rows, pts):
-        chosen = c["backbone"] == report.recommended
+        chosen = c.get("candidate", c["backbone"]) == report.recommended
         ax.scatter([x], [y], s=90 if chosen else 50, marker="*" if chosen else "o",
                    color="tab:green" if c["meets_budget"] else "tab:gray", zorder=3)
         ax.annotate(f"{c['backbone']} ({c['input_size']} px)", (x, y), textcoords="offset points", xytext=(6, 6),
