@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from edgetl.workstation.packaging import package
@@ -43,3 +44,39 @@ def test_every_shipped_target_round_trip(quantized_run, val_folder, tmp_path, ta
     if promised is not None:  # what `edgetl quantize` measured for this runtime and precision
         assert report["accuracy"] == pytest.approx(promised, abs=1e-9), (report["accuracy"], manifest["accuracy"])
     assert report["accuracy"] >= manifest["accuracy"]["fp32"] - 0.02
+
+
+def test_int8_bundle_head_is_solved_on_the_deployed_features(quantized_run, tmp_path):
+    """For an int8 target the linear probe is solved again on what the int8 backbone computes
+    (scikit-learn's LogisticRegression on the same embeddings is the oracle); without it the
+    bundle keeps the RUN's head bit for bit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from edgetl.core.run import read_run_json
+    from edgetl.device.learn.head import read_head
+    from edgetl.device.memory import split_embeddings
+    from edgetl.workstation.packaging import PackageConfig
+    from edgetl.workstation.probe_solver import score_head
+
+    bundle = package(quantized_run, "x86-ort-int8", tmp_path / "b").bundle
+    head = json.loads((bundle / "manifest.json").read_text())["accuracy"]["head"]
+    assert head["solved_on"] == "deployed backbone" and head["n_val"] > 0
+    info = read_run_json(quantized_run)
+    predictor = Predictor.from_bundle(bundle)
+    X_tr, y_tr, _ = split_embeddings(predictor, info, "train")
+    X_va, y_va, _ = split_embeddings(predictor, info, "val")
+    W_run, b_run, _ = read_head(quantized_run / "onnx" / "head.onnx")
+    assert score_head(W_run, b_run, X_va, y_va)[1] == pytest.approx(head["val_before"]["accuracy"])
+    W, b, _ = read_head(bundle / "v1" / "head.onnx")
+    # refit on train + validation at the C chosen on the deployed features, as the RUN did
+    assert head["refit"] and head["val_before"]["in_sample"] and head["n_val"] == len(y_va)
+    X, y = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
+    scaler = StandardScaler().fit(X)
+    sk = LogisticRegression(C=head["C"], max_iter=5000).fit(scaler.transform(X), y)
+    assert ((X_va @ W.T + b).argmax(1) == sk.predict(scaler.transform(X_va))).mean() >= 0.99
+    assert score_head(W, b, X_va, y_va)[1] == pytest.approx(head["deployed_accuracy"])
+    kept = package(quantized_run, "x86-ort-int8", tmp_path / "k", PackageConfig(deployed_head=False)).bundle
+    assert (kept / "v1" / "head.onnx").read_bytes() == (quantized_run / "onnx" / "head.onnx").read_bytes()
+    assert "head" not in json.loads((kept / "manifest.json").read_text())["accuracy"]
+    print(f"head on int8 features: {head}")

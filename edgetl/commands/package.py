@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (and archive)")
     add_memory_options(p, retrain=False)
+    p.add_argument("--deployed-head", action=argparse.BooleanOptionalAction, default=True,
+                   help="int8 targets, linear-probe RUNs: solve the head again, as training did, on what the int8 "
+                        "backbone computes for the RUN's split, so it learns the features the device sees "
+                        "(default: on; --no-deployed-head keeps the RUN's head)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--sign", metavar="KEY", type=path_arg,
                    help="sign the manifest with this private key (from 'edgetl keygen'), into BUNDLE/manifest.sig; "
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     signed = _sign_first(args)
     report = package(args.run, args.target, args.out, PackageConfig(
         archive=args.archive and not signed, overwrite=args.force, memory_per_class=args.memory_per_class,
-        memory_mb=args.memory_mb, memory_selection=args.memory_selection, memory_precision=args.memory_precision))
+        memory_mb=args.memory_mb, memory_selection=args.memory_selection, memory_precision=args.memory_precision,
+        deployed_head=args.deployed_head))
     if signed:  # --sign: the archive must hold the signature, so it is written after it
         report = _sign_and_archive(args, report)
     out = report.bundle
@@ -68,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
     title = (f"{out}: target {m['target']['name']} ({m['runtime']}, {m['precision']}), {len(m['labels'])} labels, "
              f"accuracy fp32 {_pct(accuracy.get('fp32'))}, deployed {_pct(accuracy.get('deployed'))}")
     _ui.print_table(title, ["file", "size", "sha256"], rows)
+    head = accuracy.get("head")
+    if isinstance(head, dict):
+        _ui.info(f"head solved again on the {m['precision']} backbone's features (C {head['C']:.3g}): validation "
+                 f"{_pct(head['val_after']['accuracy'])} fit on train alone; the RUN's head scored "
+                 f"{_pct(head['val_before']['accuracy'])}{' in sample' if head['val_before']['in_sample'] else ''}")
     if archive:
         _ui.info(f"archive: {archive}")
     return 0

@@ -42,7 +42,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ from edgetl.errors import BundleError, ConfigError
 
 __all__ = ["MEMORY_FILE", "PRECISIONS", "DEFAULT_PRECISION", "check_precision", "DEFAULT_PER_CLASS", "MAX_MEMORY_MB",
            "Selection", "ReplayMemory", "memory_from_run", "embed_images", "herding", "per_class_for_budget",
-           "default_per_class"]
+           "default_per_class", "run_split", "split_embeddings"]
 
 MEMORY_FILE = "memory.npz"
 PRECISIONS = {"float32": 4, "float16": 2}  # bytes a value
@@ -377,69 +377,92 @@ def memory_from_run(
     selection: Selection | str = Selection.HERDING, memory_mb: float | None = None,
     precision: str = DEFAULT_PRECISION,
 ) -> tuple[ReplayMemory, list[str]]:
-    """The initial memory of a bundle: up to ``per_class`` images per class (or as many as
-    ``memory_mb`` holds; neither: :func:`default_per_class`) from a RUN's training split (``run.json`` ``split.train``, relative
-    to ``data_root``), embedded by ``predictor`` (the deployed backbone; raw, no adapter).
-    ``HERDING`` embeds every training image and keeps the exemplars closest to each class
+    """The initial memory of a bundle: up to ``per_class`` items per class (or as many as
+    ``memory_mb`` holds; neither: :func:`default_per_class`) from a RUN's training split
+    (:func:`run_split`), embedded by ``predictor`` (the deployed backbone; raw, no adapter).
+    ``HERDING`` embeds every training item and keeps the exemplars closest to each class
     mean; ``RANDOM`` embeds only a seeded draw. Returns the memory and a list of problems
     (missing or unreadable images, a missing data root), for the caller to warn about; an
     empty memory when nothing could be read."""
     selection = check_selection(selection)
     labels = [str(x) for x in info["labels"]]
-    problems: list[str] = []
-    root = Path(str(info.get("data_root") or ""))
-    split = info.get("split") if isinstance(info.get("split"), dict) else {}
-    train = [str(p) for p in (split.get("train") or [])]
     features = predictor.head.input_shape[-1] if predictor.head.input_shape else 0
     features = features if isinstance(features, int) else 0
     precision = check_precision(precision)
     if memory_mb is not None:
         per_class = per_class_for_budget(memory_mb, features, len(labels), precision)
     per_class = check_per_class(per_class) or default_per_class(features, precision)
-    if (info.get("modality") or "image") != "image":
-        return _memory_from_items(predictor, info, labels, features, per_class, seed, selection, precision)
-    if not info.get("data_root") or not root.is_dir() or not train:
-        problems.append(f"the RUN's training images are not at {root} (run.json data_root and split.train)")
+    by_class, item_of, problems = run_split(predictor, info, "train")
+    if not by_class:
         return ReplayMemory.empty(labels, features, precision), problems
-    index = {n: i for i, n in enumerate(labels)}
-    by_class: dict[int, list[str]] = {}
-    for rel in train:
-        c = index.get(PurePosixPath(rel).parent.name)
-        if c is not None:
-            by_class.setdefault(c, []).append(rel)
-    chosen = [(root / rel, c) for rel, c in _rows_to_embed(by_class, per_class, selection, seed)]
-    missing = [p for p, _ in chosen if not p.is_file()]
-    if missing:
-        problems.append(f"{len(missing)} training image(s) are missing, e.g. {missing[0]}")
-    chosen = [(p, c) for p, c in chosen if p.is_file()]
-    return _embed_chosen(predictor, chosen, labels, features, per_class, seed, problems, selection, precision)
+    chosen = _readable([(item_of(key), c) for key, c in _rows_to_embed(by_class, per_class, selection, seed)],
+                       problems)
+    z, ok = embed_images(predictor, [p for p, _ in chosen])
+    if len(ok) < len(chosen):
+        problems.append(f"{len(chosen) - len(ok)} training image(s) could not be read")
+    y = np.asarray([chosen[i][1] for i in ok], np.int64)
+    memory = ReplayMemory.empty(labels, z.shape[1] if z.size else features, precision)
+    if len(y):
+        memory = memory.merge(z, y, labels, per_class=per_class, seed=seed, selection=selection)
+    return memory, problems
 
 
-def _memory_from_items(predictor: Any, info: Mapping[str, Any], labels: list[str], features: int, per_class: int,
-                       seed: int, selection: "Selection", precision: str) -> tuple[ReplayMemory, list[str]]:
-    """The same for a modality whose split holds indices into its data file (text): the data
-    is read again, through the predictor's modality, and must hold as many items as at training."""
+def run_split(predictor: Any, info: Mapping[str, Any],
+              which: str = "train") -> tuple[dict[int, list], Callable[[Any], Any], list[str]]:
+    """A RUN's split ``which`` (``run.json`` ``split``) by class index: its keys (images: paths
+    relative to ``data_root``; a modality whose split holds indices into its data file, such as
+    text: those indices, the data read again through the predictor's modality, which must hold
+    as many items as at training), how a key becomes what the predictor reads, and problems
+    (an empty split when the data are not there)."""
     from edgetl.errors import EdgeTLError
 
+    labels = [str(x) for x in info["labels"]]
+    index = {n: i for i, n in enumerate(labels)}
     split = info.get("split") if isinstance(info.get("split"), dict) else {}
-    cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
+    keys = list(split.get(which) or [])
     root = str(info.get("data_root") or "")
+    by_class: dict[int, list] = {}
+    if (info.get("modality") or "image") == "image":
+        if not root or not Path(root).is_dir() or not keys:
+            what = {"train": "training", "val": "validation"}.get(which, which)
+            return {}, str, [f"the RUN's {what} images are not at {root} (run.json data_root and split.{which})"]
+        for rel in map(str, keys):
+            c = index.get(PurePosixPath(rel).parent.name)
+            if c is not None:
+                by_class.setdefault(c, []).append(rel)
+        return by_class, lambda rel: Path(root) / rel, []
+    cfg = info.get("config") if isinstance(info.get("config"), dict) else {}
     try:
         data = predictor.modality.scan(root, text_column=cfg.get("text_column", "text"),
                                        label_column=cfg.get("label_column", "label"), min_classes=1)
     except (EdgeTLError, OSError) as exc:
-        return ReplayMemory.empty(labels, features, precision), [f"the RUN's training data cannot be read again ({exc})"]
+        return {}, str, [f"the RUN's training data cannot be read again ({exc})"]
     if len(data.items) != split.get("items"):
-        return ReplayMemory.empty(labels, features, precision), [
-            f"{root} holds {len(data.items)} examples, {split.get('items')} at training time: it changed"]
-    index = {n: i for i, n in enumerate(labels)}
-    by_class: dict[int, list[int]] = {}
-    for i in split.get("train") or []:
-        c = index.get(data.labels[int(data.targets[int(i)])])
+        return {}, str, [f"{root} holds {len(data.items)} examples, {split.get('items')} at training time: it changed"]
+    for i in map(int, keys):
+        c = index.get(data.labels[int(data.targets[i])])
         if c is not None:
-            by_class.setdefault(c, []).append(int(i))
-    chosen = [(data.items[i], c) for i, c in _rows_to_embed(by_class, per_class, selection, seed)]
-    return _embed_chosen(predictor, chosen, labels, features, per_class, seed, [], selection, precision)
+            by_class.setdefault(c, []).append(i)
+    return by_class, lambda i: data.items[i], []
+
+
+def _readable(chosen: list[tuple[Any, int]], problems: list[str]) -> list[tuple[Any, int]]:
+    """``chosen`` without the image files that are gone (counted in ``problems``)."""
+    missing = [p for p, _ in chosen if isinstance(p, Path) and not p.is_file()]
+    if missing:
+        problems.append(f"{len(missing)} training image(s) are missing, e.g. {missing[0]}")
+    return [(p, c) for p, c in chosen if not (isinstance(p, Path) and not p.is_file())]
+
+
+def split_embeddings(predictor: Any, info: Mapping[str, Any], which: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every readable item of a RUN's split ``which`` embedded by ``predictor`` (raw), with its
+    class indices, and the problems met."""
+    by_class, item_of, problems = run_split(predictor, info, which)
+    chosen = _readable([(item_of(k), c) for c in sorted(by_class) for k in sorted(by_class[c])], problems)
+    z, ok = embed_images(predictor, [p for p, _ in chosen])
+    if len(ok) < len(chosen):
+        problems.append(f"{len(chosen) - len(ok)} {which} item(s) could not be read")
+    return z, np.asarray([chosen[i][1] for i in ok], np.int64), problems
 
 
 def _rows_to_embed(by_class: dict[int, list], per_class: int, selection: "Selection",
@@ -456,18 +479,6 @@ def _rows_to_embed(by_class: dict[int, list], per_class: int, selection: "Select
             pick = np.sort(rng.choice(len(keys), min(per_class, len(keys)), replace=False))
         out += [(keys[i], c) for i in pick]
     return out
-
-
-def _embed_chosen(predictor: Any, chosen: list, labels: list[str], features: int, per_class: int, seed: int,
-                  problems: list[str], selection: "Selection", precision: str) -> tuple[ReplayMemory, list[str]]:
-    z, ok = embed_images(predictor, [p for p, _ in chosen])
-    if len(ok) < len(chosen):
-        problems.append(f"{len(chosen) - len(ok)} training image(s) could not be read")
-    y = np.asarray([chosen[i][1] for i in ok], np.int64)
-    memory = ReplayMemory.empty(labels, z.shape[1] if z.size else features, precision)
-    if len(y):
-        memory = memory.merge(z, y, labels, per_class=per_class, seed=seed, selection=selection)
-    return memory, problems
 
 
 def embed_images(
