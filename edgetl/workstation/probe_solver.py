@@ -15,11 +15,12 @@ weight vector (returned as the symmetric pair ``[-w/2, w/2]``, which gives ident
 probabilities). C is chosen by validation log-loss, or by stratified k-fold when the
 validation split is small. numpy and scipy only.
 
-Memory: the rows are read, never copied whole. Embeddings may be float32 and live in a
-memory-mapped store (:class:`edgetl.core.rowstore.RowStore`); every pass (standardisation
-statistics, loss and gradient, scores) goes over row chunks in float64 with the
-standardisation folded into the parameters, so memory is one chunk whatever the number of
-rows. Only when there are fewer rows than features is the standardised matrix formed
+Memory: the rows are read, never copied whole beyond a bound. Embeddings may be float32 and
+live in a memory-mapped store (:class:`edgetl.core.rowstore.RowStore`); every pass
+(standardisation statistics, loss and gradient, scores) goes over row chunks in float64 with
+the standardisation folded into the parameters, so memory is one chunk whatever the number
+of rows; a training set that fits ``RESIDENT_CHUNKS`` chunks is read into memory once
+instead. Only when there are fewer rows than features is the standardised matrix formed
 (then it is smaller than ``F x F``) to solve in its row space.
 """
 
