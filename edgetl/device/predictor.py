@@ -193,8 +193,8 @@ class Predictor:
         ``spinning``: whether ONNX Runtime's workers busy-wait between ops. Off by default:
         :meth:`predict` and :meth:`embed` decode the next images in loading threads while
         the backbone runs, and spinning workers take the cores those threads need
-        (measured on 2 busy cores, 1,000 PNGs at 224 px: 32 vs 71 images/s over the folder;
-        even fed tensors, batch 1: 26 vs 13 ms median). ``True`` gives ONNX Runtime's
+        (benchmarks/scale_bench.py on 2 busy cores, 1,000 PNGs at 224 px, batch 1: 74 vs 32
+        images/s over the folder; even fed tensors, batch 1: 13 vs 26 ms median). ``True`` gives ONNX Runtime's
         default, for tensors fed on otherwise idle cores."""
         from edgetl.device.bundle import open_bundle
 
