@@ -21,8 +21,13 @@ Each row runs in a fresh process, which reports its wall time and peak RSS (VmHW
 - ``finetune 1 / 2 processes`` (with ``--finetune``): one epoch of fine-tuning the last block,
   in one process and with ``--nproc-per-node 2`` (gloo), the epoch's own seconds;
 - ``predict``: the probe RUN exported and packaged for x86-ort-fp32, ``Predictor.predict``
-  over the folder (loading threads on) next to the bundle's backbone session fed
-  preprocessed batches (the runtime's own throughput).
+  over the folder's first 1,000 images (as ``edgetl predict`` runs it: loading threads on,
+  the target's batch), next to the bundle's backbone alone in sessions of its own fed
+  preprocessed batches of 32 and of the predictor's batch, spinning (ONNX Runtime's default)
+  and not: the fastest is the runtime's own throughput; in brackets, the predictor with
+  spinning sessions (as before).
+  ``--predict-rounds`` interleaved rounds, the best of each; ``--predict-only`` runs this row
+  alone (after the probe that makes its RUN).
 
 With ``--memory`` only the ``probe onnxruntime`` row runs (no raw loop, cache, predict):
 the embedding + solver stage's wall time and peak RSS per size, to show that memory stays
@@ -109,20 +114,39 @@ from edgetl.workstation.onnx_export import export, ExportConfig
 from edgetl.workstation.packaging import package
 from edgetl.device.predictor import Predictor
 from edgetl.modalities.image import find_images, preprocess_batch
+from edgetl.runtimes import load_session
 run, out = sys.argv[1:3]
 export(run, ExportConfig(exporter="torchscript", opset=17))
 bundle = package(run, "x86-ort-fp32", out).bundle
-p = Predictor.from_bundle(bundle)
+p = Predictor.from_bundle(bundle)  # as `edgetl predict` opens it
 from pathlib import Path
-paths = find_images(Path(sys.argv[3]))
-t = time.perf_counter(); p.predict(paths); folder = time.perf_counter() - t
-x = [preprocess_batch(paths[i:i + 32], p.spec) for i in range(0, len(paths), 32)]
-t = time.perf_counter()
-for b in x:
-    p.embed_tensor({p.modality.inputs(p.spec)[0].name: b})
-model = time.perf_counter() - t
-print(json.dumps({"predict_images_per_s": len(paths) / folder, "runtime_images_per_s": len(paths) / model,
-                  "peak_mb": _peak_mb()}))
+paths = find_images(Path(sys.argv[3]))[:1000]  # the first 1,000 images of the folder, whatever its size
+name = p.modality.inputs(p.spec)[0].name
+# the runtime's own throughput: the bundle's backbone alone, fed preprocessed batches (of 32,
+# and of the predictor's batch), in sessions of its own with the target's threads, spinning
+# (ONNX Runtime's default) and not; the fastest of these is the reference
+sizes = sorted({32, p.batch_size})
+whole = preprocess_batch(paths, p.spec)
+x = {n: [whole[i:i + n] for i in range(0, len(paths), n)] for n in sizes}  # views, contiguous
+sessions = {spin: load_session(p.backbone.path, "onnxruntime", threads=p.backbone.threads, spinning=spin)
+            for spin in (True, False)}
+old = Predictor.from_bundle(bundle, spinning=True)  # the predictor's sessions as before they slept
+folder, folder_spinning, model = [], [], {(spin, n): [] for spin in sessions for n in sizes}
+for _ in range(int(sys.argv[4])):  # interleaved rounds: the machine's load drifts between them
+    for (spin, n), times in model.items():
+        t = time.perf_counter()
+        for b in x[n]:
+            sessions[spin].run({name: b})
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter(); p.predict(paths); folder.append(time.perf_counter() - t)
+    t = time.perf_counter(); old.predict(paths); folder_spinning.append(time.perf_counter() - t)
+best = lambda v: len(paths) / min(v)  # noqa: E731
+print(json.dumps({"predict_images_per_s": best(folder), "predict_spinning_images_per_s": best(folder_spinning),
+                  "runtime_images_per_s": max(best(v) for v in model.values()),
+                  "runtime_spinning_images_per_s": max(best(v) for (spin, _), v in model.items() if spin),
+                  "runtime_no_spin_images_per_s": max(best(v) for (spin, _), v in model.items() if not spin),
+                  "runtime": {f"batch {n}, {'spinning' if spin else 'no spin'}": best(v) for (spin, n), v in model.items()},
+                  "batch_size": p.batch_size, "images": len(paths), "rounds": len(folder), "peak_mb": _peak_mb()}))
 """
 
 
@@ -176,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", action="store_true",
                    help="only the probe (embedding + solver) per size: wall time and peak RSS")
     p.add_argument("--finetune", action="store_true", help="add fine-tuning epoch time, 1 vs 2 processes")
+    p.add_argument("--predict-only", action="store_true",
+                   help="only the predict row (after the linear probe that makes its RUN)")
+    p.add_argument("--predict-rounds", type=int, default=2,
+                   help="interleaved rounds of predict and the runtime alone; the best of each (default: %(default)s)")
     p.add_argument("--work", type=Path, default=None,
                    help="folder for the images and RUNs (default: a temporary folder, removed after)")
     p.add_argument("--out", type=Path, default=HERE / "results")
@@ -196,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 continue
+            if args.predict_only:
+                _run(_PROBE, str(data), str(Path(tmp) / "run_c"), "auto", "0", cache, size)
+                row["predict"] = _run(_PREDICT, str(Path(tmp) / "run_c"), str(Path(tmp) / "bundle"), str(data),
+                                      str(args.predict_rounds))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                continue
             row["raw"] = _run(_RAW, str(data), str(Path(tmp) / "raw.onnx"), size, "1")
             if args.raw_no_spin:
                 row["raw_no_spin"] = _run(_RAW, str(data), str(Path(tmp) / "raw.onnx"), size, "0")
@@ -203,13 +238,14 @@ def main(argv: list[str] | None = None) -> int:
                 row["torch"] = _run(_PROBE, str(data), str(Path(tmp) / "run_t"), "torch", "0", cache, size)
             row["onnxruntime"] = _run(_PROBE, str(data), str(Path(tmp) / "run_o"), "auto", "1", cache, size)
             row["cached"] = _run(_PROBE, str(data), str(Path(tmp) / "run_c"), "auto", "1", cache, size)
-            row["predict"] = _run(_PREDICT, str(Path(tmp) / "run_c"), str(Path(tmp) / "bundle"), str(data))
+            row["predict"] = _run(_PREDICT, str(Path(tmp) / "run_c"), str(Path(tmp) / "bundle"), str(data),
+                                  str(args.predict_rounds))
             if args.finetune:
                 row["finetune"] = {k: _finetune(data, Path(tmp) / f"ft{k}", k) for k in (1, 2)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "scale_memory.json" if args.memory else "scale.json"
+    name = "scale_memory.json" if args.memory else "scale_predict.json" if args.predict_only else "scale.json"
     (args.out / name).write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
     if args.memory:
         print(f"\n| images ({args.image_size} px) | probe wall | embedding | images/s | peak RSS |")
@@ -218,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             o = r["onnxruntime"]
             print(f"| {r['images']} | {o['wall_s']:.1f} s | {o['embedding']['seconds']:.1f} s | "
                   f"{o['embedding']['images_per_s']:.0f} | {o['peak_mb']:.0f} MB |")
+        return 0
+    if args.predict_only:
+        _predict_table(rows)
         return 0
     print("\n| images | raw ORT loop | probe onnxruntime | probe / raw | probe cached | probe torch "
           "| peak MB (raw / ort / cached / torch) |")
@@ -231,14 +270,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{o['wall_s'] / r['raw']['wall_s']:.2f}x | {r['cached']['wall_s']:.1f} s | "
               f"{t.get('wall_s', float('nan')):.1f} s | {r['raw']['peak_mb']:.0f} / {o['peak_mb']:.0f} / "
               f"{r['cached']['peak_mb']:.0f} / {t.get('peak_mb', float('nan')):.0f} |")
-    print("\n| images | predict over the folder | the runtime alone | fine-tune epoch, 1 process | 2 processes |")
-    print("|---:|---:|---:|---:|---:|")
-    for r in rows:
-        ft = r.get("finetune", {})
-        print(f"| {r['images']} | {r['predict']['predict_images_per_s']:.0f} images/s | "
-              f"{r['predict']['runtime_images_per_s']:.0f} images/s | {ft.get(1, float('nan')):.1f} s | "
-              f"{ft.get(2, float('nan')):.1f} s |")
+    _predict_table(rows)
     return 0
+
+
+def _predict_table(rows: list[dict]) -> None:
+    print("\n| images | predict over the folder (sessions spinning) | the runtime alone (spinning / not) "
+          "| predict / runtime | fine-tune epoch, 1 process | 2 processes |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ft, pr = r.get("finetune", {}), r["predict"]
+        print(f"| {r['images']} | {pr['predict_images_per_s']:.1f} images/s "
+              f"({pr.get('predict_spinning_images_per_s', float('nan')):.1f}) | "
+              f"{pr['runtime_spinning_images_per_s']:.1f} / {pr['runtime_no_spin_images_per_s']:.1f} images/s | "
+              f"{pr['predict_images_per_s'] / pr['runtime_images_per_s']:.0%} | {ft.get(1, float('nan')):.1f} s | "
+              f"{ft.get(2, float('nan')):.1f} s |")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ def test_predict_matches_direct_runtime_calls(predictor, models, digit_files):
         np.testing.assert_allclose([s for _, s in p.top_k], np.sort(row)[::-1][:3], rtol=1e-5)
     # the head was fitted on these digits: predictions mean something
     assert np.mean([p.index for p in preds] == targets) > 0.35  # random-conv test backbone: 3.5x chance
+    # the loading threads share the cores with the backbone: its ONNX Runtime workers sleep between ops
+    options = predictor.backbone._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[f"{r}-{p}" for r, p in VARIANTS])

@@ -68,6 +68,11 @@ def test_session_dynamic_batch_and_precision(models, batch, runtime, which, aske
 
 def test_runtimes_agree(models, batch):
     ort_fp32 = load_session(models.backbone, "onnxruntime").run(batch)
+    # workers that sleep between ops (for a session beside decoding threads) compute the same
+    sleeping = load_session(models.backbone, "onnxruntime", spinning=False)
+    assert sleeping._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    np.testing.assert_array_equal(sleeping.run(batch), ort_fp32)
+    assert load_session(models.backbone_xml, "openvino", spinning=False).run(batch).shape == ort_fp32.shape
     ov_fp32 = load_session(models.backbone_xml, "openvino").run(batch)
     np.testing.assert_allclose(ov_fp32, ort_fp32, rtol=1e-4, atol=1e-4)
     ov_onnx = load_session(models.backbone, "openvino").run(batch)

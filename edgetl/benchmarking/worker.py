@@ -78,7 +78,9 @@ def _predictor_runner(spec: dict[str, Any]):
 
     if spec.get("bundle") and not spec.get("device"):
         # the deployed path, as `edgetl predict` takes it (hashes verified)
-        predictor = Predictor.from_bundle(spec["bundle"], runtime=spec["runtime"], threads=spec["threads"])
+        # fed tensors, like the direct runner: ONNX Runtime's default (spinning) on both sides
+        predictor = Predictor.from_bundle(spec["bundle"], runtime=spec["runtime"], threads=spec["threads"],
+                                          spinning=True)
     else:
         kw = dict(threads=spec["threads"], device=spec.get("device") or None)
         backbone = load_session(spec["backbone"], spec["runtime"], precision=spec["precision"], **kw)

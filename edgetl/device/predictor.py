@@ -185,9 +185,17 @@ class Predictor:
         verify: bool = True,
         runtime: str | None = None,
         threads: int | None = None,
+        spinning: bool = False,
     ) -> "Predictor":
         """Open a bundle (checking its file hashes unless ``verify`` is False) and load its
-        models on the target's runtime, or on ``runtime`` when given."""
+        models on the target's runtime, or on ``runtime`` when given.
+
+        ``spinning``: whether ONNX Runtime's workers busy-wait between ops. Off by default:
+        :meth:`predict` and :meth:`embed` decode the next images in loading threads while
+        the backbone runs, and spinning workers take the cores those threads need
+        (benchmarks/scale_bench.py on 2 busy cores, 1,000 PNGs at 224 px, batch 1: 74 vs 32
+        images/s over the folder; even fed tensors, batch 1: 13 vs 26 ms median). ``True`` gives ONNX Runtime's
+        default, for tensors fed on otherwise idle cores."""
         from edgetl.device.bundle import open_bundle
 
         bundle = open_bundle(path, verify=verify)
@@ -206,9 +214,11 @@ class Predictor:
             raise ConfigError(f"this bundle's backbone is OpenVINO IR ({Path(backbone_path).name}); "
                               "only runtime 'openvino' can run it")
         threads = threads or target.threads
-        backbone = load_session(backbone_path, runtime, threads=threads, precision=precision, device=device)
+        backbone = load_session(backbone_path, runtime, threads=threads, precision=precision, device=device,
+                                spinning=spinning)
         # The head is tiny and stays fp32 (it is what retraining changes).
-        head = load_session(bundle.model_path("head"), runtime, threads=threads, precision="fp32", device=device)
+        head = load_session(bundle.model_path("head"), runtime, threads=threads, precision="fp32", device=device,
+                            spinning=spinning)
         adapter_rel = bundle.manifest.get("adapter")
         adapter = Adapter.load(bundle.path(adapter_rel)) if adapter_rel else None
         return cls(
@@ -230,11 +240,13 @@ class Predictor:
         adapter: Adapter | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         modality: str | None = None,
+        spinning: bool = False,
     ) -> "Predictor":
-        """Load a backbone and head model file directly (no bundle)."""
+        """Load a backbone and head model file directly (no bundle); ``spinning`` as
+        :meth:`from_bundle`'s."""
         return cls(
-            load_session(backbone, runtime, threads=threads, precision=precision),
-            load_session(head, runtime, threads=threads, precision="fp32"),
+            load_session(backbone, runtime, threads=threads, precision=precision, spinning=spinning),
+            load_session(head, runtime, threads=threads, precision="fp32", spinning=spinning),
             labels, spec, adapter=adapter, batch_size=batch_size, modality=modality,
         )
 

@@ -111,13 +111,17 @@ def load_session(
     threads: int | None = None,
     precision: str | Precision | None = None,
     device: str | None = None,
+    spinning: bool = True,
 ) -> Session:
     """Load a model file on ``runtime`` ('onnxruntime' or 'openvino').
 
     ``threads``: intra-op threads (None: the runtime's default). ``precision``: 'fp32',
     'int8' or 'bf16' (None: 'fp32'); only OpenVINO can honour 'bf16'. ``device``: an
     OpenVINO device ('CPU', 'GPU', ...) or an ONNX Runtime execution provider (None: the
-    CPU). Raises :class:`RuntimeUnavailableError` when the runtime is not installed.
+    CPU). ``spinning``: ONNX Runtime's intra-op workers busy-wait between ops (its default,
+    the lowest latency on otherwise idle cores); False makes them sleep instead, for a
+    session that shares the cores with threads decoding its next inputs. Raises
+    :class:`RuntimeUnavailableError` when the runtime is not installed.
     """
     info = RUNTIMES.get(str(getattr(runtime, "value", runtime)))  # a targets.Runtime enum works too
     path = Path(path)
@@ -135,7 +139,8 @@ def load_session(
         ) from None
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
-    return info.load_module().load(path, threads=threads, precision=precision, device=device or "")
+    return info.load_module().load(path, threads=threads, precision=precision, device=device or "",
+                                   spinning=bool(spinning))
 
 
 def available_runtimes() -> list[str]:

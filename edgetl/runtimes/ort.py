@@ -34,7 +34,8 @@ class OrtSession:
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, *, threads: int | None, precision: Precision, device: str):
+    def __init__(self, path: Path, *, threads: int | None, precision: Precision, device: str,
+                 spinning: bool = True):
         info = RUNTIMES.get(self.runtime)
         try:
             import onnxruntime as ort
@@ -57,6 +58,8 @@ class OrtSession:
         if threads is not None:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        if not spinning:  # workers sleep between ops instead of busy-waiting (see load_session)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind types for bad models
@@ -75,6 +78,7 @@ class OrtSession:
         self.output_name: str = outputs[0].name
         self.output_shape = tuple(dim(d) for d in outputs[0].shape)
         self.threads = threads
+        self.spinning = spinning
         self.device = providers[0]
         self._outputs = [self.output_name]
         self._precision: str | None = None
@@ -94,5 +98,5 @@ class OrtSession:
         return f"OrtSession({self.path.name!r}, input={self.input_shape}, precision={self.precision_executed!r})"
 
 
-def load(path: Path, *, threads: int | None, precision: Precision, device: str) -> OrtSession:
-    return OrtSession(path, threads=threads, precision=precision, device=device)
+def load(path: Path, *, threads: int | None, precision: Precision, device: str, spinning: bool = True) -> OrtSession:
+    return OrtSession(path, threads=threads, precision=precision, device=device, spinning=spinning)

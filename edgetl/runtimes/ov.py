@@ -107,5 +107,7 @@ def _pdim(d) -> int | None:
     return dim(d.get_length()) if d.is_static else None
 
 
-def load(path: Path, *, threads: int | None, precision: Precision, device: str) -> OpenVINOSession:
+def load(path: Path, *, threads: int | None, precision: Precision, device: str,
+         spinning: bool = True) -> OpenVINOSession:
+    # ``spinning`` is ONNX Runtime's: OpenVINO's CPU plugin has no such setting to turn off
     return OpenVINOSession(path, threads=threads, precision=precision, device=device)

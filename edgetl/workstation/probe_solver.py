@@ -15,11 +15,12 @@ weight vector (returned as the symmetric pair ``[-w/2, w/2]``, which gives ident
 probabilities). C is chosen by validation log-loss, or by stratified k-fold when the
 validation split is small. numpy and scipy only.
 
-Memory: the rows are read, never copied whole. Embeddings may be float32 and live in a
-memory-mapped store (:class:`edgetl.core.rowstore.RowStore`); every pass (standardisation
-statistics, loss and gradient, scores) goes over row chunks in float64 with the
-standardisation folded into the parameters, so memory is one chunk whatever the number of
-rows. Only when there are fewer rows than features is the standardised matrix formed
+Memory: the rows are read, never copied whole beyond a bound. Embeddings may be float32 and
+live in a memory-mapped store (:class:`edgetl.core.rowstore.RowStore`); every pass
+(standardisation statistics, loss and gradient, scores) goes over row chunks in float64 with
+the standardisation folded into the parameters, so memory is one chunk whatever the number
+of rows; a training set that fits ``RESIDENT_CHUNKS`` chunks is read into memory once
+instead. Only when there are fewer rows than features is the standardised matrix formed
 (then it is smaller than ``F x F``) to solve in its row space.
 """
 
@@ -45,6 +46,13 @@ __all__ = ["DEFAULT_CS", "ProbeSolution", "fit_logreg", "select_C", "cross_valid
 # neighbouring Cs near the optimum, so finer steps buy nothing. The small Cs cost ~0.1 s
 # each and give the warm-started path its start; the large ones need 5-20 iterations.
 DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 2, 13))
+
+# A training set whose float64 rows fit in this many solver chunks (64 MiB: 6,500 rows of
+# 1,280) is read into memory once instead of being converted chunk by chunk from its float32
+# store on every pass of every C: measured on 4,000 x 1,280 digits embeddings, 7 of 27 ms
+# per loss + gradient went to the conversion and the store's page faults. Memory stays
+# bounded: larger sets are read in chunks as before.
+RESIDENT_CHUNKS = 4
 
 # A validation split with fewer rows than this per class gives a log-loss too noisy to
 # rank Cs by: pool train and validation and cross-validate instead.
@@ -135,10 +143,31 @@ class _Rows:
 
     def dense(self) -> np.ndarray:
         """All rows as one float64 array (only for matrices known to be small)."""
+        if len(self.parts) == 1 and self.parts[0][1] is None and self.parts[0][0].dtype == np.float64:
+            return self.parts[0][0]  # already that: read, never written
         out = np.empty((self.n, self.F))
         for s, block in self.chunks():
             out[s:s + len(block)] = block
         return out
+
+    def resident(self) -> "_Rows":
+        """These rows as one float64 array in memory when that takes at most
+        ``RESIDENT_CHUNKS`` chunks' bytes, else themselves (read in chunks on every pass)."""
+        from edgetl.core import rowstore
+
+        if self.in_memory is not None or self.n * self.F * 8 > RESIDENT_CHUNKS * rowstore.CHUNK_BYTES:
+            return self
+        return _Rows([(self.dense(), None)])
+
+    @property
+    def in_memory(self) -> np.ndarray | None:
+        """The rows when they are one float64 array in ordinary memory (one block for a pass)."""
+        from edgetl.core import rowstore
+
+        a, idx = self.parts[0]
+        if len(self.parts) == 1 and idx is None and a.dtype == np.float64 and rowstore._mapping(a) is None:
+            return a
+        return None
 
 
 class _Problem:
@@ -154,6 +183,8 @@ class _Problem:
 
     def __init__(self, X, y, n_classes, standardize, sample_weight=None):
         rows, y = _Rows.of(X), np.asarray(y)
+        if len(rows) == len(y):
+            rows = rows.resident()  # every pass below reads it: once into memory when small enough
         if y.ndim != 1 or len(rows) != len(y) or len(y) == 0:
             raise DataError(f"need X [N, F] and y [N] with N > 0, got X {(len(rows), rows.F)} and y {y.shape}")
         for _, block in rows.chunks():
@@ -193,6 +224,8 @@ class _Problem:
         rows in chunks, whose standardisation :meth:`_fold` and :meth:`_unfold` carry."""
         if self.X is not None:
             yield 0, self.X
+        elif self.rows.in_memory is not None:
+            yield 0, self.rows.in_memory
         else:
             yield from self.rows.chunks()
 
@@ -379,10 +412,16 @@ def _check_Cs(Cs) -> np.ndarray:
 
 
 def _path(prob: _Problem, Cs: np.ndarray, max_iter: int, tol: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Raw-space heads for every C, each warm-started from the previous (smaller) C."""
-    theta, heads = None, []
-    for C in Cs:
-        theta = prob.solve(C, theta, max_iter, tol)
+    """Raw-space heads for every C, each warm-started from the previous (smaller) Cs: from the
+    line through the last two solutions, in log C (the optimum moves smoothly along the path).
+    Measured on digits embeddings, 13 Cs: 444 vs 634 loss + gradient evaluations on 4,000 x
+    1,280 rows, 566 vs 703 on 800 (the same optimum, probabilities within 3e-5)."""
+    theta, prev, heads = None, None, []
+    for i, C in enumerate(Cs):
+        start = theta
+        if prev is not None:
+            start = theta + np.log(C / Cs[i - 1]) / np.log(Cs[i - 1] / Cs[i - 2]) * (theta - prev)
+        prev, theta = theta, prob.solve(C, start, max_iter, tol)
         heads.append(prob.head(theta))
     return heads
 

@@ -36,6 +36,8 @@ class ImageModality:
         return {self.INPUT: preprocess(item, spec)}
 
     def collate(self, rows, spec: PreprocessSpec) -> dict[str, np.ndarray]:
+        if len(rows) == 1:  # a batch of one (a batch-1 target): a view, not a 600 KB copy per image
+            return {self.INPUT: rows[0][self.INPUT][None]}
         return {self.INPUT: np.stack([r[self.INPUT] for r in rows])}
 
     def example(self, spec: PreprocessSpec, batch: int) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ match bit for bit (``tests/test_preprocess.py`` checks it against torchvision).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -229,15 +230,28 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec, *, name: str = "imag
     return img.crop((left, top, left + crop, top + crop))
 
 
+@functools.lru_cache(maxsize=16)
+def _normalize_table(mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
+    """[3, 256] float32: each channel's normalized value of every uint8 level, computed with
+    torchvision's float32 operations (``ToTensor``'s / 255, then ``Normalize``'s - mean, / std)."""
+    levels = np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
+    levels = levels - np.asarray(mean, dtype=np.float32)[:, None]
+    return np.ascontiguousarray(levels / np.asarray(std, dtype=np.float32)[:, None])
+
+
 def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """HxWx3 uint8 image -> 3xHxW float32 normalized, as ``ToTensor`` + ``Normalize``."""
-    # Same float32 operations per element as torchvision, done in HxWxC order and
-    # transposed once at the end, so the result is C-contiguous (runtimes want that) at
-    # half the cost of normalizing a transposed view.
-    x = np.asarray(img, dtype=np.float32) / np.float32(255.0)
-    x -= np.asarray(spec.mean, dtype=np.float32)
-    x /= np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    # A uint8 level's normalized value depends on its channel alone, so the same float32
+    # operations as torchvision's, done once per level (a 3 x 256 table), give every pixel
+    # by lookup from each band: the same bits, C-contiguous (runtimes want that), at a
+    # fraction of the cost of computing them per pixel (measured at 224 px: 0.33 vs 0.73 ms
+    # on the digits' PNGs, 0.21 vs 1.0 ms on noise).
+    table = _normalize_table(spec.mean, spec.std)
+    bands = img.split() if isinstance(img, Image.Image) else np.moveaxis(np.asarray(img, np.uint8), 2, 0)
+    out = np.empty((3, img.size[1], img.size[0]) if isinstance(img, Image.Image) else bands.shape, np.float32)
+    for c, band in enumerate(bands):
+        np.take(table[c], np.asarray(band), out=out[c])
+    return out
 
 
 def preprocess(source: ImageInput, spec: PreprocessSpec) -> np.ndarray:
