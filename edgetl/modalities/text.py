@@ -459,8 +459,8 @@ class TextModality:
         texts = [" ".join(words[i % len(words):] + words * reps) for i in range(batch)]
         if spec.tokenizer:
             return encode_batch(self.tokenizer(spec), texts)
-        rng = np.random.default_rng(0)  # no tokenizer bound: plausible ids, full mask
-        ids = rng.integers(1000, 2000, (batch, 16), dtype=np.int64)
+        rng = np.random.default_rng(0)  # no tokenizer bound: plausible ids, full mask, max_length long
+        ids = rng.integers(1000, 2000, (batch, spec.max_length), dtype=np.int64)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
     def scan(self, data: Any, *, strict: bool = False, min_classes: int = 2, text_column: str = "text",
