@@ -17,6 +17,7 @@ step is kept in benchmarks/results/select.json.
     python benchmarks/select_bench.py                    # digits (1,797) and photos, 3 candidates
     python benchmarks/select_bench.py --sample 200 --photos-per-class 30
     python benchmarks/select_bench.py --resolution --sample 200   # Lite0 at 64-224 px, Lite2 at 260
+    python benchmarks/select_bench.py --text-lengths              # MiniLM at 8-128 tokens, real reviews
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def _full_embeddings(folder: Path, candidates=CANDIDATES) -> tuple[dict, "np.nda
     from edgetl.workstation.embedding import embed_paths
     from edgetl.workstation.selection import parse_candidate
 
+    if folder.is_file():  # texts (a CSV of reviews): NAME@N is max_length N
+        return _text_embeddings(folder, candidates)
     f = scan_folder(folder)
     Z = {}
     for b in candidates:
@@ -100,7 +103,33 @@ def _full_embeddings(folder: Path, candidates=CANDIDATES) -> tuple[dict, "np.nda
     return Z, f.targets
 
 
-def _single_split(X, y, n_classes: int):
+def _text_embeddings(path: Path, candidates) -> tuple[dict, "np.ndarray"]:
+    """Every text's embedding per candidate NAME@N, at max_length N (texts are not cached:
+    embedded here once, as select and train embed them)."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from edgetl.modalities import get_modality
+    from edgetl.modalities.text import TOKENIZER, TextSpec
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.selection import parse_candidate
+    from edgetl.workstation.training.data import embed_items
+
+    found = get_modality("text").scan(path)
+    Z = {}
+    for b in candidates:
+        name, length = parse_candidate(b)
+        bb = create_backbone(name)
+        spec = replace(bb.preprocess if length is None else TextSpec(length), tokenizer=str(bb.files[TOKENIZER]))
+        with torch.inference_mode():
+            Z[b] = embed_items(bb.module, list(found.items), spec, torch.device("cpu"),
+                               description=f"embedding {b}").numpy().astype(np.float64)
+    return Z, np.asarray(found.targets)
+
+
+def _single_split(X, y, n_classes: int, val: float = 0.2):
     """Per-item correctness of `edgetl train`'s linear probe on its own validation split
     (or, when train pools a small split into k-fold, out-of-fold over all items), its C."""
     import numpy as np
@@ -108,7 +137,7 @@ def _single_split(X, y, n_classes: int):
     from edgetl.core.data import stratified_split
     from edgetl.workstation.probe_solver import _stratified_folds, fit_logreg, solve_probe
 
-    tr, va = stratified_split(y, 0.2, 0)
+    tr, va = stratified_split(y, val, 0)
     sol = solve_probe(X[tr], y[tr], X[va], y[va], n_classes, refit=False, seed=0)
     if sol.selection == "holdout":
         return (X[va] @ sol.W.T.astype(np.float64) + sol.b).argmax(1) == y[va], sol.C, sol.val_accuracy, "holdout"
@@ -256,80 +285,120 @@ def _res_datasets(root: Path, digits_per_class: int, photos_per_class: int) -> d
     return out
 
 
+# The same study on text: one encoder (all-MiniLM-L6-v2) at several token budgets
+# (max_length, select's NAME@N for a text backbone) on real Rotten Tomatoes reviews
+# (fresh vs rotten); full training is `edgetl train` with val_split held out.
+
+TEXT_OUT = HERE / "results" / "select_text.json"
+TEXT_ENCODER = "all_minilm_l6_v2"
+
+
+def _text_dataset(root: Path, per_class: int) -> Path:
+    from edgetl.modalities.text import write_reviews_csv
+
+    path = root / f"reviews-{per_class}.csv"
+    if not path.is_file():
+        write_reviews_csv(path, per_class, seed=0)
+    return path
+
+
 def resolution(args) -> int:
     """select's estimate over candidates that differ for real (input sizes) against full
     training, with the paired-bootstrap significance of the ground truth's differences."""
-    import numpy as np
 
     from edgetl.workstation.selection import SelectConfig, parse_candidate, select
     from edgetl.workstation.training import TrainConfig, train
 
-    cands = tuple(args.res_candidates.split(","))
-    work = Path(args.work) / "resolution"
-    results = json.loads(RES_OUT.read_text()) if RES_OUT.is_file() and not args.fresh else {"datasets": {}}
-    results["settings"] = {"sample": args.sample, "target": args.target, "candidates": cands,
-                           "digits_per_class": args.digits_per_class, "photos_per_class": args.photos_per_class}
+    text = bool(args.text_lengths)
+    if text:  # one text encoder at several token budgets, on real reviews
+        cands = tuple(f"{TEXT_ENCODER}@{n}" for n in args.text_lengths.split(","))
+        work, out_file, val = Path(args.work) / "text", TEXT_OUT, args.text_val
+        datasets = {"reviews": _text_dataset(work / "data", args.reviews_per_class)}
+    else:
+        cands = tuple(args.res_candidates.split(","))
+        work, out_file, val = Path(args.work) / "resolution", RES_OUT, 0.2
+        datasets = _res_datasets(work / "data", args.digits_per_class, args.photos_per_class)
+    results = json.loads(out_file.read_text()) if out_file.is_file() and not args.fresh else {"datasets": {}}
+    results["settings"] = {"sample": args.sample, "target": args.target, "candidates": cands}
+    results["settings"].update({"reviews_per_class": args.reviews_per_class, "val_split": val} if text else
+                               {"digits_per_class": args.digits_per_class, "photos_per_class": args.photos_per_class})
 
     def save():
-        RES_OUT.parent.mkdir(parents=True, exist_ok=True)
-        RES_OUT.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
-    for name, folder in _res_datasets(work / "data", args.digits_per_class, args.photos_per_class).items():
+    for name, folder in datasets.items():
         entry = results["datasets"].setdefault(name, {})
-        t0 = time.perf_counter()
-        Z, y = _full_embeddings(folder, cands)  # fills the shared cache select and train read
-        entry["embed_all_seconds"] = entry.get("embed_all_seconds") or time.perf_counter() - t0
-        n_classes = int(y.max()) + 1
-        if "select" not in entry:
+        Z = y = None
+        if "significance" not in entry or "by_sample_size" not in entry:
+            t0 = time.perf_counter()
+            Z, y = _full_embeddings(folder, cands)  # fills the shared cache select and train read
+            entry["embed_all_seconds"] = entry.get("embed_all_seconds") or time.perf_counter() - t0
+        if "select" not in entry or args.reselect:  # --reselect: new timings on the warm caches
             cfg = SelectConfig(backbones=cands, sample=args.sample, work_dir=work / "cache", bench_duration=2.0)
             t0 = time.perf_counter()
-            report = select(folder, args.target, cfg, plot=HERE / "results" / f"select_resolution_{name}.png")
-            entry["select"] = {**report.to_dict(), "seconds_embeddings_cached": time.perf_counter() - t0}
+            report = select(folder, args.target, cfg, plot=HERE / "results" /
+                            f"select_{'text' if text else 'resolution'}_{name}.png")
+            first = entry.get("select", {}).get("first_run_seconds") or entry.get("select", {}).get("cost", {}).get(
+                "seconds")
+            entry["select"] = {**report.to_dict(), "seconds_embeddings_cached": time.perf_counter() - t0,
+                               "first_run_seconds": first or report.cost["seconds"]}
             save()
         full = entry.setdefault("full", {})
         for c in cands:
             if c not in full:
                 b, size = parse_candidate(c)
                 t0 = time.perf_counter()
-                r = train(folder, work / "runs" / f"{name}-{c.replace('@', '-')}",
-                          TrainConfig(backbone=b, image_size=size), overwrite=True)
+                tcfg = (TrainConfig(backbone=b, max_length=size, val_split=val, device="cpu") if text
+                        else TrainConfig(backbone=b, image_size=size))
+                r = train(folder, work / "runs" / f"{name}-{c.replace('@', '-')}", tcfg, overwrite=True)
                 full[c] = {"val_accuracy": r.val_accuracy, "n_train": r.metrics["n_train"],
                            "n_val": r.metrics["n_val"], "seconds": time.perf_counter() - t0}
                 save()
         rows = {c["candidate"]: c for c in entry["select"]["candidates"]}
         est = {c: rows[c]["probe_accuracy"] for c in cands}
-        single, repeated, Cs = {}, {}, {}
-        for c in cands:
-            single[c], Cs[c], _, how = _single_split(Z[c], y, n_classes)
-            repeated[c] = _repeated_kfold(Z[c], y, n_classes, Cs[c])
-        truth = {c: float(np.mean(repeated[c])) for c in cands}
+        if "significance" not in entry:
+            n_classes = int(y.max()) + 1
+            single, repeated, Cs = {}, {}, {}
+            for c in cands:
+                single[c], Cs[c], replicated, how = _single_split(Z[c], y, n_classes, val)
+                entry.setdefault("single_split_replicates_train", {})[c] = {"replicated": replicated,
+                                                                            "train": full[c]["val_accuracy"]}
+                repeated[c] = _repeated_kfold(Z[c], y, n_classes, Cs[c])
+            entry["significance"] = {"single_split": {"how": how, "C": Cs,
+                                                      "bootstrap": _paired_bootstrap(single, est)},
+                                     "repeated_kfold": {"repeats": REPEATS, "folds": 5,
+                                                        "bootstrap": _paired_bootstrap(repeated, est)}}
+        truth = entry["significance"]["repeated_kfold"]["bootstrap"]["accuracy"]  # per item, mean over repeats
         entry["rank_correlation"] = {
             "probe_vs_full_train": _ranks([est[c] for c in cands], [full[c]["val_accuracy"] for c in cands]),
             "probe_vs_repeated_kfold": _ranks([est[c] for c in cands], [truth[c] for c in cands]),
             "logme_vs_full_train": _ranks([rows[c]["logme"] for c in cands], [full[c]["val_accuracy"] for c in cands]),
             "p90_vs_full_train": _ranks([rows[c]["p90_ms"] for c in cands], [full[c]["val_accuracy"] for c in cands]),
         }
-        entry["significance"] = {"single_split": {"how": how, "C": Cs, "bootstrap": _paired_bootstrap(single, est)},
-                                 "repeated_kfold": {"repeats": REPEATS, "folds": 5,
-                                                    "bootstrap": _paired_bootstrap(repeated, est)}}
         save()
         if "by_sample_size" not in entry:  # does a larger sample (or repeated k-fold) rank better?
             print(f"{name}: the estimate at other sample sizes", flush=True)
+            n_classes = int(y.max()) + 1
             sizes = [int(x) for x in args.res_sizes.split(",") if int(x) < len(y)]
             by = _estimates(Z, y, n_classes, sizes, args.res_draws, cands, repeats=1)
             fulls = [full[c]["val_accuracy"] for c in cands]
             entry["by_sample_size"] = {
                 n: {kind: {"spearman_vs_repeated_kfold": [_ranks([r[kind][c] for c in cands],
-                                                                 [truth[c] for c in cands])["spearman"] for r in rows],
+                                                                 [truth[c] for c in cands])["spearman"] for r in draws],
                            "spearman_vs_full_train": [_ranks([r[kind][c] for c in cands], fulls)["spearman"]
-                                                      for r in rows]}
-                    for kind in ("kfold",)} | {"rows": rows}
-                for n, rows in by.items()}
+                                                      for r in draws]}
+                    for kind in ("kfold",)} | {"rows": draws}
+                for n, draws in by.items()}
             save()
 
     print(f"| data | candidate | probe (5-fold, sample of {args.sample}) | LogME | p90 ms ({args.target}) | "
           "full-train val acc | all items, repeated 5-fold [95 % CI] |")
     print("|---|---|---|---|---|---|---|")
+    for name, entry in results["datasets"].items():
+        if "full" in entry:
+            f0 = next(iter(entry["full"].values()))
+            print(f"<!-- {name}: full training on {f0['n_train']}, held out {f0['n_val']} -->")
     for name, entry in results["datasets"].items():
         rows = {c["candidate"]: c for c in entry["select"]["candidates"]}
         bs = entry["significance"]["repeated_kfold"]["bootstrap"]
@@ -342,7 +411,8 @@ def resolution(args) -> int:
         rc = entry["rank_correlation"]
         sel = entry["select"]
         print(f"{name}: select recommends {sel['recommended']} ({sel['cost']['seconds']:.0f} s with the embeddings "
-              f"cached, {entry['embed_all_seconds']:.0f} s to embed all {sel['sample']['of']} images at all sizes); "
+              f"cached, {entry['embed_all_seconds']:.0f} s to embed all {sel['sample']['of']} "
+              f"{sel['sample'].get('noun', 'image')}s at all sizes); "
               f"Spearman / Kendall of select's probe vs full training {rc['probe_vs_full_train']['spearman']:.2f} / "
               f"{rc['probe_vs_full_train']['kendall']:.2f}, vs repeated 5-fold over all items "
               f"{rc['probe_vs_repeated_kfold']['spearman']:.2f} / {rc['probe_vs_repeated_kfold']['kendall']:.2f}; "
@@ -356,7 +426,7 @@ def resolution(args) -> int:
                   + (f"; estimate's Spearman vs resampled truth {rho['mean']:.2f} [{rho['ci95'][0]:.2f}, "
                      f"{rho['ci95'][1]:.2f}]" if rho.get("mean") is not None else ""))
             for k, v in bs["pairs"].items():
-                print(f"    {k.replace('efficientnet_', '')}: {v['diff'] * 100:+.1f} pt "
+                print(f"    {k.replace('efficientnet_', '').replace(TEXT_ENCODER, '')}: {v['diff'] * 100:+.1f} pt "
                       f"[{v['ci95'][0] * 100:+.1f}, {v['ci95'][1] * 100:+.1f}]{' *' if v['significant'] else ''}")
         for n, per in entry.get("by_sample_size", {}).items():
             fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
@@ -386,8 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--digits-per-class", type=int, default=0, help="resolution study: digits per class (0: all)")
     p.add_argument("--res-sizes", default="200,600", help="resolution study: estimate sample sizes")
     p.add_argument("--res-draws", type=int, default=3, help="resolution study: sample draws per size")
+    p.add_argument("--text-lengths", metavar="N,N,...",
+                   help="the token-budget study instead: all_minilm_l6_v2 at these max_lengths on real reviews "
+                        "(results/select_text.json), e.g. 8,16,32,64,128")
+    p.add_argument("--reviews-per-class", type=int, default=1500, help="token-budget study: reviews per class")
+    p.add_argument("--text-val", type=float, default=1 / 3, help="token-budget study: full training's held-out part")
     args = p.parse_args(argv)
-    if args.resolution:
+    if args.resolution or args.text_lengths:
         return resolution(args)
 
     from edgetl.workstation.selection import SelectConfig, select

@@ -146,7 +146,7 @@ def test_bad_options_are_clear(kwargs, message):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("efficientnet_lite0@abc", "must be a whole number of pixels from 32 to 1024"),
+    ("efficientnet_lite0@abc", "must be a whole number: pixels from 32 to 1024 for an image backbone"),
     ("efficientnet_lite0@0", "from 32 to 1024"),
     ("efficientnet_lite0@16", "from 32 to 1024"),
     ("efficientnet_lite0@", "from 32 to 1024"),
@@ -168,6 +168,18 @@ def test_candidate_specs_name_a_size():
     assert parse_candidate(" efficientnet_lite2 ") == ("efficientnet_lite2", None)
     assert parse_candidate("hf:/models/x@v2") == ("hf:/models/x@v2", None)  # a path's '@'
     assert parse_candidate("hf:/models/x@96") == ("hf:/models/x", 96)
+    # the size's bounds are the backbone kind's: pixels for images, tokens (max_length) for text
+    from edgetl.workstation.selection import check_candidate_size
+
+    assert parse_candidate("all_minilm_l6_v2@16") == ("all_minilm_l6_v2", 16)
+    check_candidate_size("all_minilm_l6_v2", 8, "text")
+    check_candidate_size("efficientnet_lite0", 1024, "image")
+    for name, size, kind, message in (("all_minilm_l6_v2", 600, "text", "tokens from 8 to 512"),
+                                      ("efficientnet_lite0", 16, "image", "pixels from 32 to 1024")):
+        with pytest.raises(ConfigError, match=message):
+            check_candidate_size(name, size, kind)
+    with pytest.raises(ConfigError, match="tokens from 8 to 512 for a text one"):
+        parse_candidate("all_minilm_l6_v2@4")
     # one backbone at two sizes is two candidates; at the same size, one given twice
     assert SelectConfig(backbones=("efficientnet_lite0@96", "efficientnet_lite0@160", "efficientnet_lite0"))
     with pytest.raises(ConfigError, match="twice"):
@@ -281,6 +293,9 @@ def test_auto_build_takes_the_sweeps_depth_unless_given():
     cfg, _ = _auto_train_config(TrainConfig(backbone="auto", image_size=64),
                                 SimpleNamespace(recommended="efficientnet_lite2@96", finetune={}), True)
     assert (cfg.backbone, cfg.image_size) == ("efficientnet_lite2", 96)  # NAME@SIZE: built at SIZE
+    cfg, _ = _auto_train_config(TrainConfig(backbone="auto"), SimpleNamespace(
+        recommended="all_minilm_l6_v2@32", finetune={}, sample={"modality": "text"}), True)
+    assert (cfg.backbone, cfg.max_length, cfg.image_size) == ("all_minilm_l6_v2", 32, None)  # text: tokens
 
     base = TrainConfig(backbone="auto")
     for suggested, strategy, unfreeze in (("probe", "linear-probe", 2), ("1", "finetune", 1),

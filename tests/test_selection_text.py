@@ -53,14 +53,18 @@ def test_select_ranks_text_backbones_on_real_reviews(reviews, tmp_path, capsys):
         assert named[key] == builtin[key]
     assert out["recommended"] in ("all_minilm_l6_v2", local) and "sampled texts" in out["reason"]
 
-    # by default the candidates are the built-ins of the data's kind: one text encoder; its
-    # unfreeze sweep fine-tunes MiniLM's last layer(s) on the texts (one epoch per depth)
-    code = main([*args, "--sweep-unfreeze", "0,1", "--sweep-epochs", "1"])
+    # NAME@N: the text encoder at a token budget of N, over --max-length (here 16): embedded and
+    # exported at 64 tokens as above (both read from the cache); its unfreeze sweep fine-tunes
+    # MiniLM's last layer(s) on the texts at that budget (one epoch per depth)
+    at = f"all_minilm_l6_v2@{MAX_LENGTH}"
+    args[args.index("--max-length") + 1] = "16"
+    code = main([*args, "--backbones", at, "--sweep-unfreeze", "0,1", "--sweep-epochs", "1"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0 and [c["backbone"] for c in out["candidates"]] == ["all_minilm_l6_v2"]
-    assert out["recommended"] == "all_minilm_l6_v2" and "the only candidate for text data" in out["reason"]
+    assert code == 0 and [(c["backbone"], c["candidate"], c["max_length"]) for c in out["candidates"]] == [
+        ("all_minilm_l6_v2", at, MAX_LENGTH)]
+    assert out["recommended"] == at and "the only candidate for text data" in out["reason"]
     assert out["candidates"][0]["probe_accuracy"] == builtin["probe_accuracy"]
-    assert out["candidates"][0]["seconds"]["export_cached"]
+    assert out["candidates"][0]["seconds"]["export_cached"] and out["candidates"][0]["seconds"]["embed_cached"]
     ft = out["finetune"]
     sweep = ft["sweep"]
     assert ft["from"] == "sweep" and sweep["backbone"] == "all_minilm_l6_v2"
@@ -78,15 +82,21 @@ def test_select_ranks_text_backbones_on_real_reviews(reviews, tmp_path, capsys):
 
 
 def test_a_candidate_of_the_wrong_kind_is_one_line(reviews, tmp_path, capsys):
+    from edgetl.workstation.selection import _candidates
+
+    # by default the candidates are the built-ins of the data's kind: one text encoder
+    assert _candidates(None, "text", reviews) == [("all_minilm_l6_v2", None)]
     code = main(["select", str(reviews), "--target", "x86-ort-int8", "--backbones", "efficientnet_lite0",
                  "--work", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and "Traceback" not in "\n".join(err)
     assert "is text data, but efficientnet_lite0 is an image backbone" in err[-1]
     assert not any(tmp_path.iterdir())
-    code = main(["select", str(reviews), "--target", "x86-ort-int8", "--backbones", "all_minilm_l6_v2@64",
+    # for a text backbone NAME@N is its token budget: out of the text modality's bounds, one line
+    code = main(["select", str(reviews), "--target", "x86-ort-int8", "--backbones", "all_minilm_l6_v2@600",
                  "--work", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and "Traceback" not in "\n".join(err)
-    assert "an input size ('@64') is for image backbones; all_minilm_l6_v2 takes text" in err[-1]
+    assert "all_minilm_l6_v2@600: for a text backbone the size after '@' is its token budget" in err[-1]
+    assert "tokens from 8 to 512" in err[-1]
     assert not any(tmp_path.iterdir())

@@ -59,6 +59,11 @@ def test_encode_batch_pads_to_longest_and_handles_empty():
     assert out["input_ids"].shape == out["attention_mask"].shape
     assert out["attention_mask"][0].sum() == 3 and out["attention_mask"][1].all()
     assert T.encode_batch(tok, [])["input_ids"].shape == (0, 0)
+    # the example a model is traced and timed with fills its token budget, tokenised or not
+    for tokenizer in (str(_minilm_tokenizer_json()), None):
+        for n in (8, 40):
+            x = T.TextModality().example(T.TextSpec(n, tokenizer=tokenizer), 3)
+            assert x["input_ids"].shape == (3, n) and x["attention_mask"].all()
 
 
 def test_load_tokenizer_errors(tmp_path):

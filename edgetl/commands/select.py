@@ -32,7 +32,11 @@ exported and timed at it: on a device the input resolution is often the
 cheaper choice (latency grows with its square), so
 --backbones efficientnet_lite0@96,efficientnet_lite0@160,efficientnet_lite2
 compares sizes and backbones at once; 'edgetl build --backbone auto' then
-trains at the chosen size.
+trains at the chosen size. For a text backbone NAME@N is its token budget
+(max_length, 8 to 512): latency grows with the tokens, accuracy falls when
+texts are cut short, so
+--backbones all_minilm_l6_v2@16,all_minilm_l6_v2@32,all_minilm_l6_v2@128
+compares budgets (each embedded with that max_length, timed at N tokens).
 
 --sweep-unfreeze 0,1,2,all measures instead of guessing: the recommended
 backbone is fine-tuned briefly (LP-FT: the head starts from the solved probe;
@@ -80,7 +84,8 @@ def add_select_arguments(p: argparse.ArgumentParser, image_size: bool = True) ->
     p.add_argument("--backbones", metavar="A,B,C",
                    help="candidate backbones, comma-separated (default: built-ins); NAME@SIZE is that backbone "
                         "at SIZE px input (estimated, exported and timed at it), e.g. "
-                        "efficientnet_lite0@96,efficientnet_lite0@160,efficientnet_lite2")
+                        "efficientnet_lite0@96,efficientnet_lite0@160,efficientnet_lite2; for a text backbone "
+                        "NAME@N is max_length N tokens, e.g. all_minilm_l6_v2@32")
     p.add_argument("--sample", type=positive_int, default=300, help="images in the stratified sample (default 300)")
     p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default 5)")
     if image_size:
@@ -128,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _ui.print_json(report.to_dict())
     else:
-        size = lambda c: c["input_size"] if c.get("input_size") else f"{c.get('max_length')} tok"  # noqa: E731
+        text = report.sample.get("modality") == "text"
+        size = lambda c: c.get("max_length") if text else c.get("input_size")  # noqa: E731
         rows = [(c["backbone"], size(c), _fmt(c["probe_accuracy"], ".3f"), _fmt(c["knn_accuracy"], ".3f"),
                  _fmt(c["probe_train_accuracy"], ".3f"), _fmt(c["logme"], ".3f"), _fmt(c["p50_ms"], ".3g"),
                  _fmt(c["p90_ms"], ".3g"), _fmt(c["peak_rss_mb"], ".0f"),
@@ -139,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             f"edgetl select: {report.sample['n']} of {report.sample['of']} {report.sample.get('noun', 'image')}s, "
             f"{report.target}, "
             f"budget p90 {report.budget_ms:g} ms",
-            ["backbone", "px", f"probe ({report.sample['folds']}-fold)", "k-NN", "probe train", "LogME", "p50 ms",
+            ["backbone", "tokens" if text else "px", f"probe ({report.sample['folds']}-fold)", "k-NN", "probe train", "LogME", "p50 ms",
              "p90 ms", "peak MB", "fits"], rows)
         sweep = report.finetune.get("sweep") if report.finetune else None
         if sweep:

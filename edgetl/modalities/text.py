@@ -451,12 +451,16 @@ class TextModality:
         return out
 
     def example(self, spec: TextSpec, batch: int) -> dict[str, np.ndarray]:
-        words = "a short example text to trace and time the model with".split()
-        texts = [" ".join(words[: 3 + (i * 5) % len(words)]) for i in range(batch)]
+        # Long enough to fill max_length (the tokenizer truncates there): a model is traced
+        # and timed at its token budget, the most a deployed text costs (select compares
+        # candidates NAME@N by that latency).
+        words = "an example text to trace and time the model with".split()
+        reps = spec.max_length // len(words) + 2
+        texts = [" ".join(words[i % len(words):] + words * reps) for i in range(batch)]
         if spec.tokenizer:
             return encode_batch(self.tokenizer(spec), texts)
-        rng = np.random.default_rng(0)  # no tokenizer bound: plausible ids, full mask
-        ids = rng.integers(1000, 2000, (batch, 16), dtype=np.int64)
+        rng = np.random.default_rng(0)  # no tokenizer bound: plausible ids, full mask, max_length long
+        ids = rng.integers(1000, 2000, (batch, spec.max_length), dtype=np.int64)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
     def scan(self, data: Any, *, strict: bool = False, min_classes: int = 2, text_column: str = "text",

@@ -145,14 +145,18 @@ def build(
 
 def _auto_train_config(train_config, report, follow_sweep: bool) -> tuple[Any, str]:
     """The train config of ``--backbone auto`` from select's report (the recommended
-    backbone, at its input size where the candidate named one), and why its depth.
+    backbone, at its input size, or for text its max_length, where the candidate named
+    one), and why its depth.
     With a sweep (and ``follow_sweep``), the suggested depth: the linear probe, or
     finetune with that ``--unfreeze``; otherwise the train config's own strategy."""
     from edgetl.workstation.selection import parse_candidate
 
     ft = report.finetune or {}
-    name, size = parse_candidate(report.recommended)  # NAME@SIZE: train at that input size
-    config = replace(train_config, backbone=name, image_size=size or train_config.image_size)
+    name, size = parse_candidate(report.recommended)  # NAME@SIZE: train at that input size (text: tokens)
+    if (getattr(report, "sample", None) or {}).get("modality") == "text":
+        config = replace(train_config, backbone=name, max_length=size or train_config.max_length)
+    else:
+        config = replace(train_config, backbone=name, image_size=size or train_config.image_size)
 
     def current(c) -> str:
         return (c.strategy.value if c.strategy.value != "finetune"

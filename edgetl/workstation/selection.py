@@ -37,7 +37,7 @@ from edgetl.core.targets import Precision, Runtime, Target, load_target
 from edgetl.errors import ConfigError, EdgeTLError
 
 __all__ = ["SelectConfig", "SelectReport", "select", "recommend", "NoCandidateError", "default_work_dir",
-           "parse_depths", "suggest_depth", "parse_candidate", "candidate_label"]
+           "parse_depths", "suggest_depth", "parse_candidate", "check_candidate_size", "candidate_label"]
 
 # The probe is "far below" a ceiling at this gap (accuracy, a fraction). k-NN beating the
 # linear probe says the classes are in the embedding but not linearly: a fine-tuned
@@ -119,12 +119,17 @@ class SelectConfig:
 # px EfficientNet's five stride-2 stages leave less than one pixel; above 1024 one image
 # is 12 MB of float32 input and a sample of 300 embeds for minutes per candidate.
 MIN_SIZE, MAX_SIZE = 32, 1024
+# For a text backbone SIZE is its token budget (max_length): the text modality's bounds.
+MIN_TOKENS, MAX_TOKENS = 8, 512
+_EXAMPLE = "example: efficientnet_lite0@160, all_minilm_l6_v2@32"
 
 
 def parse_candidate(spec: str) -> tuple[str, int | None]:
     """``"efficientnet_lite0@96"`` -> ("efficientnet_lite0", 96); a plain name -> (name, None).
-    The size is the candidate's input resolution: embedded, exported and timed at it. For
-    ``hf:PATH`` only a tail of digits after the last ``@`` is a size (a path may hold ``@``)."""
+    The size is the candidate's input resolution for an image backbone, its token budget
+    (max_length) for a text one: embedded, exported and timed at it (the kind's bounds are
+    checked by :func:`check_candidate_size` once the backbone is known). For ``hf:PATH``
+    only a tail of digits after the last ``@`` is a size (a path may hold ``@``)."""
     spec = spec.strip()
     if "@" not in spec:
         return spec, None
@@ -133,11 +138,25 @@ def parse_candidate(spec: str) -> tuple[str, int | None]:
     if name.startswith("hf:") and not size.strip().isdigit():
         return spec, None
     if not name:
-        raise ConfigError(f"--backbones: {spec!r} has no backbone name before '@' (example: efficientnet_lite0@160)")
-    if not size.strip().isdigit() or not MIN_SIZE <= int(size) <= MAX_SIZE:
-        raise ConfigError(f"--backbones: {spec!r}: the input size after '@' must be a whole number of pixels "
-                          f"from {MIN_SIZE} to {MAX_SIZE} (example: efficientnet_lite0@160)")
+        raise ConfigError(f"--backbones: {spec!r} has no backbone name before '@' ({_EXAMPLE})")
+    if not size.strip().isdigit() or not min(MIN_SIZE, MIN_TOKENS) <= int(size) <= max(MAX_SIZE, MAX_TOKENS):
+        raise ConfigError(f"--backbones: {spec!r}: the size after '@' must be a whole number: pixels from {MIN_SIZE} "
+                          f"to {MAX_SIZE} for an image backbone, tokens from {MIN_TOKENS} to {MAX_TOKENS} for a "
+                          f"text one ({_EXAMPLE})")
     return name, int(size)
+
+
+def check_candidate_size(name: str, size: int | None, modality: str) -> None:
+    """One line when NAME@SIZE is out of the bounds of the backbone's kind."""
+    if size is None:
+        return
+    if modality == "image" and not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"--backbones: {name}@{size}: the input size after '@' must be a whole number of pixels "
+                          f"from {MIN_SIZE} to {MAX_SIZE} (example: efficientnet_lite0@160)")
+    if modality == "text" and not MIN_TOKENS <= size <= MAX_TOKENS:
+        raise ConfigError(f"--backbones: {name}@{size}: for a text backbone the size after '@' is its token budget "
+                          f"(max_length), a whole number of tokens from {MIN_TOKENS} to {MAX_TOKENS} "
+                          f"(example: all_minilm_l6_v2@32)")
 
 
 def candidate_label(name: str, size: int | None) -> str:
@@ -496,23 +515,22 @@ def _candidates(names: tuple[str, ...] | None, modality: str, data: Path) -> lis
         if kind != modality:
             raise DataError(f"{data}: is {modality} data, but {n} is {'an' if kind == 'image' else 'a'} {kind} backbone; "
                             f"name {modality} backbones with --backbones")
-        if size is not None and kind != "image":
-            raise ConfigError(f"--backbones: {candidate_label(n, size)}: an input size ('@{size}') is for image "
-                              f"backbones; {n} takes text (use --max-length)")
+        check_candidate_size(n, size, kind)  # pixels for an image backbone, tokens for a text one
     return specs
 
 
-def _spec(bb, cfg: SelectConfig, image_size: int | None = None):
-    """The backbone's input spec for the estimate: an image size, or a text length bound
-    to the backbone's own tokenizer.json."""
+def _spec(bb, cfg: SelectConfig, size: int | None = None):
+    """The backbone's input spec for the estimate: an image size, or a text length (a
+    candidate's NAME@N, else --max-length) bound to the backbone's own tokenizer.json."""
     from dataclasses import replace
 
     if bb.modality == "image":
-        size = image_size or cfg.image_size
+        size = size or cfg.image_size
         return bb.preprocess if size is None else bb.preprocess.with_input_size(size)
     from edgetl.modalities.text import TOKENIZER, TextSpec
 
-    spec = bb.preprocess if cfg.max_length is None else TextSpec(cfg.max_length)
+    length = size or cfg.max_length
+    spec = bb.preprocess if length is None else TextSpec(length)
     return replace(spec, tokenizer=str(bb.files[TOKENIZER]))
 
 
@@ -557,8 +575,10 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
         est = _accuracy_estimate(X.astype(np.float64), y, len(found.labels), cfg)
         seconds_probe, seconds_logme = est.pop("seconds_probe"), est.pop("seconds_logme")
         t2 = time.perf_counter()
-        run_dir, run_cached = _latency_run(name, weights_digest(bb.module), modality, size or cfg.image_size,
-                                           cfg.max_length, tgt, tiny,
+        image = modality == "image"  # NAME@SIZE: pixels for an image backbone, tokens for a text one
+        run_dir, run_cached = _latency_run(name, weights_digest(bb.module), modality,
+                                           (size or cfg.image_size) if image else None,
+                                           None if image else spec.max_length, tgt, tiny,
                                            found.targets[tiny_idx].tolist(), list(found.labels), Path(found.root),
                                            work)
         t3 = time.perf_counter()
@@ -589,7 +609,8 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
     if choice and cfg.sweep_unfreeze:
         t_sweep = time.perf_counter()
         bb = create_backbone(chosen["backbone"])
-        spec = _spec(bb, cfg, cfg.sweep_image_size or chosen["input_size"])
+        spec = _spec(bb, cfg, (cfg.sweep_image_size or chosen["input_size"]) if modality == "image"
+                     else chosen["max_length"])  # text: the chosen candidate's token budget
         sweep = _unfreeze_sweep(chosen["backbone"], items, y, len(found.labels), spec, cfg)
         sweep["candidate"] = choice
         sweep_seconds = time.perf_counter() - t_sweep

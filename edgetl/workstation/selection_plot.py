@@ -35,7 +35,8 @@ def plot_selection(report: Any, path: str | os.PathLike) -> Path:
         chosen = c.get("candidate", c["backbone"]) == report.recommended
         ax.scatter([x], [y], s=90 if chosen else 50, marker="*" if chosen else "o",
                    color="tab:green" if c["meets_budget"] else "tab:gray", zorder=3)
-        ax.annotate(f"{c['backbone']} ({c['input_size']} px)", (x, y), textcoords="offset points", xytext=(6, 6),
+        shape = f"{c['input_size']} px" if c.get("input_size") else f"{c.get('max_length')} tokens"
+        ax.annotate(f"{c['backbone']} ({shape})", (x, y), textcoords="offset points", xytext=(6, 6),
                     fontsize=8)
     front = pareto_front(pts)
     if len(front) > 1:
