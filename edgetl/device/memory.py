@@ -375,13 +375,14 @@ class ReplayMemory:
 def memory_from_run(
     predictor: Any, info: Mapping[str, Any], *, per_class: int | None = None, seed: int = 0,
     selection: Selection | str = Selection.HERDING, memory_mb: float | None = None,
-    precision: str = DEFAULT_PRECISION,
+    precision: str = DEFAULT_PRECISION, train_rows: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
 ) -> tuple[ReplayMemory, list[str]]:
     """The initial memory of a bundle: up to ``per_class`` items per class (or as many as
     ``memory_mb`` holds; neither: :func:`default_per_class`) from a RUN's training split
     (:func:`run_split`), embedded by ``predictor`` (the deployed backbone; raw, no adapter).
     ``HERDING`` embeds every training item and keeps the exemplars closest to each class
-    mean; ``RANDOM`` embeds only a seeded draw. Returns the memory and a list of problems
+    mean (from ``train_rows``, the split as :func:`split_embeddings` returned it, when given:
+    the same items in the same order); ``RANDOM`` embeds only a seeded draw. Returns the memory and a list of problems
     (missing or unreadable images, a missing data root), for the caller to warn about; an
     empty memory when nothing could be read."""
     selection = check_selection(selection)
@@ -392,15 +393,15 @@ def memory_from_run(
     if memory_mb is not None:
         per_class = per_class_for_budget(memory_mb, features, len(labels), precision)
     per_class = check_per_class(per_class) or default_per_class(features, precision)
-    by_class, item_of, problems = run_split(predictor, info, "train")
-    if not by_class:
-        return ReplayMemory.empty(labels, features, precision), problems
-    chosen = _readable([(item_of(key), c) for key, c in _rows_to_embed(by_class, per_class, selection, seed)],
-                       problems)
-    z, ok = embed_images(predictor, [p for p, _ in chosen])
-    if len(ok) < len(chosen):
-        problems.append(f"{len(chosen) - len(ok)} training image(s) could not be read")
-    y = np.asarray([chosen[i][1] for i in ok], np.int64)
+    if train_rows is not None and selection is Selection.HERDING:
+        z, y, problems = train_rows[0], train_rows[1], list(train_rows[2])
+    else:
+        by_class, item_of, problems = run_split(predictor, info, "train")
+        if not by_class:
+            return ReplayMemory.empty(labels, features, precision), problems
+        z, y = _embed_items(predictor, [(item_of(key), c) for key, c in _rows_to_embed(by_class, per_class,
+                                                                                      selection, seed)],
+                            problems, "training image(s)")
     memory = ReplayMemory.empty(labels, z.shape[1] if z.size else features, precision)
     if len(y):
         memory = memory.merge(z, y, labels, per_class=per_class, seed=seed, selection=selection)
@@ -446,23 +447,33 @@ def run_split(predictor: Any, info: Mapping[str, Any],
     return by_class, lambda i: data.items[i], []
 
 
-def _readable(chosen: list[tuple[Any, int]], problems: list[str]) -> list[tuple[Any, int]]:
+def _readable(chosen: list[tuple[Any, int]], problems: list[str], what: str) -> list[tuple[Any, int]]:
     """``chosen`` without the image files that are gone (counted in ``problems``)."""
     missing = [p for p, _ in chosen if isinstance(p, Path) and not p.is_file()]
     if missing:
-        problems.append(f"{len(missing)} training image(s) are missing, e.g. {missing[0]}")
+        problems.append(f"{len(missing)} {what} are missing, e.g. {missing[0]}")
     return [(p, c) for p, c in chosen if not (isinstance(p, Path) and not p.is_file())]
 
 
-def split_embeddings(predictor: Any, info: Mapping[str, Any], which: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every readable item of a RUN's split ``which`` embedded by ``predictor`` (raw), with its
-    class indices, and the problems met."""
-    by_class, item_of, problems = run_split(predictor, info, which)
-    chosen = _readable([(item_of(k), c) for c in sorted(by_class) for k in sorted(by_class[c])], problems)
+def _embed_items(predictor: Any, chosen: list[tuple[Any, int]], problems: list[str],
+                 what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings, class indices)`` of the ``(item, class)`` pairs that are there and
+    readable; what is not is counted in ``problems``."""
+    chosen = _readable(chosen, problems, what)
     z, ok = embed_images(predictor, [p for p, _ in chosen])
     if len(ok) < len(chosen):
-        problems.append(f"{len(chosen) - len(ok)} {which} item(s) could not be read")
-    return z, np.asarray([chosen[i][1] for i in ok], np.int64), problems
+        problems.append(f"{len(chosen) - len(ok)} {what} could not be read")
+    return z, np.asarray([chosen[i][1] for i in ok], np.int64)
+
+
+def split_embeddings(predictor: Any, info: Mapping[str, Any], which: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every readable item of a RUN's split ``which`` embedded by ``predictor`` (raw), in class
+    then key order (what ``HERDING`` in :func:`memory_from_run` embeds), with its class
+    indices, and the problems met."""
+    by_class, item_of, problems = run_split(predictor, info, which)
+    z, y = _embed_items(predictor, [(item_of(k), c) for c in sorted(by_class) for k in sorted(by_class[c])],
+                        problems, f"{which} item(s)")
+    return z, y, problems
 
 
 def _rows_to_embed(by_class: dict[int, list], per_class: int, selection: "Selection",

@@ -7,8 +7,9 @@ import json
 import os
 import secrets
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from dataclasses import dataclass
 
@@ -140,55 +141,68 @@ def _add_training_artifacts(head_path: Path, out_dir: Path) -> bool:
 # features; photos 0.944 and 0.963 (fp32 backbone and head: 0.908 and 0.963).
 
 
-def _deployed_head(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any]) -> dict[str, Any] | None:
+@contextmanager
+def _bundle_predictor(tmp: Path, manifest: Mapping[str, Any]) -> Iterator[Any]:
+    """A Predictor on the bundle being written: its own files, so what it computes is what the
+    device computes (deployed backbone, runtime and precision). Reads a provisional
+    ``manifest.json``, removed again on the way out."""
+    from edgetl.device.bundle import MANIFEST
+    from edgetl.device.predictor import Predictor
+
+    (tmp / MANIFEST).write_text(json.dumps(manifest))
+    try:
+        yield Predictor.from_bundle(tmp, verify=False)
+    finally:
+        (tmp / MANIFEST).unlink()
+
+
+def _deployed_head(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Any]:
     """For a linear-probe RUN on an int8 target: solve the probe again on the deployed
     backbone's embeddings of the RUN's own split, as training did (C chosen on validation, or
     by k-fold when it is small; refit on train + validation when the RUN did). Rewrites
     ``v1/head.onnx`` (metadata kept) and returns the record for the manifest's
-    ``accuracy.head``; None (a warning, the RUN's head kept) when the split cannot be
-    embedded again. ``val_before`` scores the RUN's head on the deployed validation
+    ``accuracy.head`` (None, with a warning and the RUN's head kept, when the split cannot be
+    embedded again) and the training split's rows as ``split_embeddings`` gave them (for the
+    replay memory; None when not embedded). ``val_before`` scores the RUN's head on the deployed validation
     embeddings (in-sample when the RUN refitted on train + validation), ``val_after`` the new
     head fit on train alone."""
     import onnx
 
-    from edgetl.device.bundle import MANIFEST
     from edgetl.device.learn.head import head_metadata, make_head_onnx, read_head
     from edgetl.device.memory import split_embeddings
-    from edgetl.device.predictor import Predictor
-    from edgetl.workstation.probe_solver import score_head, solve_probe
+    from edgetl.workstation.probe_solver import fit_logreg, score_head, solve_probe
 
     head_path = tmp / "v1" / "head.onnx"
-    (tmp / MANIFEST).write_text(json.dumps(manifest))  # provisional: Predictor reads a bundle
-    problems: list[str] = []
+    train = None
     try:
-        predictor = Predictor.from_bundle(tmp, verify=False)
-        X_tr, y_tr, problems = split_embeddings(predictor, info, "train")
-        X_va, y_va, more = split_embeddings(predictor, info, "val")
-        problems += more
+        with _bundle_predictor(tmp, manifest) as predictor:
+            train = split_embeddings(predictor, info, "train")
+            X_va, y_va, more = split_embeddings(predictor, info, "val")
+        X_tr, y_tr, problems = train[0], train[1], train[2] + more
     except EdgeTLError as exc:
         X_tr = X_va = y_tr = np.zeros(0)
-        problems.append(str(exc))
-    finally:
-        (tmp / MANIFEST).unlink()
+        problems = [str(exc)]
     W0, b0, labels = read_head(head_path)
     n = len(labels)
     if len(X_tr) == 0 or len(X_va) == 0 or len(np.unique(y_tr)) < n:
         warn("the head stays as solved on fp32 features: the RUN's split cannot be embedded by the deployed "
              f"backbone ({'; '.join(problems) or 'a class has no training rows'})")
-        return None
+        return None, train
     probe = (info.get("metrics") or {}).get("probe") if isinstance(info.get("metrics"), dict) else None
     refit = bool(probe.get("refit", True)) if isinstance(probe, dict) else True
     held_out = solve_probe(X_tr, y_tr, X_va, y_va, n, refit=False)
-    sol = solve_probe(X_tr, y_tr, X_va, y_va, n, refit=True) if refit else held_out
+    # the refit at the C just chosen, on train + validation, as solve_probe(refit=True) does
+    W, b = (fit_logreg(np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va]), n, held_out.C) if refit
+            else (held_out.W, held_out.b))
     meta = head_metadata(onnx.load(str(head_path)))
-    make_head_onnx(sol.W, sol.b, labels, head_path, metadata=meta)
+    make_head_onnx(W, b, labels, head_path, metadata=meta)
     before, after = score_head(W0, b0, X_va, y_va), score_head(held_out.W, held_out.b, X_va, y_va)
-    return {"solved_on": "deployed backbone", "C": sol.C, "selection": sol.selection, "refit": refit,
+    return {"solved_on": "deployed backbone", "C": held_out.C, "selection": held_out.selection, "refit": refit,
             "val_before": {"loss": before[0], "accuracy": before[1], "in_sample": refit},
             "val_after": {"loss": after[0], "accuracy": after[1]},
             # what the bundle scores on the validation split, as `edgetl quantize` reports it
-            "deployed_accuracy": score_head(sol.W, sol.b, X_va, y_va)[1],
-            "n_train": int(len(y_tr)), "n_val": int(len(y_va))}
+            "deployed_accuracy": score_head(W, b, X_va, y_va)[1],
+            "n_train": int(len(y_tr)), "n_val": int(len(y_va))}, train
 
 
 # --- replay memory (for on-device retraining; see edgetl.device.memory) ---------------------
@@ -196,26 +210,21 @@ def _deployed_head(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any])
 
 
 
-def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any], cfg: "PackageConfig") -> str | None:
+def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any], cfg: "PackageConfig",
+                       train_rows: Any = None) -> str | None:
     """Write ``v1/memory.npz``: embeddings of up to ``per_class`` images per class of the RUN's
-    training split, computed by the bundle being written (a Predictor on its own files, so
-    they are what the device computes: deployed backbone, runtime and precision). Returns
+    training split, computed by the bundle being written (:func:`_bundle_predictor`), or
+    chosen from ``train_rows`` when :func:`_deployed_head` embedded the split already. Returns
     its manifest path, or None (with a warning) when the images or the runtime are missing."""
-    from edgetl.device.bundle import MANIFEST
     from edgetl.device.memory import MEMORY_FILE, memory_from_run
-    from edgetl.device.predictor import Predictor
-    from edgetl.errors import EdgeTLError
 
-    (tmp / MANIFEST).write_text(json.dumps(manifest))  # provisional: Predictor reads a bundle
     try:
-        predictor = Predictor.from_bundle(tmp, verify=False)
-        memory, problems = memory_from_run(predictor, info, per_class=cfg.memory_per_class,
-                                           selection=cfg.memory_selection, memory_mb=cfg.memory_mb,
-                                           precision=cfg.memory_precision)
+        with _bundle_predictor(tmp, manifest) as predictor:
+            memory, problems = memory_from_run(predictor, info, per_class=cfg.memory_per_class,
+                                               selection=cfg.memory_selection, memory_mb=cfg.memory_mb,
+                                               precision=cfg.memory_precision, train_rows=train_rows)
     except EdgeTLError as exc:
         memory, problems = None, [f"cannot compute the replay memory ({exc})"]
-    finally:
-        (tmp / MANIFEST).unlink()
     if memory is None or not len(memory):
         warn(f"the bundle gets no replay memory ({'; '.join(problems) or 'no training images'}); "
              "retraining on new classes only may then forget the old ones")
@@ -397,10 +406,10 @@ def package(
         for src, name in sources:
             shutil.copyfile(src, vdir / name)
         artifacts = _copy_artifacts(run_dir, info, vdir)
-        head = None
+        head = train_rows = None
         if cfg.deployed_head and target.precision is Precision.INT8 and info.get("strategy") == "linear-probe":
             provisional = _manifest(run_dir, info, target, spec, vdir, backbone_name, None, artifacts, onnx_facts)
-            head = _deployed_head(tmp, provisional, info)
+            head, train_rows = _deployed_head(tmp, provisional, info)
         training = None
         if target.retraining:
             if _add_training_artifacts(vdir / "head.onnx", vdir / "training"):
@@ -410,7 +419,7 @@ def package(
             manifest["accuracy"] = dict(manifest["accuracy"] or {}, head=head)
             manifest["accuracy"]["deployed"] = head["deployed_accuracy"]
         if target.retraining:
-            memory = _add_replay_memory(tmp, manifest, info, cfg)
+            memory = _add_replay_memory(tmp, manifest, info, cfg, train_rows)
             if memory is not None:
                 manifest.update(memory=memory, source_stats=f"v1/{SOURCE_STATS}", files=hash_dir(vdir, "v1"))
         check_manifest(tmp, manifest, "new manifest")
