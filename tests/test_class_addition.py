@@ -8,7 +8,6 @@ joint-training ceiling)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,44 +217,14 @@ def test_weight_aligning_and_bias_fit_match_pytorch():
 
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory) -> dict:
-    """Per data set: (old train, new train, test) embeddings. Old classes have 100 images on
-    the workstation, new ones 130 on the device (as in issue 13); tests are disjoint from
-    both (digits: up to 45 a class, the rest of the 1,797; photos: 25 crops a class from
-    regions of each photo no training crop touches)."""
-    torch = pytest.importorskip("torch")
+    """Per data set: (old train, new train, test) embeddings (edgetl.workstation.datasets.
+    class_addition_scenarios: 100 images a known class, 130 a new one, disjoint tests)."""
+    pytest.importorskip("torch")
     pytest.importorskip("skimage")
-    from edgetl.modalities.image import write_digits
-    from edgetl.workstation.embedding import embed_paths
-    from edgetl.workstation.backbones import create_backbone
-    from edgetl.workstation.datasets import write_photos
+    from edgetl.workstation.datasets import class_addition_scenarios
 
-    root = tmp_path_factory.mktemp("class_addition")
-    backbone = create_backbone("efficientnet_lite0", pretrained=True)
-    module, spec = backbone.module.eval(), backbone.preprocess.with_input_size(IMAGE_SIZE)
-
-    def embed(folder: Path, labels: list[str]):
-        # the workstation's frozen-backbone path: ONNX Runtime checked against PyTorch, cached
-        paths = [(p, i) for i, name in enumerate(labels) for p in sorted((folder / name).glob("*.png"))]
-        z, _ = embed_paths(module, [p for p, _ in paths], spec, torch.device("cpu"))
-        return z, np.array([i for _, i in paths])
-
-    out = {}
     started = time.perf_counter()
-    digits = [str(d) for d in range(10)]
-    # all 1,797 digits once, then disjoint per-class draws: 100 known / 130 new, the rest to test
-    X, y = embed(write_digits(root / "digits"), digits)
-    rng, parts = np.random.default_rng(0), ([], [], [])
-    for c in range(10):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        n = 100 if c < N_OLD else 130
-        parts[0 if c < N_OLD else 1].extend(idx[:n])
-        parts[2].extend(idx[n:n + 45])
-    out["digits"] = tuple((X[np.sort(p)], y[np.sort(p)]) for p in parts)
-    photos = ["astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "rocket"]
-    old = embed(write_photos(root / "p_old", classes=photos[:N_OLD], per_class=100, seed=0), photos[:N_OLD])
-    new = embed(write_photos(root / "p_new", classes=photos[N_OLD:], per_class=130, seed=1), photos[N_OLD:])
-    test = embed(write_photos(root / "p_test", classes=photos, per_class=25, split="test", seed=0), photos)
-    out["photos"] = (old, (new[0], new[1] + N_OLD), test)
+    out = class_addition_scenarios(tmp_path_factory.mktemp("class_addition"), n_old=N_OLD, image_size=IMAGE_SIZE)
     print(f"embedded in {time.perf_counter() - started:.1f} s")
     return out
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from edgetl.errors import ConfigError, DataError
 
-__all__ = ["PHOTOS", "write_photos"]
+__all__ = ["PHOTOS", "write_photos", "class_addition_scenarios"]
 
 # class name -> skimage.data loader; real photographs only (no synthetic images, no
 # binary silhouettes). Ten colour and eight grey photos.
@@ -105,4 +105,44 @@ def write_photos(out: str | os.PathLike, *, classes: Sequence[str] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         for i, crop in enumerate(_crops(img, per_class, size, _region(img.shape, split, test_fraction), rng)):
             crop.save(folder / f"{i:04d}.png")
+    return out
+
+
+def class_addition_scenarios(root: str | os.PathLike, *, n_old: int = 5, image_size: int = 128) -> dict:
+    """Half the classes known, half new (issue 13's scenario; tests/test_class_addition.py and
+    benchmarks/class_addition_bench.py): per data set ``(old, new, test)``, each ``(X, y)`` of
+    pretrained efficientnet_lite0 embeddings at ``image_size`` (the workstation's frozen-backbone
+    path, ONNX Runtime checked against PyTorch). Old classes have 100 images, new ones 130; the
+    tests are disjoint from both (digits: up to 45 a class, the rest of the 1,797; photos: 25
+    crops a class from regions of each photo no training crop touches). Written under ``root``."""
+    import torch
+
+    from edgetl.modalities.image import write_digits
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.embedding import embed_paths
+
+    root = Path(root)
+    backbone = create_backbone("efficientnet_lite0", pretrained=True)
+    module, spec = backbone.module.eval(), backbone.preprocess.with_input_size(image_size)
+
+    def embed(folder: Path, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        paths = [(p, i) for i, name in enumerate(labels) for p in sorted((folder / name).glob("*.png"))]
+        z, _ = embed_paths(module, [p for p, _ in paths], spec, torch.device("cpu"))
+        return z, np.array([i for _, i in paths])
+
+    out = {}
+    # all 1,797 digits once, then disjoint per-class draws: 100 known / 130 new, the rest to test
+    X, y = embed(write_digits(root / "digits"), [str(d) for d in range(10)])
+    rng, parts = np.random.default_rng(0), ([], [], [])
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n = 100 if c < n_old else 130
+        parts[0 if c < n_old else 1].extend(idx[:n])
+        parts[2].extend(idx[n:n + 45])
+    out["digits"] = tuple((X[np.sort(p)], y[np.sort(p)]) for p in parts)
+    photos = ["astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "rocket"]
+    old = embed(write_photos(root / "p_old", classes=photos[:n_old], per_class=100, seed=0), photos[:n_old])
+    new = embed(write_photos(root / "p_new", classes=photos[n_old:], per_class=130, seed=1), photos[n_old:])
+    test = embed(write_photos(root / "p_test", classes=photos, per_class=25, split="test", seed=0), photos)
+    out["photos"] = (old, (new[0], new[1] + n_old), test)
     return out
