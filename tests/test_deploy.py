@@ -76,7 +76,13 @@ def test_int8_bundle_head_is_solved_on_the_deployed_features(quantized_run, tmp_
     sk = LogisticRegression(C=head["C"], max_iter=5000).fit(scaler.transform(X), y)
     assert ((X_va @ W.T + b).argmax(1) == sk.predict(scaler.transform(X_va))).mean() >= 0.99
     assert score_head(W, b, X_va, y_va)[1] == pytest.approx(head["deployed_accuracy"])
-    kept = package(quantized_run, "x86-ort-int8", tmp_path / "k", PackageConfig(deployed_head=False)).bundle
+    # from the command line: --no-deployed-head (PackageConfig(deployed_head=False))
+    from edgetl.cli import main
+
+    kept = tmp_path / "k"
+    assert main(["package", str(quantized_run), "--target", "x86-ort-int8", "--out", str(kept),
+                 "--no-deployed-head", "--json"]) == 0
+    assert PackageConfig().deployed_head and not PackageConfig(deployed_head=False).deployed_head
     assert (kept / "v1" / "head.onnx").read_bytes() == (quantized_run / "onnx" / "head.onnx").read_bytes()
     assert "head" not in json.loads((kept / "manifest.json").read_text())["accuracy"]
     print(f"head on int8 features: {head}")
