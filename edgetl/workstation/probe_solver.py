@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,22 +252,19 @@ class _Problem:
         return G
 
     def _multinomial_fg(self, theta, alpha, K):
-        """Mean-scaled multinomial objective and its gradient; theta is [K, F+1] row-major."""
+        """Mean-scaled multinomial objective and its gradient; theta is [K, F+1] row-major.
+        Each block's rows are split among the cores (:func:`_row_parts`), whose partial sums
+        add up in a fixed order."""
         F = self.width
         Wb = theta.reshape(K, F + 1)
         Wr, cr = self._fold(Wb[:, :F], Wb[:, F])
         loss, GX, gsum = 0.0, np.zeros((K, F)), np.zeros(K)
         for s, X in self._blocks():
-            y, sw = self.yi[s:s + len(X)], self.sw[s:s + len(X)]
-            Z = X @ Wr.T + cr
-            lse = logsumexp(Z, axis=1)
-            r = np.arange(len(y))
-            loss += float(sw @ (lse - Z[r, y]))
-            G = np.exp(Z - lse[:, None])
-            G[r, y] -= 1.0
-            G *= sw[:, None]
-            GX += G.T @ X
-            gsum += G.sum(axis=0)
+            parts = [(X[a:b], self.yi[s + a:s + b], self.sw[s + a:s + b]) for a, b in _row_parts(len(X))]
+            for part_loss, part_GX, part_gsum in _map(lambda p: _multinomial_part(Wr, cr, *p), parts):
+                loss += part_loss
+                GX += part_GX
+                gsum += part_gsum
         grad = np.empty_like(Wb)
         grad[:, :F] = self._unfold(GX, gsum) + alpha * Wb[:, :F]
         grad[:, F] = gsum
@@ -336,6 +335,49 @@ class _Problem:
         if len(P) == 2:
             return np.concatenate([Ws[P[1]] - Ws[P[0]], [bs[P[1]] - bs[P[0]]]])
         return np.hstack([Ws[P], bs[P, None] - bs[P].mean()]).ravel()
+
+
+def _multinomial_part(Wr: np.ndarray, cr: np.ndarray, X: np.ndarray, y: np.ndarray, sw: np.ndarray):
+    """(weighted cross-entropy, G^T X, G summed over rows) for one range of rows, G the
+    softmax minus the one-hot labels, weighted. (W X^T)^T reads X through its transpose,
+    faster than X W^T for a few classes; the softmax reuses its exponentials for the
+    log-sum-exp (measured on 1,438 x 1,280 digits embeddings, 10 classes: 2.9 vs 3.9 ms a
+    pass, the same values to 1e-16)."""
+    Z = (Wr @ X.T).T + cr
+    m = Z.max(axis=1, keepdims=True)
+    G = np.exp(Z - m)
+    total = G.sum(axis=1, keepdims=True)
+    r = np.arange(len(y))
+    loss = float(sw @ (m[:, 0] + np.log(total[:, 0]) - Z[r, y]))
+    G /= total
+    G[r, y] -= 1.0
+    G *= sw[:, None]
+    return loss, G.T @ X, G.sum(axis=0)
+
+
+# A pass over the rows is split among this many threads (BLAS and numpy's loops release the
+# GIL; each thread's BLAS stays single-threaded, see _one_blas_thread). Measured on 2 cores,
+# 1,438 x 1,280 rows: 1.8 vs 2.9 ms a pass. Parts under MIN_PART_ROWS rows are not worth a thread.
+_THREADS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+MIN_PART_ROWS = 256
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _row_parts(n: int) -> list[tuple[int, int]]:
+    k = max(1, min(_THREADS, n // MIN_PART_ROWS))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _map(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, on the solver's threads when there is more than one item."""
+    global _POOL
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_THREADS - 1, thread_name_prefix="edgetl-solver")
+    rest = [_POOL.submit(fn, x) for x in items[1:]]  # the caller's thread takes the first
+    return [fn(items[0])] + [f.result() for f in rest]
 
 
 def _check_labels(y: np.ndarray, n_classes) -> None:
