@@ -40,6 +40,17 @@ def test_efficientnet_lite_carries_real_imagenet_weights(name, size):
             assert int(full(x).argmax()) in imagenet_class
 
 
+def test_builtin_weights_digest_is_read_from_the_package_file():
+    """A built-in names its weights before it is built (from the file they ship in): the same
+    digest as the built model's, so cached rows and head-only RUNs need no timm."""
+    from edgetl.workstation.backbones import weights_digest
+
+    bb = create_backbone("efficientnet_lite0")
+    assert bb._module is None and bb.reference == {"builtin": "efficientnet_lite0", "sha256": bb.weights_id}
+    assert bb.weights_id == weights_digest(bb.module)
+    assert create_backbone("efficientnet_lite0", pretrained=False).reference is None
+
+
 @pytest.mark.parametrize("name", BUILTIN.names() + ["timm:mobilenetv3_small_050", "torchvision:mobilenet_v3_small"])
 def test_every_source_yields_embeddings(name):
     from edgetl.modalities import get_modality

@@ -144,6 +144,14 @@ def test_torch_row_and_speedup(torch_run):
     assert ort["speedup_vs_torch"] == pytest.approx(rows["torch"]["p50_ms"] / ort["p50_ms"])
 
 
+def test_head_only_run_torch_row_counts_its_named_backbone(probe_run):
+    """A linear probe's model.pt holds the head alone: the torch row's size counts the
+    installed backbone weights it loads with."""
+    row = bench(probe_run, BenchConfig(**FAST, runtimes=("torch",), precisions=("fp32",))).results[0]
+    _sane(row)
+    assert len(row["files"]) == 2 and row["files"][0].endswith("model.pt") and row["size_mb"] > 10
+
+
 def _target(path: Path, **kw) -> Path:
     fields = {**dict(name="t", runtime="onnxruntime", precision="int8", threads=1, latency_budget_ms=1000.0,
                      memory_budget_mb=4000.0), **kw}

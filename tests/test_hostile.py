@@ -401,6 +401,9 @@ def test_unreadable_manifest_is_one_line(capsys, bundle, image, payload, needle)
     ("num_features", "64", "'num_features'"),
     ("format", True, "RUN format"),
     ("preprocess", [], "'preprocess'"),
+    ("backbone_weights", "efficientnet_lite0", "'backbone_weights'"),
+    ("backbone_weights", {"builtin": "y", "sha256": "0" * 64}, "'backbone_weights'"),  # not this RUN's backbone
+    ("backbone_weights", {"builtin": "x", "sha256": "../../etc"}, "'backbone_weights'"),
 ])
 def test_malformed_run_json_is_named(tmp_path, field, value, needle):
     from edgetl.core.run import read_run_json

@@ -26,6 +26,9 @@ def test_run_directory_is_complete(probe_run):
         assert key in info
     state = torch.load(probe_run / "model.pt", weights_only=True)
     assert state["head.weight"].shape == (len(info["labels"]), info["num_features"])
+    # a probe of the installed weights keeps the head alone and names the weights by digest
+    assert set(state) == {"head.weight", "head.bias"}
+    assert info["backbone_weights"]["builtin"] == "efficientnet_lite0"
     rows = list(csv.DictReader(open(probe_run / "history.csv")))
     assert len(rows) == info["metrics"]["epochs_run"] and float(rows[info["metrics"]["best_epoch"] - 1]["train_loss"]) > 0
     probe = info["metrics"]["probe"]  # the solved probe records its L2 strength and how it was chosen
@@ -111,6 +114,29 @@ def test_fine_tuning_from_the_probe_keeps_the_probe_s_accuracy(digits_dir, tmp_p
 def test_bad_config(kwargs, message):
     with pytest.raises(Exception, match=message):
         TrainConfig(**kwargs)
+
+
+def test_head_only_run_rebuilds_on_the_installed_weights_it_names(probe_run, tmp_path):
+    """load_run puts the named built-in under the RUN's head; weights other than the named
+    ones (another edgetl, an edited digest) are one clear line, never a silent swap."""
+    import shutil
+
+    from edgetl.errors import RunDirError
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.run import load_run
+
+    model = load_run(probe_run).model
+    fresh = create_backbone("efficientnet_lite0").module.state_dict()
+    assert all(torch.equal(model.backbone.state_dict()[k], v) for k, v in fresh.items())
+    head = torch.load(probe_run / "model.pt", weights_only=True)
+    assert torch.equal(model.head.weight, head["head.weight"])
+
+    run = shutil.copytree(probe_run, tmp_path / "run", ignore=shutil.ignore_patterns("onnx", "openvino"))
+    info = json.loads((run / "run.json").read_text())
+    info["backbone_weights"]["sha256"] = "0" * 64
+    (run / "run.json").write_text(json.dumps(info))
+    with pytest.raises(RunDirError, match="installed ones are"):
+        load_run(run)
 
 
 def test_linear_probe_equals_scikit_learn_on_the_same_embeddings(probe_run):

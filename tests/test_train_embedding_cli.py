@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +60,15 @@ def test_embedding_options_reach_the_embedding_path(capsys, small, tmp_path):
     assert heads
     for k in heads:
         np.testing.assert_array_equal(s1[k].numpy(), s2[k].numpy())
+
+    # a third run in a fresh process: every row cached, so the backbone is never built (nor timm imported)
+    code = ("import sys; from edgetl.cli import main; "
+            f"code = main(['train', {str(small)!r}, '--out', {str(tmp_path / 'o3')!r}, '--image-size', '64', "
+            f"'--cache-dir', {str(cache)!r}]); print('timm' in sys.modules); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "EDGETL_NO_PROGRESS": "1"})
+    assert done.returncode == 0 and done.stdout.split()[-1] == "False", done.stderr[-2000:]
+    s3 = torch.load(tmp_path / "o3" / "model.pt", weights_only=True)
+    assert all(torch.equal(s1[k], s3[k]) for k in heads)
 
 
 @pytest.mark.parametrize("argv, needle", [

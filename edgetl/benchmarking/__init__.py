@@ -137,6 +137,10 @@ def _combine(job: Job, reps: list[dict[str, Any]]) -> dict[str, Any]:
     acc = [r for r in ok if r.get("accuracy") is not None]
     if acc:
         row["accuracy"], row["accuracy_n"] = acc[0]["accuracy"], acc[0]["accuracy_n"]
+    if ok[0].get("files"):  # the files the worker loaded (a head-only RUN's model.pt and its named backbone)
+        files = [Path(f) for f in ok[0]["files"]]
+        row["files"] = [str(f) for f in files]
+        row["size_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / MB
     row["iterations"] = sum(r["iterations"] for r in ok)
     row["repeats"] = len(ok)
     row["p50_ms_repeats"] = [r["p50_ms"] for r in ok]

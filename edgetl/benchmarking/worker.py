@@ -62,13 +62,15 @@ def _torch_runner(spec: dict[str, Any]):
     from edgetl.workstation.run import load_run
 
     torch.set_num_threads(int(spec["threads"]))
-    model = load_run(spec["run"]).model.eval()
+    loaded = load_run(spec["run"])
+    model = loaded.model.eval()
     names = [i.name for i in _modality(spec).inputs(_spec(spec))]
 
     def run(x):
         with torch.inference_mode():
             return model(*(torch.from_numpy(x[n]) for n in names)).numpy()
 
+    run.files = [str(f) for f in loaded.weight_files]  # what size_mb counts: a head-only RUN's installed backbone too
     return run, "fp32"
 
 
@@ -300,6 +302,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "cold_start_ms": load_ms + first_ms,
         "accuracy": None, "accuracy_n": None,
     }
+    if getattr(run, "files", None):
+        result["files"] = run.files
     if spec.get("images") and spec.get("accuracy"):
         result["accuracy"], result["accuracy_n"] = _accuracy(run, spec)
     return result

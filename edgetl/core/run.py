@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,6 +49,11 @@ def _check_fields(info: Any, path: Path) -> None:
     artifacts = info.get("artifacts") or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in artifacts.items()):
         raise bad("artifacts", "must map names to paths", artifacts)
+    ref = info.get("backbone_weights")  # a head-only model.pt: the installed built-in named by its digest
+    if ref is not None and not (isinstance(ref, dict) and set(ref) == {"builtin", "sha256"}
+                                and ref["builtin"] == info["backbone"] and isinstance(ref["sha256"], str)
+                                and re.fullmatch(r"[0-9a-f]{64}", ref["sha256"])):
+        raise bad("backbone_weights", "must be {\"builtin\": the backbone's name, \"sha256\": 64 hex digits}", ref)
 
 
 def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:

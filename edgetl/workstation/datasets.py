@@ -123,11 +123,11 @@ def class_addition_scenarios(root: str | os.PathLike, *, n_old: int = 5, image_s
 
     root = Path(root)
     backbone = create_backbone("efficientnet_lite0", pretrained=True)
-    module, spec = backbone.module.eval(), backbone.preprocess.with_input_size(image_size)
+    spec = backbone.preprocess.with_input_size(image_size)
 
     def embed(folder: Path, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
         paths = [(p, i) for i, name in enumerate(labels) for p in sorted((folder / name).glob("*.png"))]
-        z, _ = embed_paths(module, [p for p, _ in paths], spec, torch.device("cpu"))
+        z, _ = embed_paths(backbone, [p for p, _ in paths], spec, torch.device("cpu"))
         return z, np.array([i for _, i in paths])
 
     out = {}

@@ -32,6 +32,7 @@ from edgetl.core.rowstore import RowStore, release
 from edgetl.errors import ConfigError
 from edgetl.modalities import batches, get_modality, load_workers
 from edgetl.modalities.image import PreprocessSpec, preprocess
+from edgetl.workstation.backbones.base import Backbone, weights_digest
 
 __all__ = ["EMBED_ENGINES", "EmbedOptions", "embed_paths", "cache_key", "weights_digest", "scratch_folder"]
 
@@ -75,18 +76,6 @@ class EmbedOptions:
             raise ConfigError(f"batch_size must be an integer from 1 to 4096, got {self.batch_size!r}")
         if not (isinstance(self.cache_max_bytes, int) and self.cache_max_bytes > 0):
             raise ConfigError(f"cache_max_bytes must be a positive integer, got {self.cache_max_bytes!r}")
-
-
-def weights_digest(module: Any) -> str:
-    """SHA-256 over a module's state (names, dtypes, shapes and bytes, in order)."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def cache_key(weights: str, spec: PreprocessSpec, engine: str) -> str:
@@ -186,11 +175,12 @@ def _scratch_store(folder: Path | None, n: int, width: int) -> tuple[np.ndarray,
         return np.zeros((n, width), np.float32), "memory"
 
 
-def embed_paths(module: Any, paths: Sequence[Path], spec: PreprocessSpec, device: Any,
+def embed_paths(backbone: Backbone | Any, paths: Sequence[Path], spec: PreprocessSpec, device: Any,
                 options: EmbedOptions | None = None, description: str = "embedding") -> tuple[np.ndarray, dict]:
-    """Embeddings (float32, one row per path, in order) of images through a frozen
-    ``module`` in eval mode, and a report: engine and why, rows computed and cached,
-    seconds, images/s, the cache's location and size.
+    """Embeddings (float32, one row per path, in order) of images through a frozen backbone
+    (a :class:`Backbone`, or its module) in eval mode, and a report: engine and why, rows
+    computed and cached, seconds, images/s, the cache's location and size. A ``Backbone``
+    not yet built is built only when some row is not in the cache.
 
     The rows go, batch by batch, into a memory-mapped store (an unnamed file in
     ``options.scratch_dir``, the RUN being written (:func:`scratch_folder`) or beside the
@@ -198,7 +188,6 @@ def embed_paths(module: Any, paths: Sequence[Path], spec: PreprocessSpec, device
     straight into a new shard; the array returned is that store, its pages given back as
     it is written, so memory does not grow with the number of images."""
     opts = options or EmbedOptions()
-    module.eval()
     paths = [Path(p) for p in paths]
     t0 = time.perf_counter()
     workers = opts.workers or load_workers()
@@ -234,11 +223,12 @@ def embed_paths(module: Any, paths: Sequence[Path], spec: PreprocessSpec, device
             cache, found = None, np.zeros(len(paths), bool)
 
     if opts.cache and paths:
-        weights = weights_digest(module)
+        weights = backbone.weights_id if isinstance(backbone, Backbone) else weights_digest(backbone)
         digests = [file_digest(p) for p in paths]
         look_up(engine)
     todo = [i for i in range(len(paths)) if not found[i]]
     if todo:
+        module = (backbone.module if isinstance(backbone, Backbone) else backbone).eval()
         # two real images: the export traces them and ONNX Runtime must give the same rows
         probe = np.stack([preprocess(paths[i], spec) for i in (todo * 2)[:2]])
         chosen, reason, run = _choose(module, device, spec, opts.engine, probe)

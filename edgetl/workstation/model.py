@@ -14,7 +14,10 @@ __all__ = ["EdgeModel"]
 
 
 class EdgeModel(nn.Module):
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float = 0.0):
+    """``backbone`` None: the head alone (a linear probe whose RUN names its built-in
+    backbone's weights instead of copying them; ``load_run`` puts the two together)."""
+
+    def __init__(self, backbone: nn.Module | None, num_features: int, num_classes: int, dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.num_features = num_features

@@ -37,6 +37,18 @@ class Run:
         modality = get_modality(self.modality)
         return modality.bind(modality.spec_from_dict(self.info["preprocess"]), self.artifact)
 
+    @property
+    def weight_files(self) -> list[Path]:
+        """The files the model's weights come from: model.pt, and for a head-only RUN the
+        installed built-in's weights file it names."""
+        files = [self.root / "model.pt"]
+        ref = self.info.get("backbone_weights")
+        if ref is not None:
+            from edgetl.workstation.backbones.timm_source import lite_file
+
+            files.append(Path(lite_file(ref["builtin"])))
+        return files
+
     def artifact(self, name: str) -> Path | None:
         """The RUN's file recorded as ``run.json["artifacts"][name]`` (a tokenizer, say), or None."""
         rel = (self.info.get("artifacts") or {}).get(name)
@@ -98,7 +110,9 @@ class Run:
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:
-    """Read run.json and rebuild the trained model from model.pt (weights only)."""
+    """Read run.json and rebuild the trained model from model.pt (weights only). A RUN whose
+    model.pt holds the head alone names its backbone (``backbone_weights``): the installed
+    built-in, whose weights must be the very ones it was trained on."""
     import torch
 
     from edgetl.workstation.backbones import create_backbone
@@ -109,11 +123,24 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     weights = run_dir / "model.pt"
     if not weights.is_file():
         raise RunDirError(f"{run_dir}: model.pt is missing; re-run 'edgetl train'")
-    backbone = create_backbone(info.get("arch", info["backbone"]), pretrained=False)
+    ref = info.get("backbone_weights")
+    if ref is not None:
+        backbone = create_backbone(ref["builtin"], pretrained=True)
+        if backbone.reference != ref:
+            raise RunDirError(f"{run_dir}: trained on {ref['builtin']} weights {ref['sha256'][:12]}, but the installed "
+                              f"ones are {backbone.weights_id[:12]}; install the edgetl that trained it, or re-run "
+                              "'edgetl train'")
+    else:
+        backbone = create_backbone(info.get("arch", info["backbone"]), pretrained=False)
     model = EdgeModel(backbone.module, int(info["num_features"]), len(info["labels"]))
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        if ref is not None:  # the head alone; the backbone is the installed built-in's
+            if not isinstance(state, dict) or set(state) != {"head.weight", "head.bias"}:
+                raise KeyError("expected the head's weights alone")
+            model.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
+        else:
+            model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - corrupt or mismatched file
         raise RunDirError(f"{weights}: cannot load the trained weights ({exc.__class__.__name__}); re-run 'edgetl train'") from None
     model.eval()

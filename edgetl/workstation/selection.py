@@ -215,21 +215,21 @@ def _embed(backbone, spec, items: list, work: Path) -> tuple[np.ndarray, bool]:
 
     import torch
 
-    from edgetl.workstation.embedding import embed_paths, weights_digest
+    from edgetl.workstation.embedding import embed_paths
     from edgetl.workstation.training.data import embed_items
 
     if _is_image(spec):
-        z, report = embed_paths(backbone.module, items, spec, torch.device("cpu"),
+        z, report = embed_paths(backbone, items, spec, torch.device("cpu"),
                                 description=f"embedding {backbone.name}")
         return z, report["computed"] == 0
-    h = hashlib.sha256(f"{weights_digest(backbone.module)}|{spec.max_length}".encode())
+    h = hashlib.sha256(f"{backbone.weights_id}|{spec.max_length}".encode())
     for t in items:
         h.update(t.encode("utf-8") + b"\0")
     path = work / "embeddings" / f"{h.hexdigest()[:32]}.npy"
     if path.is_file():
         return np.load(path), True
     with torch.inference_mode():
-        z = embed_items(backbone.module, items, spec, torch.device("cpu"),
+        z = embed_items(backbone, items, spec, torch.device("cpu"),
                         description=f"embedding {backbone.name}").numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -403,7 +403,7 @@ def _unfreeze_sweep(name: str, items: list, y: np.ndarray, n_classes: int, spec,
     _ui.info(f"sweep {name}: linear probe on {len(tr)} sampled items, held-out {len(ho)}")
     t0 = time.perf_counter()
     with torch.inference_mode():
-        z = embed_items(base.module, items, spec, cpu, description=f"embedding {name}",
+        z = embed_items(base, items, spec, cpu, description=f"embedding {name}",
                         options=TrainConfig().embed_options() if image else None).numpy().astype(np.float64)
     C, _ = cross_validate_C(z[tr], y[tr], n_classes, folds=cfg.folds, seed=cfg.seed)
     W, b = fit_logreg(z[tr], y[tr], n_classes, C)
@@ -541,7 +541,6 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
     class-per-folder tree) or texts (CSV/TSV/JSONL, or class folders of .txt files)."""
     from edgetl.modalities import get_modality
     from edgetl.workstation.backbones import create_backbone
-    from edgetl.workstation.embedding import weights_digest
 
     cfg = config or SelectConfig()
     tgt = load_target(target)
@@ -576,7 +575,7 @@ def select(data: str | os.PathLike, target: str | os.PathLike | Target, config: 
         seconds_probe, seconds_logme = est.pop("seconds_probe"), est.pop("seconds_logme")
         t2 = time.perf_counter()
         image = modality == "image"  # NAME@SIZE: pixels for an image backbone, tokens for a text one
-        run_dir, run_cached = _latency_run(name, weights_digest(bb.module), modality,
+        run_dir, run_cached = _latency_run(name, bb.weights_id, modality,
                                            (size or cfg.image_size) if image else None,
                                            None if image else spec.max_length, tgt, tiny,
                                            found.targets[tiny_idx].tolist(), list(found.labels), Path(found.root),

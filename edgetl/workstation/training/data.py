@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import nn
 
 from edgetl.core import ui as _ui
 from edgetl.modalities.image import PreprocessSpec, load_image, normalize, preprocess
+from edgetl.workstation.backbones.base import Backbone
 
 __all__ = ["ImageDataset", "make_loader", "embed_images", "ItemDataset", "make_dataset", "make_item_loader",
            "as_inputs", "embed_items", "modality_for"]
@@ -52,10 +52,11 @@ def make_loader(ds: torch.utils.data.Dataset, batch_size: int, shuffle: bool, se
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0)
 
 
-def embed_images(backbone: nn.Module, paths: Sequence[Path], spec: PreprocessSpec, device: torch.device,
+def embed_images(backbone, paths: Sequence[Path], spec: PreprocessSpec, device: torch.device,
                  batch_size: int = 64, description: str = "embedding", options=None,
                  report: dict | None = None) -> torch.Tensor:
-    """Embeddings of images through a frozen backbone, once each, in eval mode. Without
+    """Embeddings of images through a frozen backbone (a module, or a
+    :class:`~edgetl.workstation.backbones.Backbone`), once each, in eval mode. Without
     ``options`` PyTorch computes them, uncached; with :class:`~edgetl.workstation.embedding.
     EmbedOptions` the runtime and the cache may (``report`` receives what happened)."""
     from edgetl.workstation.embedding import EmbedOptions, embed_paths
@@ -117,16 +118,17 @@ def as_inputs(x, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def embed_items(backbone: nn.Module, items: Sequence, spec, device: torch.device, batch_size: int = 64,
+def embed_items(backbone, items: Sequence, spec, device: torch.device, batch_size: int = 64,
                 description: str = "embedding", options=None, report: dict | None = None) -> torch.Tensor:
-    """Embeddings of items of any modality through a frozen backbone, once each (texts in
-    order of length, so batches pad little)."""
+    """Embeddings of items of any modality through a frozen backbone (a module, or a
+    :class:`~edgetl.workstation.backbones.Backbone`), once each (texts in order of length,
+    so batches pad little)."""
     if isinstance(spec, PreprocessSpec):
         return embed_images(backbone, items, spec, device, batch_size, description, options=options, report=report)
     import numpy as np
 
     modality = modality_for(spec)
-    backbone.eval()
+    backbone = (backbone.module if isinstance(backbone, Backbone) else backbone).eval()  # built on first use
     t0 = time.perf_counter()
     order = np.argsort([len(t) for t in items], kind="stable")
     out = [None] * len(items)

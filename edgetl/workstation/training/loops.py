@@ -68,8 +68,9 @@ def _probe_history(sol, train_loss: float, train_acc: float, seconds: float) -> 
 
 
 def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y, spec: PreprocessSpec,
-               device: torch.device, *, refit: bool):
-    """Embed once with the frozen backbone, solve the multinomial logistic regression head
+               device: torch.device, *, refit: bool, backbone=None):
+    """Embed once with the frozen backbone (``backbone``, a Backbone built only if some row is
+    not cached, else ``model.backbone``), solve the multinomial logistic regression head
     exactly (L2 strength chosen by validation log-loss, or k-fold for small splits), load it
     into ``model.head``. Returns the solution, the training embeddings' loss/accuracy and
     how the embeddings were computed."""
@@ -79,7 +80,7 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
     items = [*train_paths, *val_paths]  # one pass: one export, one weights digest, one report
     mine = distributed.shard(len(items), d)
     seen: dict = {}
-    z = embed_items(model.backbone, [items[i] for i in mine], spec, device, description="embedding",
+    z = embed_items(backbone or model.backbone, [items[i] for i in mine], spec, device, description="embedding",
                     options=cfg.embed_options(), report=seen).numpy()
     if d.active:  # counts of the whole job; seconds and images/s stay this rank's
         seen["images"], seen["computed"], seen["cached"] = (int(v) for v in distributed.all_sum(
@@ -102,15 +103,17 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
 
 
 def train_probe(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_paths, val_y,
-                spec: PreprocessSpec, device: torch.device) -> tuple[list[dict], EarlyStop, dict]:
+                spec: PreprocessSpec, device: torch.device, backbone=None) -> tuple[list[dict], EarlyStop, dict]:
     """The linear probe: the frozen backbone runs once per image, then the head is the
     convex optimum (no epochs, no early stopping). ``stop.best`` is the chosen strength's
-    held-out accuracy (validation split, or out-of-fold)."""
-    for p in model.backbone.parameters():
-        p.requires_grad_(False)
+    held-out accuracy (validation split, or out-of-fold). A head-only ``model`` (no
+    backbone) embeds with ``backbone``, which is built only if some row is not cached."""
+    if model.backbone is not None:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
     t0 = time.perf_counter()
     sol, train_loss, train_acc, embedding = solve_head(model, cfg, train_paths, train_y, val_paths, val_y, spec, device,
-                                            refit=cfg.refit)
+                                                       refit=cfg.refit, backbone=backbone)
     stop = EarlyStop(cfg.patience)
     stop.update(0, sol.val_accuracy, model, sol.val_loss)
     history = _probe_history(sol, train_loss, train_acc, time.perf_counter() - t0)
@@ -260,7 +263,7 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
 
 @STRATEGIES.register("linear-probe")
 def _linear_probe(data: FitData) -> Fitted:
-    return Fitted(*train_probe(*data.loop_args()))
+    return Fitted(*train_probe(*data.loop_args(), backbone=data.backbone))
 
 
 @STRATEGIES.register("finetune")

@@ -29,6 +29,7 @@ class FitData:
     val_y: Sequence[int]
     spec: Any
     device: Any  # torch.device
+    backbone: Any = None  # the Backbone: a head-only model (a linear probe) embeds with it
 
     def loop_args(self) -> tuple:
         """The loops' positional arguments (model, cfg, train, val, spec, device)."""
