@@ -130,6 +130,27 @@ def test_bad_images_are_reported_and_the_rest_predicted(predictor, digit_files, 
         predictor.embed([files[0], corrupt])
 
 
+def test_many_items_run_side_by_side_with_the_same_results(bundle, models, digit_files, tmp_path):
+    """Over many items the threads each load and run their own chunks on single-threaded
+    copies of the sessions: the same predictions, errors in place, in order."""
+    files, _ = digit_files
+    pred = Predictor.from_bundle(bundle)
+    _, probs = _reference_probs(models, files)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(files[0].read_bytes()[:60])
+    items = [*files[:20], corrupt, *files[20:]]
+    preds = pred.predict(items, batch_size=1)
+    assert pred._side is not None and pred._side[0].threads == 1  # the side-by-side path ran
+    assert not preds[20].ok and "corrupt.png" in preds[20].error
+    ok = [p for p in preds if p.ok]
+    assert [p.file for p in ok] == [str(f) for f in files]
+    np.testing.assert_array_equal([p.index for p in ok], probs.argmax(1))
+    np.testing.assert_allclose([p.score for p in ok], probs.max(1), rtol=1e-5)
+    np.testing.assert_allclose(pred.embed(files, batch_size=1), pred.embed(files), rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError, match="corrupt.png"):
+        pred.embed(items, batch_size=1)
+
+
 def test_image_kinds_and_edge_cases(predictor, digit_files):
     files, _ = digit_files
     from_path = predictor.predict(files[:3])

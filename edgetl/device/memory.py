@@ -503,9 +503,9 @@ def embed_images(
     chunks: list[np.ndarray] = []
     ok: list[int] = []
     with progress_bar(description, len(paths)) as advance:
-        for indices, batch, errors in predictor.batches(list(paths), None, strict=strict):
+        for indices, z, errors in predictor.run_chunks(list(paths), strict=strict, logits=False, adapted=False):
             if indices:
-                chunks.append(predictor.embed_tensor(batch, adapted=False)[: len(indices)])
+                chunks.append(z)
                 ok += indices
             advance(len(indices) + len(errors))
     if not chunks:

@@ -29,7 +29,7 @@ from edgetl.core.registry import Registry
 from edgetl.errors import ConfigError, DataError, EdgeTLError
 
 __all__ = ["InputSpec", "Modality", "LabelledItems", "MODALITIES", "get_modality", "modality_names", "batches",
-           "DEFAULT_MODALITY", "Inputs", "count", "take", "concat", "load_all"]
+           "run_batches", "DEFAULT_MODALITY", "Inputs", "count", "take", "concat", "load_all"]
 
 DEFAULT_MODALITY = "image"  # what RUNs and bundles made before modalities existed hold
 
@@ -129,6 +129,28 @@ def load_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _load(modality: Modality, items: Sequence[Any], spec: Any, i: int):
+    try:
+        return modality.load(items[i], spec), None
+    except (EdgeTLError, OSError, ValueError) as exc:
+        return None, exc
+
+
+def _chunk(modality: Modality, items: Sequence[Any], spec: Any, start: int, results, strict: bool,
+           describe) -> tuple[list[int], dict[str, np.ndarray] | None, dict[int, str]]:
+    """The loaded rows of one chunk (``results``: (row, exception) per item from ``start``) collated."""
+    rows, indices, errors = [], [], {}
+    for i, (row, exc) in zip(range(start, len(items)), results):
+        if exc is not None:
+            if strict:
+                raise exc if isinstance(exc, DataError) else DataError(f"{describe(items[i])}: {exc}") from None
+            errors[i] = str(exc)
+            continue
+        rows.append(row)
+        indices.append(i)
+    return indices, (modality.collate(rows, spec) if rows else None), errors
+
+
 def batches(
     modality: Modality, items: Sequence[Any], spec: Any, batch_size: int, *, strict: bool = False,
     describe=str, workers: int | None = None,
@@ -140,30 +162,13 @@ def batches(
     the next chunk decodes while this one runs and memory stays bounded."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-    def load(i: int):
-        try:
-            return modality.load(items[i], spec), None
-        except (EdgeTLError, OSError, ValueError) as exc:
-            return None, exc
-
-    def chunk(start: int, results) -> tuple[list[int], dict[str, np.ndarray] | None, dict[int, str]]:
-        rows, indices, errors = [], [], {}
-        for i, (row, exc) in zip(range(start, min(start + batch_size, len(items))), results):
-            if exc is not None:
-                if strict:
-                    raise exc if isinstance(exc, DataError) else DataError(f"{describe(items[i])}: {exc}") from None
-                errors[i] = str(exc)
-                continue
-            rows.append(row)
-            indices.append(i)
-        return indices, (modality.collate(rows, spec) if rows else None), errors
-
     starts = range(0, len(items), batch_size)
+    span = lambda start: range(start, min(start + batch_size, len(items)))  # noqa: E731
     n = load_workers() if workers is None else workers
     if n <= 1 or len(items) <= 1:
         for start in starts:
-            yield chunk(start, (load(i) for i in range(start, min(start + batch_size, len(items)))))
+            yield _chunk(modality, items, spec, start, (_load(modality, items, spec, i) for i in span(start)),
+                         strict, describe)
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -175,14 +180,50 @@ def batches(
         def submit() -> None:
             start = next(todo, None)
             if start is not None:
-                pending.append((start, [pool.submit(load, i) for i in range(start, min(start + batch_size, len(items)))]))
+                pending.append((start, [pool.submit(_load, modality, items, spec, i) for i in span(start)]))
 
         for _ in range(3):
             submit()
         while pending:
             start, futures = pending.popleft()
             submit()
-            yield chunk(start, [f.result() for f in futures])
+            yield _chunk(modality, items, spec, start, [f.result() for f in futures], strict, describe)
+
+
+def run_batches(
+    modality: Modality, items: Sequence[Any], spec: Any, batch_size: int, run, *, workers: int,
+    strict: bool = False, describe=str,
+) -> Iterator[tuple[list[int], Any, dict[int, str]]]:
+    """As :func:`batches`, but each chunk is loaded and run (``run(inputs)``) by one of
+    ``workers`` threads, chunks side by side, at most two per thread ahead of the consumer:
+    yields ``(indices, run(inputs) or None, errors)`` in order. For a model whose sessions
+    each use one thread, so that the cores run images side by side instead of sharing
+    every op of one."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def task(start: int):
+        results = [_load(modality, items, spec, i) for i in range(start, min(start + batch_size, len(items)))]
+        indices, inputs, errors = _chunk(modality, items, spec, start, results, strict, describe)
+        return indices, (run(inputs) if inputs is not None else None), errors
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="edgetl-run") as pool:
+        pending: deque = deque()
+        todo = iter(range(0, len(items), batch_size))
+
+        def submit() -> None:
+            start = next(todo, None)
+            if start is not None:
+                pending.append(pool.submit(task, start))
+
+        for _ in range(2 * workers):
+            submit()
+        while pending:
+            done = pending.popleft()
+            submit()
+            yield done.result()
 
 
 Inputs = Mapping[str, np.ndarray]

@@ -80,6 +80,7 @@ class OrtSession:
         self.threads = threads
         self.spinning = spinning
         self.device = providers[0]
+        self._requested = precision
         self._outputs = [self.output_name]
         self._precision: str | None = None
 
@@ -93,6 +94,12 @@ class OrtSession:
 
     def run(self, x) -> np.ndarray:
         return self._session.run(self._outputs, feeds(self, x))[0]
+
+    def single_threaded(self) -> "OrtSession":
+        """The same model in a session of one thread: several of its runs, each on the thread
+        that calls it, go side by side (ONNX Runtime's run is thread-safe)."""
+        device = "" if self.device == "CPUExecutionProvider" else self.device
+        return OrtSession(self.path, threads=1, precision=self._requested, device=device, spinning=False)
 
     def __repr__(self) -> str:
         return f"OrtSession({self.path.name!r}, input={self.input_shape}, precision={self.precision_executed!r})"
