@@ -228,7 +228,8 @@ def embed_paths(backbone: Backbone | Any, paths: Sequence[Path], spec: Preproces
         look_up(engine)
     todo = [i for i in range(len(paths)) if not found[i]]
     if todo:
-        module = (backbone.module if isinstance(backbone, Backbone) else backbone).eval()
+        # a Backbone is built now, on the device its rows are computed on (a module is the caller's)
+        module = (backbone.module.to(device) if isinstance(backbone, Backbone) else backbone).eval()
         # two real images: the export traces them and ONNX Runtime must give the same rows
         probe = np.stack([preprocess(paths[i], spec) for i in (todo * 2)[:2]])
         chosen, reason, run = _choose(module, device, spec, opts.engine, probe)

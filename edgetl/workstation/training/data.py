@@ -128,7 +128,7 @@ def embed_items(backbone, items: Sequence, spec, device: torch.device, batch_siz
     import numpy as np
 
     modality = modality_for(spec)
-    backbone = (backbone.module if isinstance(backbone, Backbone) else backbone).eval()  # built on first use
+    backbone = (backbone.module.to(device) if isinstance(backbone, Backbone) else backbone).eval()  # built on first use
     t0 = time.perf_counter()
     order = np.argsort([len(t) for t in items], kind="stable")
     out = [None] * len(items)
