@@ -21,7 +21,7 @@ import os
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -151,6 +151,32 @@ def _chunk(modality: Modality, items: Sequence[Any], spec: Any, start: int, resu
     return indices, (modality.collate(rows, spec) if rows else None), errors
 
 
+def _ahead(starts: Iterable[int], submit: Callable[[int], Any], ahead: int) -> Iterator[tuple[int, Any]]:
+    """``(start, submit(start))`` for each chunk start, in order, with ``ahead`` chunks
+    submitted before the consumer asks for them (``submit`` hands a chunk to a pool)."""
+    from collections import deque
+
+    pending: deque = deque()
+    todo = iter(starts)
+
+    def next_chunk() -> None:
+        start = next(todo, None)
+        if start is not None:
+            pending.append((start, submit(start)))
+
+    for _ in range(ahead):
+        next_chunk()
+    while pending:
+        done = pending.popleft()
+        next_chunk()
+        yield done
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 def batches(
     modality: Modality, items: Sequence[Any], spec: Any, batch_size: int, *, strict: bool = False,
     describe=str, workers: int | None = None,
@@ -160,8 +186,7 @@ def batches(
     With ``strict`` the first unloadable item raises :class:`DataError`. Items are loaded by
     ``workers`` threads (:func:`load_workers`), at most two chunks ahead of the consumer, so
     the next chunk decodes while this one runs and memory stays bounded."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_batch_size(batch_size)
     starts = range(0, len(items), batch_size)
     span = lambda start: range(start, min(start + batch_size, len(items)))  # noqa: E731
     n = load_workers() if workers is None else workers
@@ -170,23 +195,11 @@ def batches(
             yield _chunk(modality, items, spec, start, (_load(modality, items, spec, i) for i in span(start)),
                          strict, describe)
         return
-    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(n, thread_name_prefix="edgetl-load") as pool:
-        pending: deque = deque()
-        todo = iter(starts)
-
-        def submit() -> None:
-            start = next(todo, None)
-            if start is not None:
-                pending.append((start, [pool.submit(_load, modality, items, spec, i) for i in span(start)]))
-
-        for _ in range(3):
-            submit()
-        while pending:
-            start, futures = pending.popleft()
-            submit()
+        for start, futures in _ahead(starts, lambda s: [pool.submit(_load, modality, items, spec, i) for i in span(s)],
+                                     3):
             yield _chunk(modality, items, spec, start, [f.result() for f in futures], strict, describe)
 
 
@@ -199,9 +212,7 @@ def run_batches(
     yields ``(indices, run(inputs) or None, errors)`` in order. For a model whose sessions
     each use one thread, so that the cores run images side by side instead of sharing
     every op of one."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    from collections import deque
+    _check_batch_size(batch_size)
     from concurrent.futures import ThreadPoolExecutor
 
     def task(start: int):
@@ -210,20 +221,8 @@ def run_batches(
         return indices, (run(inputs) if inputs is not None else None), errors
 
     with ThreadPoolExecutor(workers, thread_name_prefix="edgetl-run") as pool:
-        pending: deque = deque()
-        todo = iter(range(0, len(items), batch_size))
-
-        def submit() -> None:
-            start = next(todo, None)
-            if start is not None:
-                pending.append(pool.submit(task, start))
-
-        for _ in range(2 * workers):
-            submit()
-        while pending:
-            done = pending.popleft()
-            submit()
-            yield done.result()
+        for _, future in _ahead(range(0, len(items), batch_size), lambda s: pool.submit(task, s), 2 * workers):
+            yield future.result()
 
 
 Inputs = Mapping[str, np.ndarray]
