@@ -50,7 +50,7 @@ from edgetl.errors import BundleError, ConfigError
 
 __all__ = ["MEMORY_FILE", "PRECISIONS", "DEFAULT_PRECISION", "check_precision", "DEFAULT_PER_CLASS", "MAX_MEMORY_MB",
            "Selection", "ReplayMemory", "memory_from_run", "embed_images", "herding", "per_class_for_budget",
-           "default_per_class", "run_split", "split_embeddings"]
+           "default_per_class", "resolve_per_class", "run_split", "split_embeddings"]
 
 MEMORY_FILE = "memory.npz"
 PRECISIONS = {"float32": 4, "float16": 2}  # bytes a value
@@ -89,6 +89,15 @@ def default_per_class(num_features: int, precision: str = DEFAULT_PRECISION) -> 
     rows (102.6 KB at 1,280 features), in ``precision`` (39 float16 rows of 1,280 features)."""
     width = max(int(num_features), 1)
     return max(1, DEFAULT_PER_CLASS * _row_bytes(width, "float32") // _row_bytes(width, precision))
+
+
+def resolve_per_class(per_class: int | None, memory_mb: float | None, num_features: int, n_classes: int,
+                      precision: str = DEFAULT_PRECISION) -> int:
+    """Rows per class a memory keeps: what ``memory_mb`` holds when given, else ``per_class``,
+    else the default budget (:func:`default_per_class`)."""
+    if memory_mb is not None:
+        return per_class_for_budget(memory_mb, num_features, n_classes, precision)
+    return check_per_class(per_class) or default_per_class(num_features, precision)
 
 
 def per_class_for_budget(memory_mb: Any, num_features: int, n_classes: int, precision: str = DEFAULT_PRECISION) -> int:
@@ -390,9 +399,7 @@ def memory_from_run(
     features = predictor.head.input_shape[-1] if predictor.head.input_shape else 0
     features = features if isinstance(features, int) else 0
     precision = check_precision(precision)
-    if memory_mb is not None:
-        per_class = per_class_for_budget(memory_mb, features, len(labels), precision)
-    per_class = check_per_class(per_class) or default_per_class(features, precision)
+    per_class = resolve_per_class(per_class, memory_mb, features, len(labels), precision)
     if train_rows is not None and selection is Selection.HERDING:
         z, y, problems = train_rows[0], train_rows[1], list(train_rows[2])
     else:

@@ -78,7 +78,7 @@ from edgetl.device.learn import (
 from edgetl.device.learn.bias import CORRECTIONS, choose_correction
 from edgetl.device.learn.head import choice
 from edgetl.device.memory import (MEMORY_FILE, ReplayMemory, Selection, check_per_class, check_selection,
-                                  default_per_class, embed_images, per_class_for_budget)
+                                  embed_images, per_class_for_budget, resolve_per_class)
 
 __all__ = ["BiasCorrection", "RetrainConfig", "RetrainReport", "retrain"]
 
@@ -459,10 +459,8 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
     all_labels = live.labels + new_classes
     memory = live.memory.relabel(all_labels)
     _check_classes(folder, live, memory)
-    if cfg.memory_mb is not None:
-        per_class = per_class_for_budget(cfg.memory_mb, live.W.shape[1], len(all_labels), memory.precision)
-    else:
-        per_class = cfg.memory_per_class or default_per_class(live.W.shape[1], memory.precision)
+    per_class = resolve_per_class(cfg.memory_per_class, cfg.memory_mb, live.W.shape[1], len(all_labels),
+                                  memory.precision)
     sets = _embed_and_assemble(live, folder, memory, all_labels, cfg)
     trainer = resolve_trainer(cfg.trainer)
     t1 = time.perf_counter()
