@@ -193,7 +193,8 @@ class Predictor:
 
         ``spinning``: whether ONNX Runtime's workers busy-wait between ops. Off by default:
         :meth:`predict` and :meth:`embed` decode the next images in loading threads while
-        the backbone runs, and spinning workers take the cores those threads need
+        the backbone runs (over many items they run side by side on single-threaded copies
+        instead, see :meth:`run_chunks`), and spinning workers take the cores those threads need
         (benchmarks/scale_bench.py on 2 busy cores, 1,000 PNGs at 224 px, batch 1: 74 vs 32
         images/s over the folder; even fed tensors, batch 1: 13 vs 26 ms median). ``True`` gives ONNX Runtime's
         default, for tensors fed on otherwise idle cores."""
@@ -334,9 +335,9 @@ class Predictor:
     def _side_by_side(self, n_items: int, chunk: int):
         """Single-threaded copies of the backbone and head, one run per thread side by side,
         for many items on ONNX Runtime with more than one thread; else None. Measured on 2
-        cores, 1,000 PNGs at 224 px, batch 1 (benchmarks/scale_bench.py): 226 images/s vs 165
+        cores, 1,000 PNGs at 224 px, batch 1 (benchmarks/scale_bench.py): 233 images/s vs 174
         with the loading threads feeding two-thread sessions; the backbone alone fed
-        preprocessed batches of 32 runs 229."""
+        preprocessed batches runs 268."""
         threads = getattr(self.backbone, "threads", None) or 1
         if threads < 2 or n_items < 4 * threads * chunk or not hasattr(self.backbone, "single_threaded"):
             return None
@@ -347,9 +348,10 @@ class Predictor:
     def run_chunks(self, sources: Sequence[Any], batch_size: int | None = None, *, strict: bool = False,
                    logits: bool = True, adapted: bool = True):
         """``(indices, outputs, errors)`` per chunk of ``sources``: the logits (or, without
-        ``logits``, the embeddings) of the loadable items at ``indices``."""
-        def run(x, backbone, head):
-            z = backbone.run(self._padded(x))
+        ``logits``, the embeddings) of the loadable items at ``indices``. Over many items on
+        ONNX Runtime each thread loads and runs its own chunks (:meth:`_side_by_side`)."""
+        def run(x, backbone, head):  # x padded to a fixed-batch backbone's batch
+            z = backbone.run(x)
             z = self.adapter.apply(z) if adapted and self.adapter is not None else z
             return head.run(z) if logits else z
 
@@ -361,7 +363,7 @@ class Predictor:
             return
         backbone, head, threads = side
         for indices, out, errors in run_batches(
-                self.modality, sources, self.spec, n, lambda x: run(x, backbone, head), workers=threads,
+                self.modality, sources, self.spec, n, lambda x: run(self._padded(x), backbone, head), workers=threads,
                 strict=strict, describe=lambda s: self._describe(s) or self.modality.item_noun):
             yield indices, (None if out is None else out[: len(indices)]), self._explain(sources, errors)
 
