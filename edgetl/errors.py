@@ -18,6 +18,7 @@ __all__ = [
     "TargetError",
     "RuntimeUnavailableError",
     "RetrainError",
+    "NonConformingError",
     "StageError",
 ]
 
@@ -74,6 +75,13 @@ class RuntimeUnavailableError(EdgeTLError):
 
 class RetrainError(EdgeTLError):
     """On-device retraining or adaptation was refused; the bundle is unchanged."""
+
+
+class NonConformingError(BundleError):
+    """A bundle's backbone gives other answers on this CPU and runtime than the ones it was
+    validated with (its conformance set): e.g. int8 that saturates on a CPU without VNNI."""
+
+    exit_code = 3
 
 
 class StageError(EdgeTLError):

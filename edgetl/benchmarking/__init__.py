@@ -119,7 +119,7 @@ def _combine(job: Job, reps: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "throughput": None,
         "peak_rss_mb": None,
         "size_mb": sum(f.stat().st_size for f in job.files if f.is_file()) / MB if job.files else None,
-        "cold_start_ms": None, "speedup_vs_torch": None, "accuracy": None,
+        "cold_start_ms": None, "speedup_vs_torch": None, "accuracy": None, "conformance": None,
         "status": "ok", "reason": None, "path": "pytorch eager" if job.kind == "torch" else
         ("model file" if job.kind == "model" else "backbone+head"),
         "files": [str(f) for f in job.files], "device": job.spec.get("device") or None,
@@ -134,6 +134,7 @@ def _combine(job: Job, reps: list[dict[str, Any]]) -> dict[str, Any]:
         row[key] = _median(r[key] for r in ok)
     row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
     row["precision_executed"] = ok[0]["precision_executed"]
+    row["conformance"] = ok[0].get("conformance")  # the bundle's check on this CPU, where the row runs one
     acc = [r for r in ok if r.get("accuracy") is not None]
     if acc:
         row["accuracy"], row["accuracy_n"] = acc[0]["accuracy"], acc[0]["accuracy_n"]

@@ -14,24 +14,16 @@ from edgetl.core.run import package_versions
 __all__ = ["environment", "cpu_model", "machine_name"]
 
 # Flags (as /proc/cpuinfo spells them) that change what int8 and bf16 cost.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd",
+             "asimddp", "i8mm", "sve")
 PACKAGES = ("edgetl", "numpy", "onnx", "onnxruntime-training-cpu", "onnxruntime", "openvino", "torch", "timm", "nncf")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "Hardware", "Model") and not model:
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:  # not Linux
-        pass
-    return model or platform.processor() or platform.machine(), flags
+    from edgetl.core.isa import this_cpu
+
+    cpu = this_cpu()
+    return cpu.model, set(cpu.flags)
 
 
 def cpu_model() -> str:
@@ -40,6 +32,8 @@ def cpu_model() -> str:
 
 def environment(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """A JSON-able description of this machine and software (see the module docstring)."""
+    from edgetl.core.isa import fitting_isas, this_cpu
+
     model, flags = _cpuinfo()
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -52,6 +46,7 @@ def environment(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return {
         "cpu": model,
         "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
+        "isas": [isa.value for isa in fitting_isas(this_cpu())],  # the int8 targets' classes this CPU belongs to
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
         "load_average": list(load) if load else None,  # a busy machine makes latencies noisy
@@ -69,7 +64,10 @@ def machine_name(env: dict[str, Any] | None = None) -> str:
     """One line for tables: 'AMD EPYC (x86_64, 2 CPUs, AVX-512 VNNI, AVX-512 BF16)'."""
     env = env or environment()
     flags = env.get("cpu_flags", {})
-    shown = [label for flag, label in (("avx512_vnni", "AVX-512 VNNI"), ("avx512_bf16", "AVX-512 BF16"),
-                                       ("amx_tile", "AMX")) if flags.get(flag)]
+    shown = [label for flag, label in (("avx2", "AVX2"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"),
+                                       ("avx512_bf16", "AVX-512 BF16"), ("amx_tile", "AMX"), ("asimddp", "dotprod"))
+             if flags.get(flag)]
+    if env.get("machine") == "x86_64" and not any(flags.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_tile")):
+        shown.append("no VNNI")
     cpus = env.get("cpus_usable") or env.get("cpu_count")
     return f"{env.get('cpu')} ({', '.join([env.get('machine', '?'), f'{cpus} CPUs', *shown])})"

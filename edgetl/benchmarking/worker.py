@@ -81,8 +81,9 @@ def _predictor_runner(spec: dict[str, Any]):
     if spec.get("bundle") and not spec.get("device"):
         # the deployed path, as `edgetl predict` takes it (hashes verified)
         # fed tensors, like the direct runner: ONNX Runtime's default (spinning) on both sides
+        # (its conformance set runs after the timing: see measure)
         predictor = Predictor.from_bundle(spec["bundle"], runtime=spec["runtime"], threads=spec["threads"],
-                                          spinning=True)
+                                          spinning=True, conformance="off")
     else:
         kw = dict(threads=spec["threads"], device=spec.get("device") or None)
         backbone = load_session(spec["backbone"], spec["runtime"], precision=spec["precision"], **kw)
@@ -90,7 +91,12 @@ def _predictor_runner(spec: dict[str, Any]):
         adapter = Adapter.load(spec["adapter"]) if spec.get("adapter") else None
         predictor = Predictor(backbone, head, spec["labels"], _spec(spec), adapter=adapter,
                               modality=spec.get("modality"))
-    return predictor.logits, predictor.precision_executed
+
+    def run(x):
+        return predictor.logits(x)
+
+    run.predictor = predictor  # type: ignore[attr-defined]
+    return run, predictor.precision_executed
 
 
 def _direct_runner(spec: dict[str, Any]):
@@ -306,7 +312,23 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         result["files"] = run.files
     if spec.get("images") and spec.get("accuracy"):
         result["accuracy"], result["accuracy_n"] = _accuracy(run, spec)
+    result["conformance"] = _conformance(run)
     return result
+
+
+def _conformance(run: Callable) -> dict[str, Any] | None:
+    """A deployed bundle's conformance check on this CPU and runtime (after the timing, so that
+    it is not charged to the cold start); None for rows that are not a bundle's."""
+    predictor = getattr(run, "predictor", None)
+    if predictor is None or predictor.bundle is None:
+        return None
+    from edgetl.device.conformance import check
+
+    report = check(predictor)
+    if report is None:
+        return {"passed": None, "reason": "the bundle carries no conformance set"}
+    return {"passed": report.passed, "agreement": report.agreement, "items": report.n_items,
+            "max_logit_error": report.max_logit_error}
 
 
 def main(argv: list[str]) -> int:

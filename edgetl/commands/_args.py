@@ -141,6 +141,15 @@ def add_trust(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust", action="append", type=path_arg, metavar="PUBKEY", help=TRUST_HELP)
 
 
+ALLOW_NONCONFORMING_HELP = (
+    "run the bundle even if it fails its conformance check on this CPU (its backbone then computes other answers "
+    "here than it was validated with, e.g. int8 that saturates on a CPU without VNNI); a warning says so")
+
+
+def add_allow_nonconforming(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-nonconforming", action="store_true", help=ALLOW_NONCONFORMING_HELP)
+
+
 def require_trust(args: argparse.Namespace, bundle: str) -> None:
     """With ``--trust``: refuse an unsigned or wrongly signed ``bundle`` (one line), before the
     command uses it."""

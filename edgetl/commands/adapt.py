@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import SIGN_HELP, add_trust, check_sign_key, path_arg, require_trust
+from edgetl.commands._args import SIGN_HELP, add_allow_nonconforming, add_trust, check_sign_key, path_arg, require_trust
 
 HELP = "align a bundle to a new domain from unlabelled images (torch-free)"
 DESCRIPTION = """\
@@ -69,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="switch even if the guard refuses")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     add_trust(p)
+    add_allow_nonconforming(p)
     p.add_argument("--sign", type=path_arg, metavar="KEY", help=SIGN_HELP)
 
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     check_sign_key(args)
     result = adapt(args.bundle, args.unlabelled, AdaptConfig(
         method=args.method, mode=args.mode, shrinkage=args.shrinkage, source=args.source,
-        eval_dir=args.eval, force=args.force, sign_key=args.sign))
+        eval_dir=args.eval, force=args.force, sign_key=args.sign, allow_nonconforming=args.allow_nonconforming))
     if args.json:
         _ui.print_json(result.to_dict())
         return 0

@@ -67,6 +67,13 @@ def _num(value: object, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _conforms(c: object) -> str:
+    """A bundle row's conformance check here: its top-1 agreement with the reference."""
+    if not isinstance(c, dict) or c.get("passed") is None:
+        return "-"
+    return f"{'[green]yes[/]' if c['passed'] else '[bold red]NO[/]'} {c['agreement']:.2f}"
+
+
 def print_results(report) -> None:
     """The results as a rich table on stdout; rows that did not run are listed under it."""
     from rich.console import Console
@@ -77,7 +84,7 @@ def print_results(report) -> None:
     has_target = any(r.get("target") for r in report.results)
     table = Table(title=f"edgetl bench · {machine_name(report.environment)}", title_justify="left")
     for col in ("configuration", "executed", "batch", "thr", "p50 ms", "p90 ms", "p99 ms", "items/s", "RSS MB",
-                "size MB", "cold ms", "×torch", "accuracy", *(("budget p90 / memory",) if has_target else ())):
+                "size MB", "cold ms", "×torch", "accuracy", "conforms", *(("budget p90 / memory",) if has_target else ())):
         table.add_column(col, justify="left" if col in ("configuration", "executed") else "right")
     notes = []
     for r in report.results:
@@ -85,13 +92,13 @@ def print_results(report) -> None:
         if r["status"] != "ok":
             notes.append(f"{name}, batch {r['batch']}, {r['threads']} thread(s): {r['status']}: {r['reason']}")
             table.add_row(name, "-", str(r["batch"]), str(r["threads"]), f"[yellow]{r['status']}[/]",
-                          *[""] * (8 + has_target))
+                          *[""] * (9 + has_target))
             continue
         row = [name, r["precision_executed"], str(r["batch"]), str(r["threads"]), _num(r["p50_ms"], ".3g"),
                _num(r["p90_ms"], ".3g"), _num(r["p99_ms"], ".3g"), _num(r["throughput"], ",.0f" if r["throughput"] >= 100 else ".3g"),
                _num(r["peak_rss_mb"], ".0f"), _num(r["size_mb"], ".2f"), _num(r["cold_start_ms"], ".0f"),
                "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.1f}×",
-               "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"]
+               "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}", _conforms(r.get("conformance"))]
         if has_target:
             row.append(f"{r['target']}: {_mark(r['p90_pass'])} ≤{r['budget_p90_ms']:g} ms / "
                        f"{_mark(r['memory_pass'])} ≤{r['budget_memory_mb']:g} MB" if r.get("target") else "")

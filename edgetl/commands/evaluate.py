@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import NO_VERIFY_HELP, add_trust, batch_size, output_file, path_arg, require_trust
+from edgetl.commands._args import NO_VERIFY_HELP, add_allow_nonconforming, add_trust, batch_size, output_file, path_arg, require_trust
 
 HELP = "accuracy of a RUN or a bundle on a labelled image folder"
 DESCRIPTION = """\
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=["onnxruntime", "openvino"], help="bundle: override the target's runtime")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="bundle: " + NO_VERIFY_HELP)
     add_trust(p)
+    add_allow_nonconforming(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
         require_trust(args, args.model)  # --trust: refuse an unsigned bundle before using it
         report = evaluate_bundle(model, args.data, EvaluateConfig(batch_size=args.batch_size, verify=args.verify,
-                                                                  runtime=args.runtime))
+                                                                  runtime=args.runtime,
+                                                                  allow_nonconforming=args.allow_nonconforming))
         labels = report["labels"]
     for item in report.get("errors", []):
         _ui.warn(f"{item['file']}: {item['error']}")

@@ -15,7 +15,11 @@ RUN/openvino/backbone.xml.
 
 Every file is then checked against PyTorch on real validation images, on ONNX Runtime
 and on OpenVINO (pinned to f32): max |diff|, cosine similarity, top-1 agreement, and
-head(backbone(x)) == model(x). All failures are reported together.
+head(backbone(x)) == model(x). All failures are reported together. The largest |diff|
+allowed is derived from this model: 16 times what float32 rounding alone does to PyTorch's
+own outputs (measured against the model in float64), or 1e-4 of the output scale if that
+is larger; kernels that sum in another order (AVX2 or AVX-512, ONNX Runtime or OpenVINO)
+stay within a few times the rounding, a wrong op or constant is orders of magnitude off.
 
 Examples:
   edgetl export runs/probe
@@ -46,10 +50,12 @@ def run(args: argparse.Namespace) -> int:
     rows = [(f["path"], f["bytes"] / 1e6, f["ir_version"], f["opset"], report["seconds"][name])
             for name, f in report["files"].items()]
     _ui.print_table("ONNX export", ["file", "MB", "IR", "opset", "seconds"], rows)
-    if "validation" in report:
-        v = report["validation"]
-        vrows = [(name, r.get("max_abs_diff"), r.get("min_cosine"), r.get("top1_agreement"))
-                 for name, r in v.items() if isinstance(r, dict)]
+    v = report["validation"]
+    if v is None:  # --no-validate
+        _ui.warn("not validated against PyTorch (--no-validate): nothing checked that the files compute the model")
+    else:
+        vrows = [(name, r.get("max_abs_diff"), r.get("abs_limit"), r.get("min_cosine"), r.get("top1_agreement"))
+                 for name, r in v.items() if isinstance(r, dict) and "max_abs_diff" in r]
         _ui.print_table(f"validation against PyTorch ({v['samples']} images)",
-                        ["check", "max |diff|", "min cosine", "top-1 agreement"], vrows)
+                        ["check", "max |diff|", "allowed", "min cosine", "top-1 agreement"], vrows)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetl.commands._args import (NO_VERIFY_HELP, add_trust, batch_size, path_arg, positive_int, require_trust,
+from edgetl.commands._args import (NO_VERIFY_HELP, add_allow_nonconforming, add_trust, batch_size, path_arg, positive_int, require_trust,
                                    thread_count)
 
 HELP = "classify images or texts with a bundle (torch-free)"
@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the target's thread count (at most 4 per core, at least 8, at most 256)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help=NO_VERIFY_HELP)
     add_trust(p)
+    add_allow_nonconforming(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         _ui.quiet()
     require_trust(args, args.bundle)  # --trust: refuse an unsigned bundle before using it
     config = PredictConfig(top_k=args.top_k, batch_size=args.batch_size, runtime=args.runtime, threads=args.threads,
-                           verify=args.verify)
+                           verify=args.verify, allow_nonconforming=args.allow_nonconforming)
     texts = _texts(args)
     if texts is not None:
         import dataclasses

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetl.commands._args import (NO_VERIFY_HELP, SIGN_HELP, add_memory_options, add_trust, batch_size, check_sign_key, fraction,
+from edgetl.commands._args import (NO_VERIFY_HELP, SIGN_HELP, add_memory_options, add_allow_nonconforming, add_trust, batch_size, check_sign_key, fraction,
                                    non_negative_int, path_arg, positive_float, positive_int, require_trust)
 
 HELP = "retrain a bundle's head on the device from labelled images (torch-free)"
@@ -69,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--no-verify", dest="verify", action="store_false", help=NO_VERIFY_HELP)
     add_trust(p)
+    add_allow_nonconforming(p)
     p.add_argument("--sign", type=path_arg, metavar="KEY", help=SIGN_HELP)
 
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, holdout=args.holdout, patience=args.patience,
         memory_per_class=args.memory_per_class, memory_mb=args.memory_mb, memory_selection=args.memory_selection,
         bias_correction=args.bias_correction, seed=args.seed, strict=args.strict, force=args.force,
-        verify=args.verify, trainer=args.trainer, sign_key=args.sign,
+        verify=args.verify, trainer=args.trainer, sign_key=args.sign, allow_nonconforming=args.allow_nonconforming,
     )
     report = retrain(args.bundle, args.data, config)
     if args.json:

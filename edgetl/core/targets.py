@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
+from edgetl.core.isa import Cpu, Isa, fits, isa_info
 from edgetl.core.registry import did_you_mean
 from edgetl.errors import TargetError
 
@@ -24,7 +25,8 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["Runtime", "Precision", "Arch", "Target", "load_target", "list_targets", "target_names"]
+__all__ = ["Runtime", "Precision", "Arch", "Isa", "Target", "load_target", "list_targets", "target_names",
+           "targets_for"]
 
 
 class Runtime(str, Enum):
@@ -39,8 +41,7 @@ class Precision(str, Enum):
 
 
 class Arch(str, Enum):
-    """The CPU family the budgets were set for; informational, any target runs anywhere
-    its runtime is installed."""
+    """The CPU family the target is for (derived from ``isa`` when only that is given)."""
 
     X86_64 = "x86_64"
     AARCH64 = "aarch64"
@@ -69,6 +70,13 @@ class Target:
     input_size: int | None = None  # overrides the model's input size when set
     retraining: bool = False
     arch: Arch = Arch.ANY
+    # The int8 instruction class the target's CPUs have (edgetl.core.isa): quantization builds
+    # int8 that is exact on all of them (7-bit weights for x86-avx2). None: any CPU (arch any).
+    isa: Isa | None = None
+    # Measured median latency (ms) of the reference model (EfficientNet-Lite0, 224 px, batch 1, the
+    # target's threads) per CPU class (isa name -> ms), from benchmarks/cpu_classes_bench.py: how
+    # 'edgetl doctor' orders the targets that fit a CPU, fastest first.
+    measured_ms: dict[str, float] | None = None
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -94,6 +102,12 @@ class Target:
             raise TargetError(f"{source}: expected a table of target keys, got {type(d).__name__}")
         _check_keys(d, source)
         return cls(**_validate(d, source))
+
+    def fits(self, cpu: Cpu) -> bool:
+        """Whether this target's CPUs include ``cpu`` (its architecture and int8 instructions)."""
+        if self.isa is not None:
+            return fits(self.isa, cpu)
+        return self.arch is Arch.ANY or self.arch.value == cpu.arch
 
     def runtime_available(self) -> tuple[bool, str]:
         """``(True, "onnxruntime 1.19.2")`` when the runtime imports and offers the target's
@@ -149,6 +163,21 @@ def _name(v: Any) -> str:
     return v
 
 
+def _measured(v: Any) -> dict[str, float] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ValueError("expected a table of CPU class = milliseconds, e.g. { x86-avx2 = 6.1 }")
+    out = {}
+    for key, ms in v.items():
+        try:
+            Isa(key)
+        except ValueError:
+            raise ValueError(f"{key!r} is not a CPU class (allowed: {', '.join(i.value for i in Isa)})") from None
+        out[key] = _positive_number(ms)
+    return out
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
@@ -176,6 +205,8 @@ _SCHEMA: dict[str, tuple[bool, Callable[[Any], Any]]] = {
     "memory_budget_mb": (True, _positive_number),
     "retraining": (False, _bool),
     "arch": (False, _enum(Arch)),
+    "isa": (False, lambda v: None if v is None else _enum(Isa)(v)),
+    "measured_ms": (False, _measured),
     "notes": (False, _string),
 }
 
@@ -213,6 +244,16 @@ def _validate(d: dict[str, Any], source: str) -> dict[str, Any]:
             "device: CPU, GPU, NPU or AUTO)"
         )
     out["device"] = device
+    isa, arch = out.get("isa"), out.get("arch")
+    if isa is None and arch in (Arch.X86_64, Arch.AARCH64):
+        # files written before targets named their ISA: the baseline of their architecture
+        out["isa"] = Isa.X86_AVX2 if arch is Arch.X86_64 else Isa.ARM64
+    elif isa is not None:
+        isa_arch = Arch(isa_info(isa).arch)
+        if arch not in (None, Arch.ANY, isa_arch):
+            raise TargetError(f"{source}: 'isa' {isa.value!r} is for {isa_arch.value} CPUs, but 'arch' says "
+                              f"{arch.value}; drop 'arch' (the isa implies it) or make them agree")
+        out["arch"] = isa_arch
     if out["precision"] is Precision.BF16 and runtime is not Runtime.OPENVINO:
         raise TargetError(f"{source}: bad value for 'precision': 'bf16' (only runtime 'openvino' runs bf16; use fp32 or int8)")
     return out
@@ -250,6 +291,20 @@ def target_names() -> list[str]:
 def list_targets() -> list[Target]:
     """Every shipped target, sorted by name."""
     return [_load_file(path) for _, path in sorted(_shipped().items())]
+
+
+def targets_for(cpu: Cpu) -> list[Target]:
+    """The shipped targets whose CPUs include ``cpu``, fastest first: by the latency measured on
+    the fastest CPU class ``cpu`` belongs to (``measured_ms``), unmeasured ones last."""
+    from edgetl.core.isa import fitting_isas
+
+    classes = [i.value for i in fitting_isas(cpu)]
+
+    def speed(t: Target) -> float:
+        measured = t.measured_ms or {}
+        return next((measured[c] for c in classes if c in measured), float("inf"))
+
+    return sorted((t for t in list_targets() if t.fits(cpu)), key=lambda t: (speed(t), t.name))
 
 
 def _load_file(path: Path) -> Target:

@@ -426,6 +426,7 @@ class AdaptConfig:
     eval_dir: str | os.PathLike | None = None  # labelled target images: keep the adaptation only if it is better
     force: bool = False  # switch even if the guard refuses
     verify: bool = True
+    allow_nonconforming: bool = False  # run a bundle that fails its conformance check here (with a warning)
     trainer: Any = "auto"  # refit: ort (training artifacts) where installed, else numpy
     seed: int = 0
     sign_key: str | os.PathLike | None = None  # a private key file: the new version is signed with it
@@ -565,7 +566,8 @@ def adapt(bundle_path: str | os.PathLike, unlabelled_dir: str | os.PathLike,
 
     cfg = config or AdaptConfig()
     paths = list_unlabelled(unlabelled_dir)
-    predictor = Predictor.from_bundle(bundle_path, verify=cfg.verify)
+    predictor = Predictor.from_bundle(bundle_path, verify=cfg.verify,
+                                      conformance="warn" if cfg.allow_nonconforming else "refuse")
     bundle = predictor.bundle
     memory_path = bundle.optional_path("memory")
     memory = ReplayMemory.load(memory_path) if memory_path is not None else None

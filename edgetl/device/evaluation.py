@@ -23,6 +23,7 @@ class EvaluateConfig:
 
     batch_size: int | None = None  # None: the target's batch size
     verify: bool = True  # check the bundle's file hashes first
+    allow_nonconforming: bool = False  # run a bundle that fails its conformance check here (with a warning)
     runtime: str | None = None  # None: the bundle's own runtime
     threads: int | None = None
 
@@ -147,7 +148,8 @@ def evaluate_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
                     config: EvaluateConfig | None = None) -> EvaluateReport:
     """Accuracy of a bundle, on its deployed runtime and precision, on labelled data."""
     cfg = config or EvaluateConfig()
-    predictor = Predictor.from_bundle(bundle, verify=cfg.verify, runtime=cfg.runtime, threads=cfg.threads)
+    predictor = Predictor.from_bundle(bundle, verify=cfg.verify, runtime=cfg.runtime, threads=cfg.threads,
+                                      conformance="warn" if cfg.allow_nonconforming else "refuse")
     return _to_report(evaluate_folder(predictor, data, batch_size=cfg.batch_size))
 
 

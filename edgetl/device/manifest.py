@@ -134,6 +134,15 @@ def _modality(v: Any) -> None:
         raise _Bad(f"names no known modality ({exc})") from None
 
 
+def _conformance(v: Any) -> None:
+    _dict(v)
+    items, threshold = v.get("items"), v.get("min_agreement")
+    if not isinstance(items, int) or isinstance(items, bool) or not 1 <= items <= 4096:
+        raise _Bad(f".items must be an integer from 1 to 4,096, got {_show(items)}")
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
+        raise _Bad(f".min_agreement must be a number from 0 to 1, got {_show(threshold)}")
+
+
 # key -> (required, check). format_version is checked first, on its own (see check_manifest).
 _SCHEMA: dict[str, tuple[bool, Callable[[Any], None]]] = {
     "version": (True, _int(1, MAX_VERSION)),
@@ -156,6 +165,8 @@ _SCHEMA: dict[str, tuple[bool, Callable[[Any], None]]] = {
     "onnx": (False, _optional(_dict)),
     "versions": (False, _optional(_dict)),
     "accuracy": (False, _optional(_dict)),
+    "conformance": (False, _optional(_conformance)),  # the set's size, threshold and reference (device/conformance.py)
+    "validated": (False, _optional(_dict)),  # where packaging ran the set: runtime, its version, CPU, agreement
     "history": (False, _optional(_history)),
 }
 

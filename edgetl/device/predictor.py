@@ -97,6 +97,20 @@ class Adapter:
             raise BundleError(f"{path}: not a readable adapter (.npz with A and b): {exc}") from None
 
 
+def _warn_if_other_arch(bundle: Any) -> None:
+    """A bundle made for another CPU architecture (an x86 target opened on a Raspberry Pi) runs
+    if its runtime does, but was neither tuned nor validated for this CPU: say so."""
+    from edgetl.core.isa import this_cpu
+    from edgetl.core.targets import Arch
+    from edgetl.core import ui as _ui
+
+    target, cpu = bundle.target, this_cpu()
+    if target.arch is not Arch.ANY and target.arch.value != cpu.arch:
+        _ui.warn(f"{bundle.root}: this bundle was made for {target.arch.value} CPUs (target {target.name}), this is "
+                 f"{cpu.arch}; its conformance check decides whether it computes the same here ('edgetl doctor "
+                 f"{bundle.root}'), and a target for this CPU would be tuned for it")
+
+
 def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given; folders replaced by the images inside them (recursive, sorted,
     hidden entries skipped). A folder without images is kept, so that it is reported."""
@@ -159,6 +173,7 @@ class Predictor:
         self.adapter = adapter
         self.bundle = bundle
         self._side = None  # single-threaded copies of the sessions, made on first use (_side_by_side)
+        self.conformance = None  # the bundle's conformance check here (from_bundle), if it ran
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         fixed = backbone.input_shape[0] if backbone.input_shape else None
@@ -187,9 +202,19 @@ class Predictor:
         runtime: str | None = None,
         threads: int | None = None,
         spinning: bool = False,
+        conformance: str = "refuse",
+        reference: bool = False,
     ) -> "Predictor":
         """Open a bundle (checking its file hashes unless ``verify`` is False) and load its
         models on the target's runtime, or on ``runtime`` when given.
+
+        ``conformance`` (:class:`edgetl.device.conformance.Policy`): the bundle's conformance
+        set is run here, once per machine (its verdict is remembered), and a bundle whose
+        backbone computes other answers on this CPU than it was validated with is refused
+        (``"refuse"``, the default: :class:`~edgetl.errors.NonConformingError`), run with a
+        warning (``"warn"``), or just reported in :attr:`conformance` (``"record"``); ``"off"``
+        skips it. ``reference``: load the backbone as the reference computes it
+        (:func:`edgetl.runtimes.load_session`), as packaging does to build the set.
 
         ``spinning``: whether ONNX Runtime's workers busy-wait between ops. Off by default:
         :meth:`predict` and :meth:`embed` decode the next images in loading threads while
@@ -217,16 +242,22 @@ class Predictor:
                               "only runtime 'openvino' can run it")
         threads = threads or target.threads
         backbone = load_session(backbone_path, runtime, threads=threads, precision=precision, device=device,
-                                spinning=spinning)
+                                spinning=spinning, reference=reference)
         # The head is tiny and stays fp32 (it is what retraining changes).
         head = load_session(bundle.model_path("head"), runtime, threads=threads, precision="fp32", device=device,
                             spinning=spinning)
         adapter_rel = bundle.manifest.get("adapter")
         adapter = Adapter.load(bundle.path(adapter_rel)) if adapter_rel else None
-        return cls(
+        predictor = cls(
             backbone, head, bundle.labels, bundle.spec, adapter=adapter,
             batch_size=target.batch_size or DEFAULT_BATCH_SIZE, bundle=bundle, modality=bundle.modality,
         )
+        from edgetl.device.conformance import Policy, ensure
+
+        if Policy(conformance) is not Policy.OFF:
+            _warn_if_other_arch(bundle)
+        predictor.conformance = ensure(predictor, conformance)
+        return predictor
 
     @classmethod
     def from_files(
@@ -413,6 +444,7 @@ class PredictConfig:
     runtime: str | None = None  # None: the bundle's own runtime
     threads: int | None = None
     verify: bool = True
+    allow_nonconforming: bool = False  # run a bundle that fails its conformance check here (with a warning)
 
     def __post_init__(self) -> None:
         for name in ("top_k", "batch_size", "threads"):
@@ -444,6 +476,7 @@ def predict(bundle: str | os.PathLike, items: Any, config: PredictConfig | None 
     """Classify ``items`` (image paths, PIL images or arrays; texts for a text bundle) with a
     bundle on its deployed runtime. An unreadable item gives a prediction with ``error`` set."""
     cfg = config or PredictConfig()
-    predictor = Predictor.from_bundle(bundle, verify=cfg.verify, runtime=cfg.runtime, threads=cfg.threads)
+    predictor = Predictor.from_bundle(bundle, verify=cfg.verify, runtime=cfg.runtime, threads=cfg.threads,
+                                      conformance="warn" if cfg.allow_nonconforming else "refuse")
     predictions = predictor.predict(items, top_k=cfg.top_k, batch_size=cfg.batch_size)
     return PredictReport(predictions, predictor.runtime, predictor.precision_executed)

@@ -108,6 +108,7 @@ class RetrainConfig:
     strict: bool = False  # refuse DATA with unreadable files instead of skipping them
     force: bool = False  # switch even if the holdout accuracy got worse
     verify: bool = True  # check the bundle's file hashes before retraining
+    allow_nonconforming: bool = False  # retrain a bundle that fails its conformance check here (with a warning)
     trainer: Trainer = Trainer.AUTO  # ort (training artifacts) where installed, else numpy
     sign_key: str | os.PathLike | None = None  # a private key file: the new version is signed with it
 
@@ -233,10 +234,10 @@ def _scan(data: str | os.PathLike, modality: Any, strict: bool):
         return modality.scan(data, strict=strict, min_classes=1)
 
 
-def _open_live(root: Path, verify: bool) -> _Live:
+def _open_live(root: Path, verify: bool, allow_nonconforming: bool = False) -> _Live:
     from edgetl.device.predictor import Predictor
 
-    predictor = Predictor.from_bundle(root, verify=verify)
+    predictor = Predictor.from_bundle(root, verify=verify, conformance="warn" if allow_nonconforming else "refuse")
     bundle = predictor.bundle
     labels = list(bundle.labels)
     head_path = bundle.model_path("head")
@@ -453,7 +454,7 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
         load_signing_key(cfg.sign_key)  # a bad key fails before any work is done
     root = Path(bundle)
     _check_writable(root)
-    live = _open_live(root, cfg.verify)
+    live = _open_live(root, cfg.verify, cfg.allow_nonconforming)
     folder = _scan(data, live.predictor.modality, cfg.strict)
     new_classes = [c for c in folder.labels if c not in live.labels]
     all_labels = live.labels + new_classes

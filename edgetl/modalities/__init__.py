@@ -97,6 +97,14 @@ class Modality(Protocol):
     def describe(self, item: Any) -> str | None:
         """How predictions and errors name ``item`` (a path as given; a text shortened)."""
 
+    def encode(self, item: Any, spec: Any) -> bytes:
+        """A compact, self-contained form of a raw item, that :meth:`decode` reads back and that
+        :meth:`load` then turns into exactly the inputs the item gives (the conformance set
+        stores items so). Raises :class:`DataError` for an item that does not load."""
+
+    def decode(self, data: bytes) -> Any:
+        """:meth:`encode`'s bytes -> an item :meth:`load` takes."""
+
 
 MODALITIES: Registry[Modality] = Registry("modality", ConfigError)
 # name -> module that registers it, imported on first use (a text modality pulls in tokenizers)

@@ -478,6 +478,16 @@ class TextModality:
         one = " ".join(item.split())
         return one if len(one) <= 60 else one[:57] + "..."
 
+    def encode(self, item: Any, spec: TextSpec) -> bytes:
+        self.load(item, spec)  # refuses what does not load
+        return item[:MAX_TEXT_CHARS].encode("utf-8")
+
+    def decode(self, data: bytes) -> str:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError("a stored text is not valid UTF-8") from None
+
     def check_session(self, session: Any, spec: TextSpec) -> None:
         names = list(getattr(session, "input_names", []) or [])
         if sorted(names) != sorted(self.INPUTS):

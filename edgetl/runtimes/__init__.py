@@ -112,6 +112,7 @@ def load_session(
     precision: str | Precision | None = None,
     device: str | None = None,
     spinning: bool = True,
+    reference: bool = False,
 ) -> Session:
     """Load a model file on ``runtime`` ('onnxruntime' or 'openvino').
 
@@ -120,8 +121,12 @@ def load_session(
     OpenVINO device ('CPU', 'GPU', ...) or an ONNX Runtime execution provider (None: the
     CPU). ``spinning``: ONNX Runtime's intra-op workers busy-wait between ops (its default,
     the lowest latency on otherwise idle cores); False makes them sleep instead, for a
-    session that shares the cores with threads decoding its next inputs. Raises
-    :class:`RuntimeUnavailableError` when the runtime is not installed.
+    session that shares the cores with threads decoding its next inputs. ``reference``: run
+    every op as the ONNX standard defines it, with no graph optimization (ONNX Runtime: a QDQ
+    int8 model then computes its quantize/dequantize pairs in float, which no CPU's int8 kernels
+    can saturate: the machine-independent "ideal" int8 the conformance set is judged against);
+    OpenVINO has no such mode and runs as usual. Raises :class:`RuntimeUnavailableError` when
+    the runtime is not installed.
     """
     info = RUNTIMES.get(str(getattr(runtime, "value", runtime)))  # a targets.Runtime enum works too
     path = Path(path)
@@ -139,8 +144,9 @@ def load_session(
         ) from None
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
+    options = {"reference": True} if reference else {}
     return info.load_module().load(path, threads=threads, precision=precision, device=device or "",
-                                   spinning=bool(spinning))
+                                   spinning=bool(spinning), **options)
 
 
 def available_runtimes() -> list[str]:

@@ -35,7 +35,7 @@ class OrtSession:
     runtime = "onnxruntime"
 
     def __init__(self, path: Path, *, threads: int | None, precision: Precision, device: str,
-                 spinning: bool = True):
+                 spinning: bool = True, reference: bool = False):
         info = RUNTIMES.get(self.runtime)
         try:
             import onnxruntime as ort
@@ -52,7 +52,9 @@ class OrtSession:
             raise ConfigError("onnxruntime's CPU provider cannot run bf16; use precision fp32 or int8, "
                               "or runtime 'openvino' for bf16")
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # reference: no fusion, so QDQ pairs stay float ops (see load_session)
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if reference
+                                            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1  # one model, run op by op: parallelism is intra-op
         if threads is not None:
@@ -60,8 +62,13 @@ class OrtSession:
         options.log_severity_level = 3
         if not spinning:  # workers sleep between ops instead of busy-waiting (see load_session)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        source: str | bytes = str(path)
+        if reference:
+            from edgetl.runtimes.reference import reference_model
+
+            source = reference_model(path) or source
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
+            self._session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind types for bad models
             raise BundleError(f"{path}: onnxruntime cannot load this model ({first_line(exc)}); "
                               "re-export or re-package it") from None
@@ -79,6 +86,7 @@ class OrtSession:
         self.output_shape = tuple(dim(d) for d in outputs[0].shape)
         self.threads = threads
         self.spinning = spinning
+        self.reference = reference
         self.device = providers[0]
         self._requested = precision
         self._outputs = [self.output_name]
@@ -89,7 +97,8 @@ class OrtSession:
         # Found by reading the graph (~20 ms for a 13 MB model), so only when asked: it
         # stays out of the cold start.
         if self._precision is None:
-            self._precision = "int8" if is_quantized(self.path) else "fp32"
+            quantized = is_quantized(self.path)
+            self._precision = ("int8-reference" if self.reference else "int8") if quantized else "fp32"
         return self._precision
 
     def run(self, x) -> np.ndarray:
@@ -99,11 +108,14 @@ class OrtSession:
         """The same model in a session of one thread: several of its runs, each on the thread
         that calls it, go side by side (ONNX Runtime's run is thread-safe)."""
         device = "" if self.device == "CPUExecutionProvider" else self.device
-        return OrtSession(self.path, threads=1, precision=self._requested, device=device, spinning=False)
+        return OrtSession(self.path, threads=1, precision=self._requested, device=device, spinning=False,
+                          reference=self.reference)
 
     def __repr__(self) -> str:
         return f"OrtSession({self.path.name!r}, input={self.input_shape}, precision={self.precision_executed!r})"
 
 
-def load(path: Path, *, threads: int | None, precision: Precision, device: str, spinning: bool = True) -> OrtSession:
-    return OrtSession(path, threads=threads, precision=precision, device=device, spinning=spinning)
+def load(path: Path, *, threads: int | None, precision: Precision, device: str, spinning: bool = True,
+         reference: bool = False) -> OrtSession:
+    return OrtSession(path, threads=threads, precision=precision, device=device, spinning=spinning,
+                      reference=reference)

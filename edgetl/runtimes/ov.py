@@ -108,6 +108,7 @@ def _pdim(d) -> int | None:
 
 
 def load(path: Path, *, threads: int | None, precision: Precision, device: str,
-         spinning: bool = True) -> OpenVINOSession:
-    # ``spinning`` is ONNX Runtime's: OpenVINO's CPU plugin has no such setting to turn off
+         spinning: bool = True, reference: bool = False) -> OpenVINOSession:
+    # ``spinning`` is ONNX Runtime's: OpenVINO's CPU plugin has no such setting to turn off.
+    # ``reference`` neither: OpenVINO always fuses; its reference is what the build machine ran.
     return OpenVINOSession(path, threads=threads, precision=precision, device=device)

@@ -46,7 +46,13 @@ class ExportConfig:
     exporter: Exporter = Exporter.DYNAMO
     validate: bool = True
     samples: int = 64  # validation images
-    atol: float = 1e-4  # max |onnx - torch| on embeddings and logits
+    # max |onnx - torch| allowed on embeddings and logits: the larger of ``atol`` per unit of
+    # output scale and ``rounding_factor`` times what float32 rounding alone does to PyTorch's
+    # own outputs on these inputs (measured against the same model in float64; see
+    # _rounding_noise). Another float32 implementation (ONNX Runtime, OpenVINO, AVX2 or
+    # AVX-512 kernels) sums in another order and lands within a few times that.
+    atol: float = 1e-4
+    rounding_factor: float = 16.0
     min_cosine: float = 0.9999
     min_agreement: float = 0.99  # top-1 agreement with PyTorch
 
@@ -180,7 +186,28 @@ def _rows(x: Inputs, n: int) -> Inputs:
     return {k: v[:n] for k, v in x.items()}
 
 
-def _compare(name: str, got: np.ndarray, ref: np.ndarray, cfg: ExportConfig, logits: bool) -> tuple[dict, list[str]]:
+def _rounding_noise(model, x: Inputs, inputs: tuple[InputSpec, ...], out: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far float32 rounding alone moves this model's outputs on these inputs: max |PyTorch
+    float32 - PyTorch float64| of the embedding and the logits. A solved probe head amplifies
+    rounding (standardisation folded into large weights), and kernels that sum in another order
+    (AVX2 or AVX-512, ONNX Runtime or OpenVINO) differ from PyTorch by a few times this; a wrong
+    op or constant differs by orders of magnitude more."""
+    import copy
+
+    import torch
+
+    m64 = copy.deepcopy(model).double().eval()
+    args = [torch.from_numpy(x[i.name]).double() if i.dtype.startswith("float") else torch.from_numpy(x[i.name])
+            for i in inputs]
+    with torch.no_grad():
+        z = m64.forward_features(*args)
+        logits = m64.forward_head(z)
+    return {"embedding": float(np.abs(out["embedding"] - z.numpy()).max()),
+            "logits": float(np.abs(out["logits"] - logits.numpy()).max())}
+
+
+def _compare(name: str, got: np.ndarray, ref: np.ndarray, cfg: ExportConfig, logits: bool,
+             noise: float = 0.0) -> tuple[dict, list[str]]:
     failures = []
     if got.shape != ref.shape:
         return {"shape": list(got.shape)}, [f"{name}: shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)}"]
@@ -193,10 +220,10 @@ def _compare(name: str, got: np.ndarray, ref: np.ndarray, cfg: ExportConfig, log
     rows = norms > cfg.atol
     cos = float(np.min((a[rows] * b[rows]).sum(1) / (np.linalg.norm(a[rows], axis=1) * norms[rows]))) if rows.any() else None
     # atol is per unit of output scale: float32 rounding grows with the magnitude of the
-    # values (a solved probe head with little regularisation makes logits of ~10, where
-    # 1e-4 absolute is a few ulps of the kernels' summation order)
-    limit = cfg.atol * max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
-    row = {"max_abs_diff": diff, "min_cosine": cos, "abs_limit": limit}
+    # values; and rounding_factor x the measured rounding noise where that is larger
+    scaled = cfg.atol * max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
+    limit = max(scaled, cfg.rounding_factor * noise)
+    row = {"max_abs_diff": diff, "min_cosine": cos, "abs_limit": limit, "float32_rounding": noise}
     if diff > limit:
         failures.append(f"{name}: max |diff| {diff:.2e} > {limit:.1e}")
     if cos is not None and cos < cfg.min_cosine:
@@ -221,31 +248,33 @@ def _validation_inputs(run, modality: Modality, spec: Any, n: int) -> Inputs:
 
 
 def _validate(onnx_dir: Path, ov_xml: Path, torch_out: dict[str, np.ndarray], x: Inputs,
-              cfg: ExportConfig) -> tuple[dict, list[str]]:
-    results: dict[str, Any] = {}
+              cfg: ExportConfig, noise: dict[str, float]) -> tuple[dict, list[str]]:
+    results: dict[str, Any] = {"float32_rounding": noise}
     failures: list[str] = []
     z_ref = torch_out["embedding"]
+    # (the head alone, on PyTorch's own embeddings, is a Gemm: only its own sum's rounding)
     checks = [
-        ("onnxruntime/backbone", lambda: _ort_run(onnx_dir / "backbone.onnx", x), z_ref, False),
-        ("onnxruntime/head", lambda: _ort_run(onnx_dir / "head.onnx", z_ref), torch_out["logits"], True),
-        ("onnxruntime/model", lambda: _ort_run(onnx_dir / "model.onnx", x), torch_out["logits"], True),
+        ("onnxruntime/backbone", lambda: _ort_run(onnx_dir / "backbone.onnx", x), z_ref, False, "embedding"),
+        ("onnxruntime/head", lambda: _ort_run(onnx_dir / "head.onnx", z_ref), torch_out["logits"], True, None),
+        ("onnxruntime/model", lambda: _ort_run(onnx_dir / "model.onnx", x), torch_out["logits"], True, "logits"),
         ("onnxruntime/head(backbone)", lambda: _ort_run(onnx_dir / "head.onnx", _ort_run(onnx_dir / "backbone.onnx", x)),
-         _ort_run(onnx_dir / "model.onnx", x), True),
-        ("openvino-f32/backbone", lambda: _ov_run(ov_xml, x), z_ref, False),
-        ("openvino-f32/model", lambda: _ov_run(onnx_dir / "model.onnx", x), torch_out["logits"], True),
+         _ort_run(onnx_dir / "model.onnx", x), True, "logits"),
+        ("openvino-f32/backbone", lambda: _ov_run(ov_xml, x), z_ref, False, "embedding"),
+        ("openvino-f32/model", lambda: _ov_run(onnx_dir / "model.onnx", x), torch_out["logits"], True, "logits"),
     ]
-    for name, run_fn, ref, logits in _ui.progress(checks, "validating"):
+    for name, run_fn, ref, logits, kind in _ui.progress(checks, "validating"):
         try:
             got = run_fn()
         except Exception as exc:  # noqa: BLE001 - a runtime refusing the file is a failed check
             failures.append(f"{name}: runtime error {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
             continue
-        results[name], fails = _compare(name, got, ref, cfg, logits)
+        results[name], fails = _compare(name, got, ref, cfg, logits, noise[kind] if kind else 0.0)
         failures += fails
     # Dynamic batch: one image alone gives the same output as inside a batch.
     single = _ort_run(onnx_dir / "model.onnx", _rows(x, 1))
     results["dynamic_batch_max_abs_diff"] = float(np.abs(single - _ort_run(onnx_dir / "model.onnx", x)[:1]).max())
-    if results["dynamic_batch_max_abs_diff"] > cfg.atol:
+    batch_limit = max(cfg.atol, cfg.rounding_factor * noise["logits"])  # another batch, another summation order
+    if results["dynamic_batch_max_abs_diff"] > batch_limit:
         n = len(next(iter(x.values())))
         failures.append(f"dynamic batch: batch 1 differs from batch {n} by {results['dynamic_batch_max_abs_diff']:.2e}")
     if "attention_mask" in x:
@@ -257,7 +286,7 @@ def _validate(onnx_dir: Path, ov_xml: Path, torch_out: dict[str, np.ndarray], x:
         diff = float(np.abs(got - _ort_run(onnx_dir / "model.onnx", x)[i:i + 1]).max())
         results["dynamic_sequence"] = {"lengths": [int(lengths[i]), int(x["attention_mask"].shape[1])],
                                        "max_abs_diff": diff}
-        if diff > cfg.atol:
+        if diff > batch_limit:
             failures.append(f"dynamic sequence: a {int(lengths[i])}-token text alone differs from the same text "
                             f"padded to {x['attention_mask'].shape[1]} by {diff:.2e}")
     return results, failures
@@ -333,7 +362,8 @@ def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> Ex
         with torch.no_grad():
             z = model.forward_features(*(torch.from_numpy(x[i.name]) for i in inputs))
             torch_out = {"embedding": z.numpy(), "logits": model.forward_head(z).numpy()}
-        report["validation"], failures = _validate(onnx_dir, xml, torch_out, x, cfg)
+        noise = _rounding_noise(model, x, inputs, torch_out)
+        report["validation"], failures = _validate(onnx_dir, xml, torch_out, x, cfg, noise)
         report["validation"]["samples"] = count(x)
         report["validation"]["passed"] = not failures
         report["validation"]["failures"] = failures

@@ -142,21 +142,123 @@ def _add_training_artifacts(head_path: Path, out_dir: Path) -> bool:
 
 
 @contextmanager
-def _bundle_predictor(tmp: Path, manifest: Mapping[str, Any]) -> Iterator[Any]:
+def _bundle_predictor(tmp: Path, manifest: Mapping[str, Any], *, reference: bool = False) -> Iterator[Any]:
     """A Predictor on the bundle being written: its own files, so what it computes is what the
-    device computes (deployed backbone, runtime and precision). Reads a provisional
+    device computes (deployed backbone, runtime and precision), or with ``reference`` what the
+    reference computes (:func:`edgetl.runtimes.load_session`). Reads a provisional
     ``manifest.json``, removed again on the way out."""
     from edgetl.device.bundle import MANIFEST
     from edgetl.device.predictor import Predictor
 
     (tmp / MANIFEST).write_text(json.dumps(manifest))
     try:
-        yield Predictor.from_bundle(tmp, verify=False)
+        yield Predictor.from_bundle(tmp, verify=False, conformance="off", reference=reference)
     finally:
         (tmp / MANIFEST).unlink()
 
 
-def _deployed_head(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+# --- int8 for the target's CPUs, and the conformance set -------------------------------------
+
+def _check_int8_cpus(run_dir: Path, backbone: Path, target: Target) -> dict[str, Any] | None:
+    """An int8 backbone may ship only to CPUs it was built for (edgetl.core.isa): full-range
+    weights saturate on x86 CPUs without VNNI. Returns what the file records."""
+    if target.precision is not Precision.INT8:
+        return None
+    from edgetl.core.isa import int8_mismatch
+    from edgetl.workstation.quantization.engines import int8_facts
+
+    facts = int8_facts(backbone)
+    reason = int8_mismatch(facts, target.isa)
+    if reason is not None:
+        raise BundleError(f"{run_dir}: cannot package for {target.name}: {reason}; quantize for it first: "
+                          f"'edgetl quantize {run_dir} --target {target.name}'")
+    return facts
+
+
+def _computes_as_reference(target: Target, int8: Mapping[str, Any] | None) -> bool:
+    """Whether this machine must compute the bundle's int8 features as the reference does (for
+    the deployed head and the replay memory) because its own kernels differ from the target
+    CPUs': another architecture, or saturation without VNNI. OpenVINO has no reference mode."""
+    from edgetl.core.isa import saturates, this_cpu
+
+    if target.precision is not Precision.INT8 or target.runtime is not Runtime.ONNXRUNTIME:
+        return False
+    cpu = this_cpu()
+    return not target.fits(cpu) and (target.arch.value != cpu.arch
+                                     or saturates(cpu, (int8 or {}).get("weight_bits") == 7))
+
+
+def _candidates(info: Mapping[str, Any], predictor: Any, n: int, seed: int = 0) -> list[Any]:
+    """Up to ``n`` held-out items of the RUN (its validation split, else its training split),
+    round-robin over classes in a seeded order."""
+    from edgetl.device.memory import run_split
+
+    for which in ("val", "train"):
+        by_class, item_of, _ = run_split(predictor, info, which)
+        if by_class:
+            break
+    else:
+        return []
+    rng = np.random.default_rng(seed)
+    pools = [[item_of(k) for k in rng.permutation(np.array(by_class[c], dtype=object))] for c in sorted(by_class)]
+    out: list[Any] = []
+    while len(out) < n and any(pools):
+        for pool in pools:
+            if pool and len(out) < n:
+                out.append(pool.pop())
+    return out
+
+
+def _add_conformance(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any], target: Target,
+                     int8: Mapping[str, Any] | None) -> None:
+    """Write ``v1/conformance.npz`` (edgetl.device.conformance) from the RUN's held-out items,
+    with the outputs the reference computes; run it here where this CPU is one of the target's,
+    and record the result in ``manifest["validated"]``. A bundle that does not conform on a CPU
+    it is for is refused: nothing is written."""
+    from edgetl.core.isa import this_cpu
+    from edgetl.device import conformance as conf
+    from edgetl.runtimes import runtime_version
+
+    with _bundle_predictor(tmp, manifest, reference=True) as reference:
+        sources = _candidates(info, reference, int(np.ceil(conf.DEFAULT_ITEMS * conf.CANDIDATE_FACTOR)))
+        cset = conf.build_set(reference, sources) if sources else None
+        runtime = reference.runtime
+    if cset is None:
+        warn("the bundle gets no conformance set: the RUN's held-out items are not readable here, so no device "
+             "can check that it computes the bundle as validated")
+        return
+    cset.save(tmp / "v1" / conf.FILE)
+    cpu = this_cpu()
+    manifest["artifacts"] = {**(manifest.get("artifacts") or {}), conf.ARTIFACT: f"v1/{conf.FILE}"}
+    manifest["conformance"] = {
+        "items": len(cset.items), "min_agreement": conf.MIN_AGREEMENT,
+        "reference": {"runtime": runtime, "version": runtime_version(runtime),
+                      "computed": ("without graph optimization: int8 without integer kernels, the same on every CPU"
+                                   if runtime == "onnxruntime" else "as run on the packaging machine"),
+                      "cpu": cpu.model, "int8_flags": cpu.int8_flags}}
+    manifest["files"] = hash_dir(tmp / "v1", "v1")
+    if not target.fits(cpu):
+        manifest["validated"] = {"skipped": f"the packaging CPU ({cpu.model}: {', '.join(cpu.int8_instructions)}) is "
+                                            f"not a {target.isa.value if target.isa else target.arch.value} CPU; "
+                                            "each device checks the set itself", "int8": int8}
+        return
+    with _bundle_predictor(tmp, manifest) as here:
+        measured = conf.compare(here, cset)
+        executed = here.precision_executed
+    passed = measured["agreement"] >= conf.MIN_AGREEMENT
+    manifest["validated"] = {"runtime": runtime, "runtime_version": runtime_version(runtime),
+                             "precision_executed": executed, "isa": target.isa.value if target.isa else None,
+                             "int8": int8, "cpu": cpu.model, "int8_flags": cpu.int8_flags, **measured,
+                             "passed": passed}
+    if not passed:
+        raise BundleError(f"the bundle does not conform on this CPU, which is one of the target's: top-1 agreement "
+                          f"{measured['agreement']:.3f} with its reference on {measured['items']} held-out items "
+                          f"(needs {conf.MIN_AGREEMENT}); re-quantize ('edgetl quantize RUN --target {target.name}') "
+                          "or choose an fp32 target")
+
+
+def _deployed_head(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any],
+                   reference: bool = False) -> tuple[dict[str, Any] | None, Any]:
     """For a linear-probe RUN on an int8 target: solve the probe again on the deployed
     backbone's embeddings of the RUN's own split, as training did (C chosen on validation, or
     by k-fold when it is small; refit on train + validation when the RUN did). Rewrites
@@ -175,7 +277,7 @@ def _deployed_head(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any])
     head_path = tmp / "v1" / "head.onnx"
     train = None
     try:
-        with _bundle_predictor(tmp, manifest) as predictor:
+        with _bundle_predictor(tmp, manifest, reference=reference) as predictor:
             train = split_embeddings(predictor, info, "train")
             X_va, y_va, more = split_embeddings(predictor, info, "val")
         X_tr, y_tr, problems = train[0], train[1], train[2] + more
@@ -211,7 +313,7 @@ def _deployed_head(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any])
 
 
 def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any], cfg: "PackageConfig",
-                       train_rows: Any = None) -> str | None:
+                       train_rows: Any = None, reference: bool = False) -> str | None:
     """Write ``v1/memory.npz``: embeddings of up to ``per_class`` images per class of the RUN's
     training split, computed by the bundle being written (:func:`_bundle_predictor`), or
     chosen from ``train_rows`` when :func:`_deployed_head` embedded the split already. Returns
@@ -219,7 +321,7 @@ def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, A
     from edgetl.device.memory import MEMORY_FILE, memory_from_run
 
     try:
-        with _bundle_predictor(tmp, manifest) as predictor:
+        with _bundle_predictor(tmp, manifest, reference=reference) as predictor:
             memory, problems = memory_from_run(predictor, info, per_class=cfg.memory_per_class,
                                                selection=cfg.memory_selection, memory_mb=cfg.memory_mb,
                                                precision=cfg.memory_precision, train_rows=train_rows)
@@ -266,6 +368,9 @@ class PackageConfig:
     # int8 targets, linear-probe RUNs: solve the head again on the deployed backbone's features
     # (see _deployed_head)
     deployed_head: bool = True
+    # a conformance set (edgetl.device.conformance): held-out items and their reference outputs,
+    # which every device runs before it trusts the bundle
+    conformance: bool = True
 
     def __post_init__(self) -> None:
         check_per_class(self.memory_per_class)
@@ -385,6 +490,7 @@ def package(
     target = load_target(target)
     info = read_run_json(run_dir)
     sources, backbone_name = _model_sources(run_dir, target)
+    int8 = _check_int8_cpus(run_dir, sources[0][0], target)
     _prepare_out(out, cfg.overwrite)
     tar_path = out.with_name(out.name + ".tar.gz")
     if cfg.archive and tar_path.exists() and not cfg.overwrite:
@@ -409,7 +515,7 @@ def package(
         head = train_rows = None
         if cfg.deployed_head and target.precision is Precision.INT8 and info.get("strategy") == "linear-probe":
             provisional = _manifest(run_dir, info, target, spec, vdir, backbone_name, None, artifacts, onnx_facts)
-            head, train_rows = _deployed_head(tmp, provisional, info)
+            head, train_rows = _deployed_head(tmp, provisional, info, _computes_as_reference(target, int8))
         training = None
         if target.retraining:
             if _add_training_artifacts(vdir / "head.onnx", vdir / "training"):
@@ -419,9 +525,11 @@ def package(
             manifest["accuracy"] = dict(manifest["accuracy"] or {}, head=head)
             manifest["accuracy"]["deployed"] = head["deployed_accuracy"]
         if target.retraining:
-            memory = _add_replay_memory(tmp, manifest, info, cfg, train_rows)
+            memory = _add_replay_memory(tmp, manifest, info, cfg, train_rows, _computes_as_reference(target, int8))
             if memory is not None:
                 manifest.update(memory=memory, source_stats=f"v1/{SOURCE_STATS}", files=hash_dir(vdir, "v1"))
+        if cfg.conformance:
+            _add_conformance(tmp, manifest, info, target, int8)
         check_manifest(tmp, manifest, "new manifest")
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=2)

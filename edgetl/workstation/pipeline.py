@@ -62,11 +62,12 @@ BuildResult = BuildReport  # the earlier name
 
 
 def _quantize_config(target: Target, config):
-    """int8 targets need the quantized backbone of their own runtime only."""
+    """int8 targets need the quantized backbone of their own runtime only, built for their CPUs."""
+    from edgetl.core.isa import Isa
     from edgetl.workstation.quantization import Engine, QuantizeConfig
 
     engine = Engine.ORT if target.runtime is Runtime.ONNXRUNTIME else Engine.NNCF
-    return replace(config or QuantizeConfig(), engine=engine)
+    return replace(config or QuantizeConfig(), engine=engine, isa=target.isa or Isa.X86_AVX2)
 
 
 def build(

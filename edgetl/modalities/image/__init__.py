@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.errors import DataError
 from edgetl.modalities import MODALITIES, InputSpec, LabelledItems
 from edgetl.modalities.image.folder import (ImageFolder, check_image, find_images, list_images, scan_folder,
                                             stratified_split, write_digits)
@@ -57,6 +58,50 @@ class ImageModality:
         import os
 
         return str(item) if isinstance(item, (str, os.PathLike)) else None
+
+    # An image file up to this size is stored as it is (its own decoder is then part of the
+    # check); a larger one as the PNG of its resized image, which preprocessing keeps as it is.
+    ENCODE_AS_IS_BYTES = 32 << 10
+
+    def encode(self, item: Any, spec: PreprocessSpec) -> bytes:
+        import io
+        import os
+
+        if isinstance(item, (str, os.PathLike)):
+            try:
+                if os.path.getsize(item) <= self.ENCODE_AS_IS_BYTES:
+                    load_image(item)  # refuses what does not decode
+                    with open(item, "rb") as f:
+                        return f.read(self.ENCODE_AS_IS_BYTES + 1)
+            except OSError as exc:
+                raise DataError(f"{item}: {exc.strerror or exc}") from None
+        img = load_image(item)
+        w, h = img.size
+        size = spec.resize_size  # resize_and_crop's first step, its arithmetic: applied again, a no-op
+        new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        if new[0] * new[1] > MAX_IMAGE_PIXELS:
+            raise DataError(f"{self.describe(item) or 'image'}: too elongated to store")
+        resized = img.resize(new, resample=spec.interpolation.pil) if new != (w, h) else img
+        buffer = io.BytesIO()
+        resized.save(buffer, format="PNG", optimize=True)
+        return buffer.getvalue()
+
+    def decode(self, data: bytes) -> Any:
+        import io
+
+        from PIL import Image
+
+        from edgetl.modalities.image.preprocess import check_shape
+
+        try:
+            img = Image.open(io.BytesIO(data))
+            check_shape(*img.size, name="stored image")
+            if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+                raise DataError(f"a stored image is larger than {MAX_IMAGE_PIXELS:,} pixels")
+            img.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"a stored image does not decode ({exc.__class__.__name__}: {exc})") from None
+        return img
 
     def check_session(self, session: Any, spec: PreprocessSpec) -> None:
         from edgetl.errors import BundleError

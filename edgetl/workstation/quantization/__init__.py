@@ -89,6 +89,7 @@ class QuantizeReport(Report):
     passed: bool
     files: dict[str, Any]
     calibration: dict[str, Any]
+    int8: dict[str, Any]  # {"isa", "weight_bits", "built_on", "judged_on"}: the CPUs the int8 files are for
     evaluation: dict[str, Any]
     seconds: dict[str, float]
     versions: dict[str, str]
@@ -104,7 +105,9 @@ def quantize(run_dir: str | os.PathLike, config: QuantizeConfig | None = None) -
     from edgetl.workstation.quantization import ort_dynamic  # noqa: F401 - registers the engine
     from edgetl.workstation.quantization.engines import ENGINES, Context, commit, engines_for
     from edgetl.modalities import count, get_modality
+    from edgetl.core.isa import this_cpu
     from edgetl.core.run import package_versions, read_run_json, update_run_json
+    from edgetl.workstation.quantization.guard import Int8Judge
     from edgetl.workstation.run import Run
 
     cfg = config or QuantizeConfig()
@@ -131,8 +134,9 @@ def quantize(run_dir: str | os.PathLike, config: QuantizeConfig | None = None) -
     # Everything is written under RUN/.quantize-*/ and moved into place only once it passed.
     work = Path(tempfile.mkdtemp(dir=root, prefix=".quantize-"))
     try:
+        judge = Int8Judge(cfg.isa, this_cpu())
         ctx = Context(cfg, root, work, xc, xv, np.asarray(y_val), root / "onnx" / "head.onnx", seconds,
-                      {"modality": modality.name})
+                      {"modality": modality.name}, judge)
         results = {name: engine.run(ctx) for name, engine in engines.items()}
         files = commit(root, {name: r.files for name, r in results.items()})
     finally:
@@ -148,6 +152,9 @@ def quantize(run_dir: str | os.PathLike, config: QuantizeConfig | None = None) -
         "passed": not failed,
         "files": files,
         "calibration": {"source": calib_source, "images": count(xc)},
+        # the CPUs the int8 files are for, and the one they were judged on
+        "int8": {**ctx.int8_facts(), "built_on": this_cpu().to_dict(),
+                 "judged_on": "this CPU" if judge.here_computes_as_target else "reference"},
         "evaluation": {"split": "val", "images": count(xv)},
         **{k: v for r in results.values() for k, v in r.extra.items()},
         "seconds": seconds,

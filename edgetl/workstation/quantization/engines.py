@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import time
@@ -18,9 +19,11 @@ import numpy as np
 from edgetl.modalities import count, take
 
 from edgetl.core import ui as _ui
+from edgetl.core.formats import META_INT8
 from edgetl.core.registry import Registry
 from edgetl.errors import ConfigError, QuantizationError
 from edgetl.workstation.quantization.config import ActivationType, Method, QuantizeConfig
+from edgetl.workstation.quantization.guard import Int8Judge
 
 
 @contextlib.contextmanager
@@ -60,6 +63,11 @@ class Context:
     head: Path
     seconds: dict[str, float]
     cache: dict[str, Any]  # the ORT preparation, shared by both engines
+    judge: Int8Judge  # the target CPUs' int8 (weights range) and which score decides
+
+    def int8_facts(self) -> dict[str, str]:
+        """What the int8 files record of the CPUs they were built for (META_INT8, run.json)."""
+        return {"isa": self.judge.isa.value, "weight_bits": 7 if self.judge.reduce_range else 8}
 
 
 def _ort_prepared(ctx: Context) -> tuple[Path, Any, int]:
@@ -80,7 +88,9 @@ def _ort_prepared(ctx: Context) -> tuple[Path, Any, int]:
         with _ui.progress_bar(desc, count(ctx.xc)) as advance, _silenced():
             ranges = qort.calibrate(pre, ctx.xc, ctx.cfg.calibration.value,
                                     ctx.cfg.activations is ActivationType.INT8, ctx.work, advance)
-        zeroed = qort.zero_overflowing_channels(pre, fixed, ranges)
+        zeroed = qort.zero_overflowing_channels(pre, fixed, ranges, reduce_range=ctx.judge.reduce_range)
+        if ctx.cfg.bias_correction:  # applied per build (not to nodes kept in fp32); ``fixed`` stays fp32
+            ctx.cache["biases"] = qort.bias_corrections(fixed, ctx.xc, reduce_range=ctx.judge.reduce_range)
     ctx.seconds["onnxruntime_calibration"] = time.perf_counter() - t0
     ctx.cache.update(fixed=fixed, ranges=ranges, zeroed=zeroed)
     return fixed, ranges, zeroed
@@ -90,13 +100,19 @@ def _ort_build(ctx: Context, nodes: list[str], step: int) -> Path:
     from edgetl.workstation.quantization import ort_qdq as qort
 
     fixed, ranges, _ = _ort_prepared(ctx)
+    if ctx.cache.get("biases"):
+        corrected = ctx.work / f"corrected-{step}.onnx"
+        qort.apply_biases(fixed, corrected, ctx.cache["biases"], nodes)
+        fixed = corrected
     out = ctx.work / f"ort-{step}.onnx"
     with _silenced():
         if ctx.cfg.method is Method.DYNAMIC:
+            # uint8 weights (ConvInteger): u8 x u8 kernels widen to 16 bits before adding and
+            # cannot saturate, so 7-bit weights would only cost precision
             qort.quantize_dynamic(fixed, out, nodes, per_channel=ctx.cfg.per_channel)
         else:
             qort.quantize_static(fixed, out, ranges, nodes, per_channel=ctx.cfg.per_channel,
-                                 activation_type=ctx.cfg.activations.value)
+                                 activation_type=ctx.cfg.activations.value, reduce_range=ctx.judge.reduce_range)
     return out
 
 
@@ -109,16 +125,33 @@ def _ort_ranking(ctx: Context) -> list[str]:
         first = ctx.work / "ort-0.onnx"
         if not first.is_file():
             _ort_build(ctx, [], 0)
-        ctx.cache["ranking"] = [name for name, _ in qort.layer_errors(fixed, first, take(ctx.xc, slice(ctx.cfg.ranking_images)))]
+        # ranked as the target computes it: this CPU's kernels where they compute the same
+        x = take(ctx.xc, slice(ctx.cfg.ranking_images))
+        errors = qort.layer_errors(fixed, first, x, reference=not ctx.judge.here_computes_as_target)
+        ctx.cache["ranking"] = [name for name, _ in errors]
     return ctx.cache["ranking"]
 
 
-def _row(runtime: str, precision: str, executed: str, metrics: dict[str, float], fp32_accuracy: float,
+def _row(runtime: str, precision: str, executed: str, metrics: dict[str, Any], fp32_accuracy: float,
          file: str, size_mb: float, fp32_mb: float, **extra: Any) -> dict[str, Any]:
+    judged = {k: metrics[k] for k in ("judged_on", "reference", "this_cpu", "note") if k in metrics}
     return {"runtime": runtime, "precision": precision, "precision_executed": executed,
             "accuracy": metrics["accuracy"], "fp32_accuracy": fp32_accuracy, "drop": metrics["drop"],
             "agreement": metrics["agreement"], "size_mb": size_mb, "size_ratio": size_mb / fp32_mb, "file": file,
-            **extra}
+            **judged, **extra}
+
+
+def ort_measure(ctx: Context, score: Any) -> Callable[[Path], dict[str, Any]]:
+    """The guard's measure for an ONNX Runtime int8 model: scored as the reference computes it
+    and as this CPU's kernels do; the judge says which decides (see :class:`Int8Judge`)."""
+    from edgetl.workstation.quantization import ort_qdq as qort
+
+    def measure(path: Path) -> dict[str, Any]:
+        here = score(_head_predict(ctx.head, qort.run_batched(path, ctx.xv)))
+        reference = score(_head_predict(ctx.head, qort.run_batched(path, ctx.xv, reference=True)))
+        return ctx.judge(reference, here)
+
+    return measure
 
 
 def ort_engine(ctx: Context) -> EngineResult:
@@ -131,7 +164,7 @@ def ort_engine(ctx: Context) -> EngineResult:
     t0 = time.perf_counter()
     best, guard = run_guard(
         lambda nodes, step: _ort_build(ctx, nodes, step),
-        lambda path: score(_head_predict(ctx.head, qort.run_batched(path, ctx.xv))),
+        ort_measure(ctx, score),
         lambda path: _ort_ranking(ctx),
         Budget(cfg.max_drop, cfg.min_agreement), max_steps=cfg.max_steps, max_nodes=cfg.max_fp32_nodes,
     )
@@ -140,11 +173,12 @@ def ort_engine(ctx: Context) -> EngineResult:
     base = {"accuracy": score.fp32_accuracy, "drop": 0.0, "agreement": 1.0}
     rows = [_row("onnxruntime", "fp32", "fp32", base, score.fp32_accuracy, "onnx/backbone.onnx", fp32_mb, fp32_mb,
                  latency_ms=qort.latency_ms(fp32_path, ctx.xv))]
-    extra: dict[str, Any] = {"dead_channels_zeroed": ctx.cache.get("zeroed", 0)}
+    extra: dict[str, Any] = {"dead_channels_zeroed": ctx.cache.get("zeroed", 0),
+                             "biases_corrected": len(ctx.cache.get("biases") or {})}
     if best is None:
         return EngineResult(rows, guard, None, extra)
-    meta_model = _onnx_meta(fp32_path)
-    qort.finish(best, *meta_model)
+    meta, ir_version = _onnx_meta(fp32_path)
+    qort.finish(best, meta + [(META_INT8, json.dumps(ctx.int8_facts()))], ir_version)
     fused = ctx.work / "model.int8.onnx"
     qort.fuse_head(best, ctx.head, fused)
     extra["fused_check"] = _check_fused(fused, best, ctx)
@@ -153,7 +187,7 @@ def ort_engine(ctx: Context) -> EngineResult:
     rows.append(_row("onnxruntime", "int8", precision_executed, last, score.fp32_accuracy,
                      "onnx/backbone.int8.onnx", _mb(best), fp32_mb, fp32_nodes=last["fp32_nodes"],
                      method=cfg.method.value, calibration=cfg.calibration.value if cfg.method is Method.STATIC else None,
-                     latency_ms=qort.latency_ms(best, ctx.xv)))
+                     **ctx.int8_facts(), latency_ms=qort.latency_ms(best, ctx.xv)))
     return EngineResult(rows, guard, {"onnx/backbone.int8.onnx": best, "onnx/model.int8.onnx": fused}, extra)
 
 
@@ -207,13 +241,16 @@ def nncf_engine(ctx: Context) -> EngineResult:
         out = ctx.work / f"ov-{step}.xml"
         with _ui.progress_bar("calibrating (nncf)", count(ctx.xc)) as advance, _silenced():
             qov.quantize(fp32_xml, out, ctx.xc, nodes, preset="mixed", advance=advance,
-                         transformer=ctx.cache.get("modality") == "text")
+                         transformer=ctx.cache.get("modality") == "text", reduce_range=ctx.judge.reduce_range,
+                         facts=ctx.int8_facts())
         return out
 
     def measure(path: Path) -> dict[str, float]:
         compiled = qov.compile_model(path, "f32")  # the float remainder in f32, as the device runs it
         executed[str(path)] = qov.executed(compiled)
-        return score(_head_predict(ctx.head, qov.predict(compiled, ctx.xv)))
+        # OpenVINO has no mode without int8 kernels: this CPU's score is the only one (the judge
+        # notes when this CPU does not compute int8 as the target's CPUs do)
+        return ctx.judge(None, score(_head_predict(ctx.head, qov.predict(compiled, ctx.xv))))
 
     def rank(path: Path) -> list[str]:
         # OpenVINO's CPU plugin returns wrong values for extra outputs placed inside an int8
@@ -232,9 +269,24 @@ def nncf_engine(ctx: Context) -> EngineResult:
     rows.append(_row("openvino", "int8", executed[str(best)]["precision_executed"], last, score.fp32_accuracy,
                      "openvino/backbone.int8.xml", _mb(best, best.with_suffix(".bin")), fp32_mb,
                      fp32_nodes=last["fp32_nodes"], method="static", calibration="nncf-minmax",
-                     **executed[str(best)]))
+                     **ctx.int8_facts(), **executed[str(best)]))
     files = {"openvino/backbone.int8.xml": best, "openvino/backbone.int8.bin": best.with_suffix(".bin")}
     return EngineResult(rows, guard, files, {})
+
+
+def int8_facts(path: Path) -> dict[str, Any] | None:
+    """``{"isa", "weight_bits"}`` as an int8 backbone file records them (ONNX metadata
+    :data:`META_INT8`, an IR's rt_info); None for one made before edgetl recorded them."""
+    if path.suffix == ".xml":
+        from edgetl.workstation.quantization.nncf_ir import int8_facts as ir_facts
+
+        return ir_facts(path)
+    meta = dict(_onnx_meta(path)[0])
+    try:
+        facts = json.loads(meta[META_INT8]) if META_INT8 in meta else None
+    except ValueError:
+        return None
+    return facts if isinstance(facts, dict) else None
 
 
 def commit(root: Path, outputs: dict[str, dict[str, Path] | None]) -> dict[str, dict[str, Any]]:

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgetl.core.isa import Cpu, Isa, isa_info, saturates
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -34,6 +36,45 @@ class Scorer:
         accuracy = float((pred == self.y_true).mean())
         return {"accuracy": accuracy, "drop": self.fp32_accuracy - accuracy,
                 "agreement": float((pred == self.fp32_pred).mean())}
+
+
+@dataclass(frozen=True)
+class Int8Judge:
+    """Which score decides for a target's CPUs: int8 is judged as those CPUs will compute it.
+
+    Every int8 model is scored twice: as the reference (the graph run with no integer kernel
+    at all: QDQ pairs in float, integer products in float64; the same on every CPU), and as
+    this machine's kernels compute it. This machine's score decides where it computes int8 as
+    the target's CPUs do (same architecture, and no saturation: 7-bit weights, or a CPU with
+    VNNI); otherwise the reference does, and a large gap between the two is reported as this
+    CPU's saturation rather than spent on keeping layers in fp32."""
+
+    isa: Isa
+    cpu: Cpu
+
+    @property
+    def reduce_range(self) -> bool:
+        return isa_info(self.isa).reduced_range
+
+    @property
+    def here_computes_as_target(self) -> bool:
+        return isa_info(self.isa).arch == self.cpu.arch and not saturates(self.cpu, self.reduce_range)
+
+    def __call__(self, reference: dict[str, float] | None, here: dict[str, float]) -> dict[str, Any]:
+        decide_here = self.here_computes_as_target or reference is None
+        decisive = here if decide_here else reference
+        out: dict[str, Any] = {"accuracy": decisive["accuracy"], "drop": decisive["drop"],
+                               "agreement": decisive["agreement"],
+                               "judged_on": "this CPU" if decide_here else "reference", "this_cpu": here}
+        if reference is not None:
+            out["reference"] = reference
+        if not self.here_computes_as_target:
+            why = ("this CPU's int8 kernels saturate with full-range weights (no VNNI)"
+                   if saturates(self.cpu, self.reduce_range) else f"this CPU is not {self.isa.value}")
+            out["note"] = (f"{why}: top-1 agreement {here['agreement']:.3f} here; the {self.isa.value} CPUs the "
+                           f"model is for compute the reference" +
+                           (f" ({reference['agreement']:.3f})" if reference is not None else ""))
+        return out
 
 
 def schedule(max_steps: int, max_nodes: int) -> list[int]:

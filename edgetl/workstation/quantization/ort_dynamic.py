@@ -10,12 +10,14 @@ The head stays fp32 (it is what the device retrains)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
+from edgetl.core.formats import META_INT8
 from edgetl.workstation.quantization.engines import (ENGINES, Context, EngineInfo, EngineResult, _check_fused,
-                                                     _head_predict, _mb, _onnx_meta, _row, _silenced)
+                                                     _head_predict, _mb, _onnx_meta, _row, _silenced, ort_measure)
 
 __all__ = ["ort_dynamic_engine"]
 
@@ -36,7 +38,8 @@ def ort_dynamic_engine(ctx: Context) -> EngineResult:
     def build(nodes: list[str], step: int) -> Path:
         out = ctx.work / f"ort-dynamic-{step}.onnx"
         with _silenced():
-            qort.quantize_dynamic(pre, out, nodes, per_channel=cfg.per_channel, weight_type="int8")
+            qort.quantize_dynamic(pre, out, nodes, per_channel=cfg.per_channel, weight_type="int8",
+                                  reduce_range=ctx.judge.reduce_range)
         return out
 
     def rank(first: Path) -> list[str]:
@@ -47,13 +50,14 @@ def ort_dynamic_engine(ctx: Context) -> EngineResult:
         weights = {t.name for t in graph.initializer}
         quantized = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input)}
         try:
-            ranked = qort.layer_errors(pre, first, take(ctx.xc, slice(cfg.ranking_images)))
+            ranked = qort.layer_errors(pre, first, take(ctx.xc, slice(cfg.ranking_images)),
+                                       reference=not ctx.judge.here_computes_as_target)
         except Exception:  # noqa: BLE001 - no ranking: the guard cannot fall back, and its record says so
             return []
         return [n for n, _ in ranked if n in quantized]
 
     t0 = time.perf_counter()
-    best, guard = run_guard(build, lambda p: score(_head_predict(ctx.head, qort.run_batched(p, ctx.xv))), rank,
+    best, guard = run_guard(build, ort_measure(ctx, score), rank,
                             Budget(cfg.max_drop, cfg.min_agreement), max_steps=cfg.max_steps,
                             max_nodes=cfg.max_fp32_nodes)
     ctx.seconds["onnxruntime_quantize"] = time.perf_counter() - t0
@@ -63,7 +67,8 @@ def ort_dynamic_engine(ctx: Context) -> EngineResult:
                  latency_ms=qort.latency_ms(fp32_path, ctx.xv))]
     if best is None:
         return EngineResult(rows, guard, None, {})
-    qort.finish(best, *_onnx_meta(fp32_path))
+    meta, ir_version = _onnx_meta(fp32_path)
+    qort.finish(best, meta + [(META_INT8, json.dumps(ctx.int8_facts()))], ir_version)
     fused = ctx.work / "model.int8.onnx"
     qort.fuse_head(best, ctx.head, fused)
     extra = {"fused_check": _check_fused(fused, best, ctx)}
@@ -71,6 +76,7 @@ def ort_dynamic_engine(ctx: Context) -> EngineResult:
     rows.append(_row("onnxruntime", "int8", "int8-dynamic", last, score.fp32_accuracy, "onnx/backbone.int8.onnx",
                      _mb(best), fp32_mb, fp32_nodes=last["fp32_nodes"], method="dynamic",
                      weights="int8 per-channel" if cfg.per_channel else "int8 per-tensor", calibration=None,
+                     **ctx.int8_facts(),
                      latency_ms=qort.latency_ms(best, ctx.xv)))
     shutil.move(str(best), str(ctx.work / "backbone.int8.onnx"))
     return EngineResult(rows, guard, {"onnx/backbone.int8.onnx": ctx.work / "backbone.int8.onnx",
