@@ -35,6 +35,10 @@ class TinyModels:
     backbone_int8: Path  # ORT static QDQ
     backbone_xml: Path  # OpenVINO IR of the fp32 backbone
     head: Path  # Linear: embedding -> logits [N,10]
+    # the head fitted again on the int8 backbone's (reference) embeddings, as packaging solves
+    # an int8 bundle's head on its deployed features: this random-conv backbone separates the
+    # digits by small differences that int8 rounding moves
+    head_int8: Path
     labels: tuple[str, ...] = LABELS
     spec: PreprocessSpec = SPEC
 
@@ -124,7 +128,10 @@ def fit_head(z: np.ndarray, y: np.ndarray, classes: int, ridge: float = 1e-2) ->
     return weight * 4, bias * 4  # sharper softmax, same argmax
 
 
-def quantize_qdq(src: Path, dst: Path, images: np.ndarray) -> Path:
+def quantize_qdq(src: Path, dst: Path, images: np.ndarray, *, reduce_range: bool = True) -> Path:
+    """ORT static QDQ int8. ``reduce_range`` (7-bit weights, edgetl.core.isa's x86-avx2) computes
+    the same on every CPU; full-range weights saturate on x86 CPUs without VNNI (this tiny
+    backbone then predicts at chance there)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -134,7 +141,8 @@ def quantize_qdq(src: Path, dst: Path, images: np.ndarray) -> Path:
         def get_next(self):
             return next(self._it, None)
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+    # per channel, as edgetl quantizes: ORT 1.19 applies reduce_range to per-channel weights only
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, reduce_range=reduce_range, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     import onnx
 
@@ -166,8 +174,12 @@ def tiny_models(root: Path, digits_dir: Path) -> TinyModels:
     weight, bias = fit_head(z, folder.targets, len(LABELS))
     head = write_head(root / "head.onnx", weight, bias)
     int8 = quantize_qdq(backbone, root / "backbone.int8.onnx", x[::20])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the reference int8
+    z8 = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    head_int8 = write_head(root / "head.int8.onnx", *fit_head(z8, folder.targets, len(LABELS)))
     xml = to_openvino(backbone, root / "backbone.xml")
-    models = TinyModels(backbone, int8, xml, head)
+    models = TinyModels(backbone, int8, xml, head, head_int8)
     _CACHE["models"] = models
     return models
 
@@ -196,7 +208,7 @@ def write_bundle(
     else:
         shutil.copy(models.backbone, version_dir / "backbone.onnx")
         backbone = "v1/backbone.onnx"
-    shutil.copy(models.head, version_dir / "head.onnx")
+    shutil.copy(models.head_int8 if precision == "int8" else models.head, version_dir / "head.onnx")
     adapter_rel = None
     if adapter is not None:
         np.savez(version_dir / "adapter.npz", A=adapter[0], b=adapter[1])
@@ -223,3 +235,25 @@ def write_bundle(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+def add_conformance(bundle: Path, sources: list, *, isa: str | None = None) -> Path:
+    """Give a hand-written bundle a conformance set built as packaging builds one (the reference
+    outputs of ``sources``), and optionally a target CPU class (``isa``)."""
+    from edgetl.device import conformance as conf
+    from edgetl.device.predictor import Predictor
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    if isa is not None:
+        manifest["target"] = {**manifest["target"], "isa": isa}  # (its arch follows from the isa)
+        (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    reference = Predictor.from_bundle(bundle, verify=False, conformance="off", reference=True)
+    cset = conf.build_set(reference, sources)
+    cset.save(bundle / "v1" / conf.FILE)
+    manifest["artifacts"] = {**(manifest.get("artifacts") or {}), conf.ARTIFACT: f"v1/{conf.FILE}"}
+    manifest["conformance"] = {"items": len(cset.items), "min_agreement": conf.MIN_AGREEMENT,
+                               "reference": {"runtime": reference.runtime}}
+    path = bundle / "v1" / conf.FILE
+    manifest["files"][f"v1/{conf.FILE}"] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return bundle

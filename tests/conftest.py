@@ -20,6 +20,14 @@ if "EDGETL_CACHE_DIR" not in os.environ:
 
     os.environ["EDGETL_CACHE_DIR"] = _tempfile.mkdtemp(prefix="edgetl-test-cache-")
     _atexit.register(_shutil.rmtree, os.environ["EDGETL_CACHE_DIR"], True)
+# Conformance verdicts (edgetl.device.conformance) likewise, never ~/.cache.
+if "EDGETL_CONFORMANCE_DIR" not in os.environ:
+    import atexit as _atexit
+    import shutil as _shutil
+    import tempfile as _tempfile
+
+    os.environ["EDGETL_CONFORMANCE_DIR"] = _tempfile.mkdtemp(prefix="edgetl-test-conformance-")
+    _atexit.register(_shutil.rmtree, os.environ["EDGETL_CONFORMANCE_DIR"], True)
 
 
 @pytest.fixture(scope="session")

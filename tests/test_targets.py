@@ -17,6 +17,7 @@ from edgetl.core.targets import Arch, Precision, Runtime, Target, list_targets, 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED_SHIPPED = {
     "x86-ort-int8", "x86-ort-fp32", "x86-openvino-int8", "x86-openvino-fp32", "x86-openvino-bf16", "rpi4-ort-int8",
+    "x86-vnni-ort-int8",
 }
 
 GOOD = """\
@@ -60,6 +61,75 @@ def test_shipped_target_validates(name):
 def test_rpi4_target():
     t = load_target("rpi4-ort-int8")
     assert (t.runtime, t.precision, t.threads, t.arch) == (Runtime.ONNXRUNTIME, Precision.INT8, 4, Arch.AARCH64)
+
+
+def test_every_shipped_target_names_its_cpu_class():
+    from edgetl.core.targets import Isa
+
+    isas = {t.name: t.isa for t in list_targets()}
+    assert None not in isas.values()
+    assert isas["rpi4-ort-int8"] is Isa.ARM64 and isas["x86-vnni-ort-int8"] is Isa.X86_VNNI
+    # the default x86 int8 targets are safe on every x86-64 CPU with AVX2
+    assert isas["x86-ort-int8"] is Isa.X86_AVX2 and isas["x86-openvino-int8"] is Isa.X86_AVX2
+
+
+def test_a_target_without_isa_gets_its_architecture_s_baseline(tmp_path):
+    from edgetl.core.targets import Isa
+
+    assert load_target(write(tmp_path, GOOD + 'arch = "x86_64"\n')).isa is Isa.X86_AVX2
+    assert load_target(write(tmp_path, GOOD + 'arch = "aarch64"\n', "arm.toml")).isa is Isa.ARM64
+    anywhere = load_target(write(tmp_path, GOOD, "any.toml"))
+    assert anywhere.isa is None and anywhere.arch is Arch.ANY
+    assert load_target(write(tmp_path, GOOD + 'isa = "x86-vnni"\n', "vnni.toml")).arch is Arch.X86_64
+
+
+@pytest.mark.parametrize("arch, flags, fitting", [
+    ("x86_64", ["avx2", "fma"], {"x86-ort-int8", "x86-openvino-int8", "x86-ort-fp32"}),
+    ("x86_64", ["avx2", "avx512f", "avx512_vnni"], {"x86-ort-int8", "x86-vnni-ort-int8", "x86-openvino-int8"}),
+    ("x86_64", ["avx2", "avx_vnni"], {"x86-vnni-ort-int8"}),
+    ("x86_64", ["avx2", "amx_int8", "amx_tile"], {"x86-vnni-ort-int8"}),
+    ("aarch64", ["asimd"], {"rpi4-ort-int8"}),
+    ("aarch64", ["asimd", "asimddp"], {"rpi4-ort-int8"}),
+])
+def test_which_targets_fit_a_cpu(arch, flags, fitting):
+    from edgetl.core.isa import cpu_from_flags, fitting_isas
+    from edgetl.core.targets import targets_for
+
+    cpu = cpu_from_flags(arch, flags)
+    names = [t.name for t in targets_for(cpu)]
+    assert fitting <= set(names)
+    assert all(t.fits(cpu) == (t.name in names) for t in list_targets())
+    if arch == "x86_64":
+        assert ("x86-vnni-ort-int8" in names) == cpu.vnni and "rpi4-ort-int8" not in names
+        assert [i.value for i in fitting_isas(cpu)] == (["x86-vnni", "x86-avx2"] if cpu.vnni else ["x86-avx2"])
+    else:
+        assert not any(n.startswith("x86") for n in names)
+        assert [i.value for i in fitting_isas(cpu)][0] == ("arm64-dotprod" if "asimddp" in flags else "arm64")
+
+
+def test_targets_for_orders_by_the_latency_measured_on_the_cpu_class():
+    from edgetl.core.isa import cpu_from_flags
+    from edgetl.core.targets import targets_for
+
+    for cpu in (cpu_from_flags("x86_64", ["avx2"]), cpu_from_flags("x86_64", ["avx2", "avx512_vnni"])):
+        ordered = targets_for(cpu)
+        classes = ["x86-vnni", "x86-avx2"] if cpu.vnni else ["x86-avx2"]
+        speeds = [next((t.measured_ms[c] for c in classes if t.measured_ms and c in t.measured_ms), float("inf"))
+                  for t in ordered]
+        assert speeds == sorted(speeds)
+
+
+def test_this_cpu_is_read_and_classified():
+    import platform
+
+    from edgetl.core.isa import fitting_isas, saturates, this_cpu
+
+    cpu = this_cpu()
+    assert cpu.arch == {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine())
+    assert cpu.source in ("/proc/cpuinfo", "numpy", "none")
+    if cpu.arch == "x86_64" and cpu.source != "none":
+        assert "avx2" in cpu.flags and fitting_isas(cpu)  # every machine this project runs on has AVX2
+        assert saturates(cpu, reduced_range=False) == (not cpu.vnni) and not saturates(cpu, reduced_range=True)
 
 
 def test_list_targets_sorted_and_complete():
@@ -118,6 +188,10 @@ def test_unknown_key_suggests(tmp_path):
         ('precision = "int8"', 'precision = "bf16"', r"'precision': 'bf16' \(only runtime 'openvino'"),
         ("threads = 3", 'threads = 3\ndevice = "CPU"', r"'device': 'CPU' \(with runtime 'onnxruntime'"),
         ('name = "my-board"', 'name = "my board/1"', r"'name': 'my board/1'"),
+        ("threads = 3", 'threads = 3\nisa = "x86-avx512"', r"'isa': 'x86-avx512'.*allowed values: x86-avx2, x86-vnni"),
+        ("threads = 3", 'threads = 3\nisa = "arm64"\narch = "x86_64"', r"'isa' 'arm64' is for aarch64 CPUs"),
+        ("threads = 3", 'threads = 3\nmeasured_ms = { x86-avx3 = 2.0 }', r"'measured_ms'.*not a CPU class"),
+        ("threads = 3", 'threads = 3\nmeasured_ms = { x86-avx2 = -2.0 }', r"'measured_ms'.*expected a number > 0"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(tmp_path, line, replacement, pattern):
@@ -171,6 +245,20 @@ def test_cli_table(capsys):
     assert main(["targets"]) == 0
     out = capsys.readouterr().out
     assert "deployment target" in out and "rpi4" in out
+
+
+def test_cli_doctor_names_this_cpu_and_the_targets_that_fit_it(capsys):
+    from edgetl.core.isa import this_cpu
+    from edgetl.core.targets import targets_for
+
+    assert main(["doctor", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    cpu = this_cpu()
+    assert doc["cpu"]["arch"] == cpu.arch and doc["cpu"]["int8_flags"] == cpu.int8_flags
+    assert doc["targets"] == [t.name for t in targets_for(cpu)] and doc["targets"]
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "targets that fit this CPU" in out and doc["targets"][0][:12] in out
 
 
 def test_cli_json(capsys):
