@@ -26,15 +26,39 @@ def val_folder(quantized_run, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def full_range_run(quantized_run, tmp_path_factory):
+    """The RUN quantized for CPUs with VNNI (full-range int8 weights), ONNX Runtime only."""
+    from edgetl.workstation.quantization import QuantizeConfig, quantize
+
+    run = shutil.copytree(quantized_run, tmp_path_factory.mktemp("vnni") / "run")
+    quantize(run, QuantizeConfig(engine="ort", isa="x86-vnni"))
+    return run
+
+
 @pytest.mark.parametrize("target", [t.name for t in list_targets()])
-def test_every_shipped_target_round_trip(quantized_run, val_folder, tmp_path, target):
+def test_every_shipped_target_round_trip(quantized_run, val_folder, tmp_path, target, request):
+    from edgetl.core.isa import this_cpu
+    from edgetl.errors import NonConformingError
+
     t = next(t for t in list_targets() if t.name == target)
     ok, why = t.runtime_available()
     if not ok:
         pytest.skip(f"{target}: {why}")
-    bundle = package(quantized_run, target, tmp_path / "bundle").bundle
+    run = request.getfixturevalue("full_range_run") if target == "x86-vnni-ort-int8" else quantized_run
+    bundle = package(run, target, tmp_path / "bundle").bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
-    predictor = Predictor.from_bundle(bundle)
+    fits = t.fits(this_cpu())
+    # every bundle carries its conformance set; packaging ran it where this CPU is one of the target's
+    assert manifest["conformance"]["items"] > 0 and manifest["artifacts"]["conformance"]
+    assert ("passed" in manifest["validated"]) == fits and manifest["validated"].get("passed", True)
+    try:
+        predictor = Predictor.from_bundle(bundle)
+    except NonConformingError as exc:
+        # full-range int8 on a CPU without VNNI: refused, naming a target that fits this CPU
+        assert target == "x86-vnni-ort-int8" and not this_cpu().vnni and "x86-ort-int8" in str(exc)
+        return
+    assert predictor.conformance.passed
     assert predictor.runtime == t.runtime.value
     preds = predictor.predict(sorted((val_folder / "4").iterdir()))
     assert all(p.ok for p in preds) and sum(p.label == "4" for p in preds) >= 0.8 * len(preds)

@@ -123,6 +123,9 @@ def _combine(job: Job, reps: list[dict[str, Any]]) -> dict[str, Any]:
         "status": "ok", "reason": None, "path": "pytorch eager" if job.kind == "torch" else
         ("model file" if job.kind == "model" else "backbone+head"),
         "files": [str(f) for f in job.files], "device": job.spec.get("device") or None,
+        # where the row comes from: a bundle's target, else the RUN or model file
+        "source": (job.spec.get("target") or {}).get("name") if job.spec.get("bundle") else
+        (job.spec.get("run") or job.spec.get("model")),
     }
     if job.skipped:
         return {**row, "status": "skipped", "reason": job.skipped}
@@ -301,8 +304,23 @@ class _progress:
             self._bar.stop()
 
 
-def bench(source: str | os.PathLike, config: BenchConfig | None = None, *,
+def bench(source: str | os.PathLike | Sequence[str | os.PathLike], config: BenchConfig | None = None, *,
           argv: Sequence[str] | None = None) -> BenchReport:
-    """Benchmark a RUN directory, a bundle or a model file (see the module docstring)."""
+    """Benchmark a RUN directory, a bundle or a model file (see the module docstring); several
+    sources (bundles for different targets, say) are measured in one run, side by side, their
+    shared PyTorch reference rows once."""
     cfg = config or BenchConfig()
-    return execute(plan(source, cfg), cfg, argv=argv)
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not sources:
+        raise ConfigError("give at least one RUN, bundle or model file to benchmark")
+    jobs: list[Job] = []
+    seen_torch: set[tuple] = set()
+    for one in sources:
+        for job in plan(one, cfg):
+            if job.kind == "torch":
+                key = (job.batch, job.threads, job.spec.get("run"))
+                if key in seen_torch:
+                    continue
+                seen_torch.add(key)
+            jobs.append(job)
+    return execute(jobs, cfg, argv=argv)

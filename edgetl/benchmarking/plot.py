@@ -15,10 +15,11 @@ _COLORS = {"torch": "tab:red", "onnxruntime": "tab:blue", "openvino": "tab:purpl
 _MARKERS = {1: "o", 8: "s"}
 
 
-def _label(r: dict[str, Any]) -> str:
+def _label(r: dict[str, Any], source: bool = False) -> str:
     mode = "" if r["mode"] in ("edgetl", "eager") else f" {r['mode']}"
     executed = r.get("precision_executed") or r["precision"]
-    return f"{r['runtime']} {executed}{mode} b{r['batch']}"
+    where = f"{r['source']}: " if source and r.get("source") and r["runtime"] != "torch" else ""
+    return f"{where}{r['runtime']} {executed}{mode} b{r['batch']}"
 
 
 def plot(report: Any, path: str | os.PathLike, title: str | None = None) -> Path | None:
@@ -35,6 +36,7 @@ def plot(report: Any, path: str | os.PathLike, title: str | None = None) -> Path
         _ui.warn("no configuration ran: no plot written")
         return None
     env = report.environment
+    several = len({r.get("source") for r in rows if r["runtime"] != "torch"}) > 1
     title = title or f"edgetl bench · {env.get('cpu')} · {env.get('cpus_usable') or env.get('cpu_count')} CPUs"
     with_acc = [r for r in rows if r.get("accuracy") is not None]
     if with_acc:
@@ -42,14 +44,14 @@ def plot(report: Any, path: str | os.PathLike, title: str | None = None) -> Path
         for r in with_acc:
             ax.scatter(r["p50_ms"], 100 * r["accuracy"], s=60, color=_COLORS.get(r["runtime"], "gray"),
                        marker=_MARKERS.get(r["batch"], "^"), edgecolor="black" if r["mode"] == "direct" else None)
-            ax.annotate(_label(r), (r["p50_ms"], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, 4),
+            ax.annotate(_label(r, several), (r["p50_ms"], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, 4),
                         fontsize=7)
         ax.set_xscale("log")
         ax.set(xlabel="p50 latency per batch (ms, log scale)", ylabel="top-1 accuracy (%)", title=title)
         ax.grid(True, which="both", alpha=0.3)
     else:
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
-        labels = [f"{_label(r)} t{r['threads']}" for r in rows]
+        labels = [f"{_label(r, several)} t{r['threads']}" for r in rows]
         values = [r["p50_ms"] for r in rows]
         ax.barh(range(len(rows)), values, color=[_COLORS.get(r["runtime"], "gray") for r in rows])
         for i, r in enumerate(rows):

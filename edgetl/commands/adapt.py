@@ -84,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
     result = adapt(args.bundle, args.unlabelled, AdaptConfig(
         method=args.method, mode=args.mode, shrinkage=args.shrinkage, source=args.source,
         eval_dir=args.eval, force=args.force, sign_key=args.sign, allow_nonconforming=args.allow_nonconforming))
+    from edgetl.device.doctor import recheck, say_recheck
+
+    conformance = recheck(args.bundle) if result["switched"] else None
     if args.json:
-        _ui.print_json(result.to_dict())
+        _ui.print_json({**result.to_dict(), "conformance": conformance})
         return 0
     tb, ta = result["target_before"], result["target_after"]
     _ui.print_table(f"{result['method']} ({result['mode']}) on {result['n_images']} image(s)",
@@ -97,4 +100,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _ui.info(f"{result['bundle']}: version {result['version']} is live with a {result['method']} alignment "
              f"({result['mode']}) from {result['n_images']} image(s); 'edgetl rollback {result['bundle']}' undoes it")
+    say_recheck(conformance, "adapt")
     return 0

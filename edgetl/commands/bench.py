@@ -30,12 +30,15 @@ Examples:
   edgetl bench runs/digits --batch 1,8 --data data/val --json bench.json --plot bench.png
   edgetl bench bundle/ --run runs/digits --repeats 5
   edgetl bench bundle/ --target rpi4-ort-int8 --check
+  edgetl bench b-ort-int8/ b-openvino-int8/ b-ort-fp32/ --run runs/digits --plot bench.png
   edgetl bench runs/digits/openvino/backbone.xml --runtimes openvino --threads 2
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="RUN_OR_BUNDLE", help="RUN directory, bundle directory, or .onnx/.xml model file")
+    p.add_argument("source", metavar="RUN_OR_BUNDLE", nargs="+",
+                   help="RUN directory, bundle directory, or .onnx/.xml model file; several are measured in one run, "
+                        "side by side (bundles for different targets, say)")
     p.add_argument("--target", action="append", default=[], metavar="NAME",
                    help="check this target's budgets (repeatable; name or .toml path)")
     p.add_argument("--runtimes", type=str_list, metavar="LIST", help="from torch,onnxruntime,openvino (default: all)")
@@ -82,6 +85,7 @@ def print_results(report) -> None:
     from edgetl.benchmarking.environment import machine_name
 
     has_target = any(r.get("target") for r in report.results)
+    several = len({r.get("source") for r in report.results if r["runtime"] != "torch"}) > 1
     table = Table(title=f"edgetl bench · {machine_name(report.environment)}", title_justify="left")
     for col in ("configuration", "executed", "batch", "thr", "p50 ms", "p90 ms", "p99 ms", "items/s", "RSS MB",
                 "size MB", "cold ms", "×torch", "accuracy", "conforms", *(("budget p90 / memory",) if has_target else ())):
@@ -89,6 +93,8 @@ def print_results(report) -> None:
     notes = []
     for r in report.results:
         name = f"{r['runtime']} {r['precision']}" + ("" if r["mode"] in ("edgetl", "eager") else f" ({r['mode']})")
+        if several and r.get("source") and r["runtime"] != "torch":
+            name = f"{r['source']}: {name}"
         if r["status"] != "ok":
             notes.append(f"{name}, batch {r['batch']}, {r['threads']} thread(s): {r['status']}: {r['reason']}")
             table.add_row(name, "-", str(r["batch"]), str(r["threads"]), f"[yellow]{r['status']}[/]",

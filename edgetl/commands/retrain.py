@@ -87,9 +87,12 @@ def run(args: argparse.Namespace) -> int:
         bias_correction=args.bias_correction, seed=args.seed, strict=args.strict, force=args.force,
         verify=args.verify, trainer=args.trainer, sign_key=args.sign, allow_nonconforming=args.allow_nonconforming,
     )
+    from edgetl.device.doctor import recheck, say_recheck
+
     report = retrain(args.bundle, args.data, config)
+    conformance = recheck(args.bundle) if report.switched else None
     if args.json:
-        _ui.print_json(report.to_dict())
+        _ui.print_json({**report.to_dict(), "conformance": conformance})
     else:
         rows = [("all", report.n_holdout, report.accuracy_before, report.accuracy_after)]
         for name, g in report.groups.items():
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                  f"{report.epochs} epoch(s) (best {report.best_epoch}, lr {report.lr:.3g}, {report.trainer} trainer) "
                  f"in {report.seconds.get('train', 0):.1f} s; "
                  f"new classes: {new}")
+        say_recheck(conformance, "retrain")
     if not report.switched:
         print(f"edgetl retrain: {report.reason}", file=sys.stderr)
         return 1

@@ -11,7 +11,9 @@ that made things worse, this restores exactly the manifest and files before it. 
 version rolled back from becomes the previous one, so rolling back twice returns to
 where you started. With no previous version, nothing changes and the exit code is 2.
 
---json prints {"bundle", "version", "from_version", "history"}.
+The restored version's conformance set is run here right away (its verdict is remembered).
+
+--json prints {"bundle", "version", "from_version", "history", "conformance"}.
 
 Examples:
   edgetl rollback bundle/
@@ -30,9 +32,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         _ui.quiet()
+    from edgetl.device.doctor import recheck, say_recheck
+
     report = rollback(args.bundle)
+    conformance = recheck(args.bundle)
     if args.json:
-        _ui.print_json(report.to_dict())
+        _ui.print_json({**report.to_dict(), "conformance": conformance})
     else:
         _ui.info(f"{report.bundle}: rolled back from version {report.from_version} to version {report.version}")
+        say_recheck(conformance, "rollback")
     return 0
