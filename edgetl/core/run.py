@@ -40,7 +40,7 @@ def _check_fields(info: Any, path: Path) -> None:
     n = info["num_features"]
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1 << 20:
         raise bad("num_features", "must be an integer from 1 to 1,048,576", n)
-    for key in ("modality",):
+    for key in ("modality", "task"):
         if info.get(key) is not None and not isinstance(info[key], str):
             raise bad(key, "must be a string", info[key])
     for key in ("artifacts", "config", "split", "metrics", "export", "quantize"):

@@ -87,6 +87,13 @@ class Bundle:
         return str(self.manifest.get("modality") or DEFAULT_MODALITY)
 
     @property
+    def task(self) -> str:
+        """What a prediction is (``classification`` for bundles made before tasks)."""
+        from edgetl.tasks import DEFAULT_TASK
+
+        return str(self.manifest.get("task") or DEFAULT_TASK)
+
+    @property
     def spec(self) -> Any:
         """The modality's preprocessing spec (an image bundle's :class:`PreprocessSpec`)."""
         modality = get_modality(self.modality)

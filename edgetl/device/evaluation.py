@@ -13,6 +13,7 @@ import numpy as np
 from edgetl.core.report import Report
 from edgetl.errors import ConfigError, DataError
 from edgetl.device.predictor import Predictor
+from edgetl.tasks.classification import Evaluation
 
 __all__ = ["EvaluateConfig", "EvaluateReport", "Evaluation", "evaluate_folder", "evaluate_bundle", "plot_confusion"]
 
@@ -55,87 +56,13 @@ class EvaluateReport(Report):
                    [{"file": f, "error": r} for f, r in e.errors], dict(e.extra))
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Accuracy on labelled images. ``confusion[t, p]`` counts images of class ``t``
-    predicted as ``p`` (indices into ``labels``, the model's classes)."""
-
-    labels: tuple[str, ...]
-    confusion: np.ndarray
-    errors: tuple[tuple[str, str], ...] = ()  # (file, reason) of images that could not be read
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. runtime, precision_executed
-
-    @classmethod
-    def from_predictions(
-        cls, labels: Sequence[str], y_true: Sequence[int], y_pred: Sequence[int], **kwargs: Any
-    ) -> "Evaluation":
-        c = len(labels)
-        confusion = np.zeros((c, c), dtype=np.int64)
-        np.add.at(confusion, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
-        return cls(tuple(labels), confusion, **kwargs)
-
-    @property
-    def n(self) -> int:
-        return int(self.confusion.sum())
-
-    @property
-    def accuracy(self) -> float:
-        return float(np.trace(self.confusion) / self.n) if self.n else float("nan")
-
-    @property
-    def per_class(self) -> dict[str, float]:
-        """Accuracy (recall) of each class that has at least one image."""
-        totals = self.confusion.sum(axis=1)
-        return {lab: float(self.confusion[i, i] / totals[i]) for i, lab in enumerate(self.labels) if totals[i]}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "accuracy": self.accuracy,
-            "n": self.n,
-            "per_class": self.per_class,
-            "labels": list(self.labels),
-            "confusion": self.confusion.tolist(),
-            "errors": [{"file": f, "error": e} for f, e in self.errors],
-            **self.extra,
-        }
-
-
 def evaluate_folder(
     predictor: Predictor, data: str | os.PathLike, *, batch_size: int | None = None
-) -> Evaluation:
-    """Accuracy of ``predictor`` on an image folder (one subfolder per class, named by
-    label). Every class in ``data`` must be one of the model's labels."""
-    if predictor.modality.name == "image":
-        from edgetl.modalities.image import scan_folder
-
-        folder = scan_folder(data, min_classes=1, verify=False)  # unreadable files are counted below
-        root, names, items, targets = folder.root, folder.labels, list(folder.paths), folder.targets
-    else:  # text: a CSV/TSV/JSONL file with text and label columns, or class folders of .txt files
-        found = predictor.modality.scan(data, min_classes=1)
-        root, names, items, targets = found.root, found.labels, list(found.items), found.targets
-    index = {label: i for i, label in enumerate(predictor.labels)}
-    unknown = [name for name in names if name not in index]
-    if unknown:
-        what = "class folder(s)" if predictor.modality.name == "image" else "label(s)"
-        raise DataError(
-            f"{root}: {what} {', '.join(map(repr, unknown))} are not among the model's labels "
-            f"({', '.join(predictor.labels)}); evaluate on known classes, or retrain the bundle with them"
-        )
-    to_model = np.asarray([index[name] for name in names], dtype=np.int64)
-    predictions = predictor.predict(items, batch_size=batch_size)
-    y_true, y_pred, errors = [], [], []
-    for item, target, pred in zip(items, targets, predictions):
-        if pred.ok:
-            y_true.append(to_model[target])
-            y_pred.append(pred.index)
-        else:
-            errors.append((str(predictor._describe(item)), pred.error or ""))
-    if not y_true:
-        raise DataError(f"{root}: none of its {len(predictions)} {predictor.modality.item_noun}(s) could be read")
-    return Evaluation.from_predictions(
-        predictor.labels, y_true, y_pred, errors=tuple(errors),
-        extra={"runtime": predictor.runtime, "precision_executed": predictor.precision_executed},
-    )
+) -> Any:
+    """The task's metric of ``predictor`` on annotated DATA (classification: accuracy per class,
+    with a confusion matrix, on an image folder of class subfolders or labelled texts; every
+    class in DATA must be one of the model's labels)."""
+    return predictor.task.evaluate(predictor, data, batch_size=batch_size)
 
 
 def _to_report(e: "Evaluation") -> EvaluateReport:

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from edgetl.core.files import sha256_file
-from edgetl.core.formats import META_ARTIFACTS, META_LABELS, META_MODALITY, META_PREPROCESS
+from edgetl.core.formats import META_ARTIFACTS, META_LABELS, META_MODALITY, META_PREPROCESS, META_TASK
 from edgetl.core.targets import Precision, Runtime, Target
 from edgetl.errors import BundleError, EdgeTLError
 from edgetl.modalities import DEFAULT_MODALITY, get_modality
@@ -126,6 +126,16 @@ def _history(v: Any) -> None:
         raise _Bad(f"must be a list of JSON objects, got {_show(v)}")
 
 
+def _task(v: Any) -> None:
+    _str(64)(v)
+    from edgetl.tasks import get_task
+
+    try:
+        get_task(v)
+    except (EdgeTLError, KeyError, ImportError) as exc:
+        raise _Bad(f"names no known task ({exc})") from None
+
+
 def _modality(v: Any) -> None:
     _str(64)(v)
     try:
@@ -153,6 +163,7 @@ _SCHEMA: dict[str, tuple[bool, Callable[[Any], None]]] = {
     "files": (True, _files),
     "created": (False, _optional(_str(64))),
     "modality": (False, _optional(_modality)),
+    "task": (False, _optional(_task)),
     "num_features": (False, _optional(_int(1, 1 << 20))),
     "backbone": (False, _optional(_str(256))),
     "runtime": (False, _optional(_choice(Runtime))),
@@ -293,6 +304,12 @@ def check_head_agrees(m: Mapping[str, Any], head: Path, source: str) -> None:
     if META_MODALITY in meta and meta[META_MODALITY] != modality_name:
         raise BundleError(f"{source}: manifest field 'modality' differs from {head.name}'s {META_MODALITY} "
                           f"({meta[META_MODALITY]!r}); {tampered}")
+    from edgetl.tasks import DEFAULT_TASK
+
+    task_name = m.get("task") or DEFAULT_TASK
+    if meta.get(META_TASK, DEFAULT_TASK) != task_name:
+        raise BundleError(f"{source}: manifest field 'task' ({task_name!r}) differs from {head.name}'s {META_TASK} "
+                          f"({meta.get(META_TASK, DEFAULT_TASK)!r}); {tampered}")
     if META_ARTIFACTS in meta:
         try:
             hashes = json.loads(meta[META_ARTIFACTS])

@@ -17,37 +17,12 @@ from edgetl.modalities import Modality, batches, get_modality, run_batches
 from edgetl.modalities.image import PreprocessSpec
 from edgetl.modalities.image import find_images
 from edgetl.runtimes import Session, load_session
+from edgetl.tasks import get_task
+from edgetl.tasks.classification import Prediction, softmax
 
 __all__ = ["Prediction", "Predictor", "Adapter", "expand_inputs", "softmax", "PredictConfig", "PredictReport", "predict"]
 
 DEFAULT_BATCH_SIZE = 8
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result. ``score`` is the softmax probability of ``label``; ``top_k``
-    holds ``(label, probability)`` pairs, best first. When the image could not be read,
-    ``error`` says why and the other fields are None/empty."""
-
-    file: str | None
-    label: str | None
-    score: float | None
-    top_k: tuple[tuple[str, float], ...] = ()
-    error: str | None = None
-    index: int | None = None  # class id of ``label``
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "label": self.label,
-            "score": self.score,
-            "top_k": [{"label": lab, "score": s} for lab, s in self.top_k],
-            "error": self.error,
-        }
 
 
 @dataclass(frozen=True)
@@ -140,13 +115,6 @@ def _describe(source: Any) -> str | None:
     return str(source) if isinstance(source, (str, os.PathLike)) else None
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
 class Predictor:
     """Backbone and head sessions, labels and preprocessing; created once, reused per call.
 
@@ -165,8 +133,10 @@ class Predictor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         bundle: Any = None,
         modality: Modality | str | None = None,
+        task: str | None = None,
     ):
         self.backbone, self.head = backbone, head
+        self.task = get_task(task)  # what a prediction is (edgetl.tasks): classification by default
         self.labels = tuple(labels)
         self.modality = modality if hasattr(modality, "load") else get_modality(modality)  # type: ignore[arg-type]
         self.spec = spec
@@ -251,6 +221,7 @@ class Predictor:
         predictor = cls(
             backbone, head, bundle.labels, bundle.spec, adapter=adapter,
             batch_size=target.batch_size or DEFAULT_BATCH_SIZE, bundle=bundle, modality=bundle.modality,
+            task=bundle.task,
         )
         from edgetl.device.conformance import Policy, ensure
 
@@ -274,13 +245,14 @@ class Predictor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         modality: str | None = None,
         spinning: bool = False,
+        task: str | None = None,
     ) -> "Predictor":
         """Load a backbone and head model file directly (no bundle); ``spinning`` as
         :meth:`from_bundle`'s."""
         return cls(
             load_session(backbone, runtime, threads=threads, precision=precision, spinning=spinning),
             load_session(head, runtime, threads=threads, precision="fp32", spinning=spinning),
-            labels, spec, adapter=adapter, batch_size=batch_size, modality=modality,
+            labels, spec, adapter=adapter, batch_size=batch_size, modality=modality, task=task,
         )
 
     # -- properties ---------------------------------------------------------------
@@ -409,27 +381,14 @@ class Predictor:
             return np.zeros((0, features if isinstance(features, int) else 0), np.float32)
         return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
-    def predict(self, images: Any, *, top_k: int = 1, batch_size: int | None = None) -> list[Prediction]:
-        """Classify images (paths, PIL images or uint8 arrays), or texts with a text bundle
-        (a string is one text there, not a path). An unusable item gives a
-        :class:`Prediction` with ``error`` set; the others are still predicted."""
+    def predict(self, images: Any, *, top_k: int = 1, batch_size: int | None = None) -> list:
+        """Predictions for items (paths, PIL images or uint8 arrays; texts for a text bundle: a
+        string is one text there, not a path), one per item, in order, as the bundle's task
+        makes them (classification: :class:`Prediction` with the label and its probability).
+        An unusable item gives a prediction with ``error`` set; the others are still predicted."""
         if not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
-        k = min(top_k, self.num_classes)
-        sources = _as_list(images)
-        results: list[Prediction | None] = [None] * len(sources)
-        for indices, logits, errors in self.run_chunks(sources, batch_size, strict=False, logits=True):
-            for i, reason in errors.items():
-                results[i] = Prediction(self._describe(sources[i]), None, None, (), reason)
-            if not indices:
-                continue
-            probs = softmax(logits)
-            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            for row, i in enumerate(indices):
-                best = [(self.labels[c], float(probs[row, c])) for c in order[row]]
-                results[i] = Prediction(self._describe(sources[i]), best[0][0], best[0][1], tuple(best),
-                                        index=int(order[row, 0]))
-        return results  # type: ignore[return-value]
+        return self.task.predict(self, _as_list(images), top_k=top_k, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- the verb

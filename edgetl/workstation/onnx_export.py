@@ -23,7 +23,7 @@ import numpy as np
 from edgetl.core import ui as _ui
 from edgetl.errors import ConfigError, ExportMismatchError, RunDirError
 from edgetl.core.formats import (EMBEDDING, LOGITS, MAX_IR_VERSION, MAX_OPSET, META_ARTIFACTS, META_BACKBONE, META_LABELS,
-                                 META_MODALITY, META_NUM_FEATURES, META_PREPROCESS)
+                                 META_MODALITY, META_NUM_FEATURES, META_PREPROCESS, META_TASK)
 from edgetl.core.report import Report
 from edgetl.core.run import package_versions, update_run_json
 from edgetl.modalities import InputSpec, Modality, batches, count, get_modality
@@ -324,6 +324,7 @@ def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> Ex
         META_NUM_FEATURES: str(run.info["num_features"]),
         META_BACKBONE: run.info["backbone"],
         META_MODALITY: modality.name,
+        META_TASK: run.task,
     }
     if run.info.get("artifacts"):  # the files the model needs besides itself (a tokenizer), by hash
         from edgetl.core.files import sha256_file

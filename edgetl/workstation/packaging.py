@@ -400,6 +400,12 @@ class PackageReport(Report):
         return self.bundle / other
 
 
+def _task_name(info: Mapping[str, Any]) -> str:
+    from edgetl.tasks import get_task
+
+    return get_task(info.get("task")).name
+
+
 def _spec(info: Mapping[str, Any], run_dir: Path, target: Target) -> Any:
     """The modality's spec from run.json, with the target's input size where it sets one."""
     modality = get_modality(info.get("modality"))
@@ -437,6 +443,7 @@ def _manifest(run_dir: Path, info: Mapping[str, Any], target: Target, spec: Any,
         "created": now,
         "labels": list(info["labels"]),
         "modality": get_modality(info.get("modality")).name,
+        "task": _task_name(info),
         "preprocess": spec.to_dict(),
         "num_features": info["num_features"],
         "backbone": info.get("backbone"),

@@ -32,6 +32,13 @@ class Run:
         return str(self.info.get("modality") or DEFAULT_MODALITY)
 
     @property
+    def task(self) -> str:
+        """What a prediction is (``classification`` for RUNs made before tasks)."""
+        from edgetl.tasks import DEFAULT_TASK
+
+        return str(self.info.get("task") or DEFAULT_TASK)
+
+    @property
     def spec(self) -> Any:
         """The modality's spec (for images, the :class:`PreprocessSpec`)."""
         modality = get_modality(self.modality)

@@ -173,6 +173,7 @@ def _fit_and_write(fit: FitData, out: Path, backbone: Backbone, modality: str, s
         "arch": backbone.arch,
         "pretrained": backbone.pretrained,
         "modality": modality,
+        "task": "classification",
         "preprocess": spec.to_dict(),
         "num_features": backbone.num_features,
         "strategy": cfg.strategy.value,

@@ -1,0 +1,39 @@
+"""What edgetl needs to know about a task (see :mod:`edgetl.tasks`)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+
+__all__ = ["Task"]
+
+
+class Task(Protocol):
+    """One task: its data, its head's rows and outputs, its decoding, its metric.
+
+    The pipeline (training, export, quantization, packaging, the predictor, evaluation,
+    retraining, the benchmark) asks the task at these points and nowhere else."""
+
+    name: str  # "classification", "detection", "token-classification"
+    modalities: tuple[str, ...]  # the input kinds it takes
+    noun: str  # "image", "text", "scene", "sentence": what an item is called in messages
+
+    def recognises(self, data: Any) -> bool:
+        """Whether DATA is annotated for this task (``--task`` inferred from the data)."""
+
+    def read(self, data: Any, modality: Any, *, strict: bool = False, **options: Any) -> Any:
+        """Annotated data -> the task's data (items, targets, label names, what was skipped)."""
+
+    def head_size(self, labels: Sequence[str]) -> int:
+        """Outputs of the head (the trainable Gemm over rows) for these label names."""
+
+    def rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The backbone's output for a batch -> the head's rows [R, F] (in item order)."""
+
+    def predict(self, predictor: Any, sources: Sequence[Any], *, top_k: int, batch_size: int | None) -> list:
+        """Predictions of ``predictor`` (:class:`edgetl.device.predictor.Predictor`) for items,
+        one per item, in order; an unusable item gives one with ``error`` set (``ok`` False)."""
+
+    def evaluate(self, predictor: Any, data: Any, *, batch_size: int | None) -> Any:
+        """The task's metric of ``predictor`` on annotated DATA (a Report)."""
