@@ -72,6 +72,14 @@ class Adapter:
             raise BundleError(f"{path}: not a readable adapter (.npz with A and b): {exc}") from None
 
 
+def _first(out: Any, n: int) -> Any:
+    """The first ``n`` items of a chunk's outputs (an array, or a task's dict of arrays): the
+    rest pad a fixed-batch backbone's batch."""
+    if isinstance(out, dict):
+        return {k: (v[:n] if isinstance(v, np.ndarray) and v.ndim else v) for k, v in out.items()}
+    return out[:n]
+
+
 def _warn_if_other_arch(bundle: Any) -> None:
     """A bundle made for another CPU architecture (an x86 target opened on a Raspberry Pi) runs
     if its runtime does, but was neither tuned nor validated for this CPU: say so."""
@@ -134,8 +142,10 @@ class Predictor:
         bundle: Any = None,
         modality: Modality | str | None = None,
         task: str | None = None,
+        extra_heads: dict[str, Session] | None = None,
     ):
         self.backbone, self.head = backbone, head
+        self.extra_heads = dict(extra_heads or {})  # a task's other heads over the same rows (detection's boxes)
         self.task = get_task(task)  # what a prediction is (edgetl.tasks): classification by default
         self.labels = tuple(labels)
         self.modality = modality if hasattr(modality, "load") else get_modality(modality)  # type: ignore[arg-type]
@@ -216,12 +226,15 @@ class Predictor:
         # The head is tiny and stays fp32 (it is what retraining changes).
         head = load_session(bundle.model_path("head"), runtime, threads=threads, precision="fp32", device=device,
                             spinning=spinning)
+        extra = {name: load_session(bundle.path(rel), runtime, threads=threads, precision="fp32", device=device,
+                                    spinning=spinning)
+                 for name, rel in bundle.manifest["models"].items() if name not in ("backbone", "head")}
         adapter_rel = bundle.manifest.get("adapter")
         adapter = Adapter.load(bundle.path(adapter_rel)) if adapter_rel else None
         predictor = cls(
             backbone, head, bundle.labels, bundle.spec, adapter=adapter,
             batch_size=target.batch_size or DEFAULT_BATCH_SIZE, bundle=bundle, modality=bundle.modality,
-            task=bundle.task,
+            task=bundle.task, extra_heads=extra,
         )
         from edgetl.device.conformance import Policy, ensure
 
@@ -345,30 +358,34 @@ class Predictor:
         if threads < 2 or n_items < 4 * threads * chunk or not hasattr(self.backbone, "single_threaded"):
             return None
         if self._side is None:
-            self._side = (self.backbone.single_threaded(), self.head.single_threaded())
+            self._side = (self.backbone.single_threaded(), self.head.single_threaded(),
+                          {k: v.single_threaded() for k, v in self.extra_heads.items()})
         return self._side + (threads,)
 
     def run_chunks(self, sources: Sequence[Any], batch_size: int | None = None, *, strict: bool = False,
                    logits: bool = True, adapted: bool = True):
-        """``(indices, outputs, errors)`` per chunk of ``sources``: the logits (or, without
-        ``logits``, the embeddings) of the loadable items at ``indices``. Over many items on
-        ONNX Runtime each thread loads and runs its own chunks (:meth:`_side_by_side`)."""
-        def run(x, backbone, head):  # x padded to a fixed-batch backbone's batch
+        """``(indices, outputs, errors)`` per chunk of ``sources``: the head's outputs as the task
+        makes them (classification: the logits; detection: per-location logits and box codes) or,
+        without ``logits``, the backbone's raw outputs, of the loadable items at ``indices``. Over
+        many items on ONNX Runtime each thread loads and runs its own chunks (:meth:`_side_by_side`)."""
+        def run(x, backbone, head, extra):  # x padded to a fixed-batch backbone's batch
             z = backbone.run(x)
-            z = self.adapter.apply(z) if adapted and self.adapter is not None else z
-            return head.run(z) if logits else z
+            if not logits:
+                return self.adapter.apply(z) if adapted and self.adapter is not None else z
+            return self.task.outputs(self, z, x, head, extra)
 
         n = self._chunk_size(batch_size)
         side = self._side_by_side(len(sources), n)
         if side is None:
             for indices, x, errors in self.batches(sources, batch_size, strict=strict):
-                yield indices, (None if x is None else run(x, self.backbone, self.head)[: len(indices)]), errors
+                out = None if x is None else _first(run(x, self.backbone, self.head, self.extra_heads), len(indices))
+                yield indices, out, errors
             return
-        backbone, head, threads = side
+        backbone, head, extra, threads = side
         for indices, out, errors in run_batches(
-                self.modality, sources, self.spec, n, lambda x: run(self._padded(x), backbone, head), workers=threads,
-                strict=strict, describe=lambda s: self._describe(s) or self.modality.item_noun):
-            yield indices, (None if out is None else out[: len(indices)]), self._explain(sources, errors)
+                self.modality, sources, self.spec, n, lambda x: run(self._padded(x), backbone, head, extra),
+                workers=threads, strict=strict, describe=lambda s: self._describe(s) or self.modality.item_noun):
+            yield indices, (None if out is None else _first(out, len(indices))), self._explain(sources, errors)
 
     def embed(self, images: Any, *, batch_size: int | None = None, adapted: bool = True) -> np.ndarray:
         """Images (paths, PIL images or uint8 arrays) -> embeddings [N, F] float32, in

@@ -31,6 +31,11 @@ class Task(Protocol):
     def rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The backbone's output for a batch -> the head's rows [R, F] (in item order)."""
 
+    def outputs(self, predictor: Any, z: np.ndarray, inputs: Mapping[str, np.ndarray], head: Any,
+                extra: Mapping[str, Any]) -> Any:
+        """A chunk's backbone outputs ``z`` (for its model ``inputs``) through the head (and the
+        task's ``extra`` heads) -> what :meth:`predict` decodes: an array per item, or a dict."""
+
     def predict(self, predictor: Any, sources: Sequence[Any], *, top_k: int, batch_size: int | None) -> list:
         """Predictions of ``predictor`` (:class:`edgetl.device.predictor.Predictor`) for items,
         one per item, in order; an unusable item gives one with ``error`` set (``ok`` False)."""

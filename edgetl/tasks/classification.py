@@ -115,6 +115,11 @@ class ClassificationTask:
     def rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         return output  # the pooled embedding: one row per item
 
+    def outputs(self, predictor: Any, z: np.ndarray, inputs: Mapping[str, np.ndarray], head: Any,
+                extra: Mapping[str, Any]) -> np.ndarray:
+        """A chunk's backbone outputs -> its logits [N, C] (through the bundle's adapter, if any)."""
+        return head.run(predictor.apply_adapter(z) if predictor.adapter is not None else z)
+
     def predict(self, predictor: Any, sources: Sequence[Any], *, top_k: int = 1,
                 batch_size: int | None = None) -> list[Prediction]:
         """Classify items; an unusable item gives a :class:`Prediction` with ``error`` set."""

@@ -12,11 +12,11 @@ from edgetl.modalities import MODALITIES, InputSpec, LabelledItems
 from edgetl.modalities.image.folder import (ImageFolder, check_image, find_images, list_images, scan_folder,
                                             stratified_split, write_digits)
 from edgetl.modalities.image.preprocess import (IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageInput, Interpolation,
-                                                PreprocessSpec, load_image, normalize, preprocess, preprocess_batch,
-                                                resize_and_crop)
+                                                PreprocessSpec, letterbox, letterbox_geometry, load_image, normalize,
+                                                preprocess, preprocess_batch, preprocess_with_size, resize_and_crop)
 
 __all__ = ["ImageModality", "IMAGE", "PreprocessSpec", "Interpolation", "ImageInput", "load_image", "preprocess",
-           "preprocess_batch", "normalize", "resize_and_crop", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "ImageFolder",
+           "preprocess_batch", "preprocess_with_size", "normalize", "resize_and_crop", "letterbox", "letterbox_geometry", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "ImageFolder",
            "scan_folder", "find_images", "list_images", "check_image", "stratified_split", "write_digits"]
 
 
@@ -26,6 +26,7 @@ class ImageModality:
     name = "image"
     item_noun = "image"
     INPUT = "images"
+    SIZE = "image_size"  # letterboxed inputs also carry each image's original (width, height): not a model input
 
     def spec_from_dict(self, d: Any) -> PreprocessSpec:
         return PreprocessSpec.from_dict(d)
@@ -34,12 +35,15 @@ class ImageModality:
         return (InputSpec(self.INPUT, "float32", (None, 3, spec.input_size, spec.input_size)),)
 
     def load(self, item: ImageInput, spec: PreprocessSpec) -> dict[str, np.ndarray]:
+        if spec.resize == "letterbox":  # the way back to the image's pixels travels with it
+            x, size = preprocess_with_size(item, spec)
+            return {self.INPUT: x, self.SIZE: np.asarray(size, np.int64)}
         return {self.INPUT: preprocess(item, spec)}
 
     def collate(self, rows, spec: PreprocessSpec) -> dict[str, np.ndarray]:
         if len(rows) == 1:  # a batch of one (a batch-1 target): a view, not a 600 KB copy per image
-            return {self.INPUT: rows[0][self.INPUT][None]}
-        return {self.INPUT: np.stack([r[self.INPUT] for r in rows])}
+            return {k: v[None] for k, v in rows[0].items()}
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
     def example(self, spec: PreprocessSpec, batch: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(0)
@@ -77,8 +81,11 @@ class ImageModality:
                 raise DataError(f"{item}: {exc.strerror or exc}") from None
         img = load_image(item)
         w, h = img.size
-        size = spec.resize_size  # resize_and_crop's first step, its arithmetic: applied again, a no-op
-        new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        if spec.resize == "letterbox":  # fitted into the input square already: letterboxed again, as it is
+            new = letterbox_geometry(w, h, spec.input_size)[1:3]
+        else:
+            size = spec.resize_size  # resize_and_crop's first step, its arithmetic: applied again, a no-op
+            new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
         if new[0] * new[1] > MAX_IMAGE_PIXELS:
             raise DataError(f"{self.describe(item) or 'image'}: too elongated to store")
         resized = img.resize(new, resample=spec.interpolation.pil) if new != (w, h) else img

@@ -24,8 +24,8 @@ from edgetl.errors import ConfigError, DataError
 
 _OPEN_LOCK = threading.Lock()  # see load_image
 
-__all__ = ["Interpolation", "PreprocessSpec", "load_image", "preprocess", "preprocess_batch", "ImageInput",
-           "check_shape", "MAX_ASPECT", "MAX_RESIZED_PIXELS"]
+__all__ = ["Interpolation", "PreprocessSpec", "load_image", "preprocess", "preprocess_with_size", "preprocess_batch",
+           "ImageInput", "check_shape", "letterbox", "letterbox_geometry", "MAX_ASPECT", "MAX_RESIZED_PIXELS"]
 
 # Refuse decompression bombs: PIL warns above this many pixels and raises above twice it;
 # we refuse both (an edge device has no business decoding a 90-megapixel image).
@@ -52,19 +52,29 @@ class Interpolation(str, Enum):
         return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[self.value]
 
 
+RESIZES = ("crop", "letterbox")
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """What a backbone needs from an image: resize shorter side to ``input_size / crop_pct``,
-    center-crop ``input_size``, scale to [0, 1], normalize with ``mean`` and ``std``; NCHW float32."""
+    center-crop ``input_size``, scale to [0, 1], normalize with ``mean`` and ``std``; NCHW float32.
+
+    ``resize="letterbox"`` (detection) instead fits the whole image into ``input_size`` square,
+    keeping its aspect, centred, the rest filled with the mean colour (0 once normalized):
+    nothing is cropped away, and :func:`letterbox_geometry` maps coordinates both ways."""
 
     input_size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: Interpolation = Interpolation.BICUBIC
     crop_pct: float = 0.875
+    resize: str = "crop"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interpolation", Interpolation(self.interpolation))
+        if self.resize not in RESIZES:
+            raise ConfigError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if not (isinstance(self.input_size, int) and 8 <= self.input_size <= 4096):
@@ -82,6 +92,8 @@ class PreprocessSpec:
         d = asdict(self)
         d["interpolation"] = self.interpolation.value
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.resize == "crop":
+            del d["resize"]  # what specs written before letterboxing say by leaving it out
         return d
 
     @classmethod
@@ -107,14 +119,20 @@ class PreprocessSpec:
                               f"got {_show(d['interpolation'])}")
         if not _finite(d["crop_pct"]):
             raise ConfigError(f"preprocess.crop_pct must be a number, got {_show(d['crop_pct'])}")
+        resize = d.get("resize", "crop")
+        if resize not in RESIZES:
+            raise ConfigError(f"preprocess.resize must be one of {', '.join(RESIZES)}, got {_show(resize)}")
         try:
             return cls(input_size=size, mean=tuple(d["mean"]), std=tuple(d["std"]),
-                       interpolation=Interpolation(d["interpolation"]), crop_pct=float(d["crop_pct"]))
+                       interpolation=Interpolation(d["interpolation"]), crop_pct=float(d["crop_pct"]), resize=resize)
         except ConfigError as exc:
             raise ConfigError(f"preprocess.{exc}") from None
 
     def with_input_size(self, size: int) -> "PreprocessSpec":
-        return PreprocessSpec(size, self.mean, self.std, self.interpolation, self.crop_pct)
+        return PreprocessSpec(size, self.mean, self.std, self.interpolation, self.crop_pct, self.resize)
+
+    def letterboxed(self) -> "PreprocessSpec":
+        return PreprocessSpec(self.input_size, self.mean, self.std, self.interpolation, self.crop_pct, "letterbox")
 
 
 def _finite(x: Any) -> bool:
@@ -254,10 +272,39 @@ def normalize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
+def letterbox_geometry(width: int, height: int, size: int) -> tuple[float, int, int, int, int]:
+    """``(scale, new_width, new_height, pad_x, pad_y)``: an image of ``width`` x ``height`` fitted
+    into ``size`` x ``size`` keeping its aspect, centred. A point (x, y) of the image is at
+    (x * scale + pad_x, y * scale + pad_y) in the model's input."""
+    scale = size / max(width, height)
+    new_w, new_h = max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
+    return scale, new_w, new_h, (size - new_w) // 2, (size - new_h) // 2
+
+
+def letterbox(img: Image.Image, spec: PreprocessSpec, *, name: str = "image") -> Image.Image:
+    """The whole image fitted into ``input_size`` square (see :func:`letterbox_geometry`), the
+    rest filled with the normalisation mean (0 once normalized)."""
+    w, h = img.size
+    check_shape(w, h, name)
+    _, new_w, new_h, pad_x, pad_y = letterbox_geometry(w, h, spec.input_size)
+    fill = tuple(int(round(m * 255)) for m in spec.mean)
+    canvas = Image.new("RGB", (spec.input_size, spec.input_size), fill)
+    canvas.paste(img.resize((new_w, new_h), resample=spec.interpolation.pil) if (new_w, new_h) != (w, h) else img,
+                 (pad_x, pad_y))
+    return canvas
+
+
 def preprocess(source: ImageInput, spec: PreprocessSpec) -> np.ndarray:
     """One image -> 3xHxW float32, ready for the backbone."""
+    return preprocess_with_size(source, spec)[0]
+
+
+def preprocess_with_size(source: ImageInput, spec: PreprocessSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image -> (3xHxW float32, its original (width, height))."""
     name = str(source) if isinstance(source, (str, Path)) else "image"
-    return normalize(resize_and_crop(load_image(source), spec, name=name), spec)
+    img = load_image(source)
+    fit = letterbox if spec.resize == "letterbox" else resize_and_crop
+    return normalize(fit(img, spec, name=name), spec), img.size
 
 
 def preprocess_batch(sources: list[ImageInput], spec: PreprocessSpec) -> np.ndarray:
