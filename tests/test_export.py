@@ -110,7 +110,7 @@ def test_the_limit_follows_float32_rounding_and_a_wrong_constant_still_fails(exp
     assert 0 < noise["embedding"] < 1e-3 and 0 < noise["logits"] < 1e-2
     model = rec["onnxruntime/model"]
     assert model["abs_limit"] >= 16 * noise["logits"] and model["max_abs_diff"] <= model["abs_limit"]
-    real_export = onnx_export._export_module
+    real_export = onnx_export.export_module
 
     def with_wrong_constant(module, *args, **kwargs):
         import torch
@@ -121,7 +121,7 @@ def test_the_limit_follows_float32_rounding_and_a_wrong_constant_still_fails(exp
             bn.running_mean += 0.01 * bn.running_var.sqrt()
         return real_export(broken, *args, **kwargs)
 
-    monkeypatch.setattr(onnx_export, "_export_module", with_wrong_constant)
+    monkeypatch.setattr(onnx_export, "export_module", with_wrong_constant)
     run = shutil.copytree(exported_run, tmp_path / "run")
     with pytest.raises(ExportMismatchError, match="onnxruntime/backbone: max \\|diff\\|"):
         export(run, ExportConfig(exporter="torchscript", opset=17, samples=16))

@@ -290,6 +290,8 @@ def check_head_agrees(m: Mapping[str, Any], head: Path, source: str) -> None:
     (``edgetl package`` does that for targets that set one)."""
     if head.suffix.lower() != ".onnx":
         return
+    from edgetl.tasks import get_task
+
     meta = _head_metadata(head)
     tampered = "the manifest was modified or corrupted; re-package the bundle"
     if META_LABELS in meta:
@@ -297,7 +299,7 @@ def check_head_agrees(m: Mapping[str, Any], head: Path, source: str) -> None:
             recorded = json.loads(meta[META_LABELS])
         except ValueError:
             raise BundleError(f"{head}: edgetl.labels is not valid JSON; re-package the bundle") from None
-        if recorded != m["labels"]:
+        if recorded != get_task(m.get("task")).head_labels(m["labels"]):
             raise BundleError(f"{source}: manifest field 'labels' differs from the labels recorded in "
                               f"{head.name} ({META_LABELS}); {tampered}")
     modality_name = m.get("modality") or DEFAULT_MODALITY

@@ -72,6 +72,12 @@ class Adapter:
             raise BundleError(f"{path}: not a readable adapter (.npz with A and b): {exc}") from None
 
 
+def _fraction(value: Any, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
 def _first(out: Any, n: int) -> Any:
     """The first ``n`` items of a chunk's outputs (an array, or a task's dict of arrays): the
     rest pad a fixed-batch backbone's batch."""
@@ -398,14 +404,17 @@ class Predictor:
             return np.zeros((0, features if isinstance(features, int) else 0), np.float32)
         return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
-    def predict(self, images: Any, *, top_k: int = 1, batch_size: int | None = None) -> list:
+    def predict(self, images: Any, *, top_k: int = 1, batch_size: int | None = None,
+                score_threshold: float | None = None) -> list:
         """Predictions for items (paths, PIL images or uint8 arrays; texts for a text bundle: a
         string is one text there, not a path), one per item, in order, as the bundle's task
-        makes them (classification: :class:`Prediction` with the label and its probability).
-        An unusable item gives a prediction with ``error`` set; the others are still predicted."""
+        makes them (classification: :class:`Prediction` with the label and its probability;
+        detection: the boxes whose score is at least ``score_threshold``). An unusable item
+        gives a prediction with ``error`` set; the others are still predicted."""
         if not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
-        return self.task.predict(self, _as_list(images), top_k=top_k, batch_size=batch_size)
+        options = {} if score_threshold is None else {"score_threshold": _fraction(score_threshold, "score_threshold")}
+        return self.task.predict(self, _as_list(images), top_k=top_k, batch_size=batch_size, **options)
 
 
 # --------------------------------------------------------------------------- the verb

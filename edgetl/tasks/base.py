@@ -18,6 +18,7 @@ class Task(Protocol):
     name: str  # "classification", "detection", "token-classification"
     modalities: tuple[str, ...]  # the input kinds it takes
     noun: str  # "image", "text", "scene", "sentence": what an item is called in messages
+    pooled: bool  # the backbone's output is already the head's rows, one per item (classification)
 
     def recognises(self, data: Any) -> bool:
         """Whether DATA is annotated for this task (``--task`` inferred from the data)."""
@@ -25,8 +26,9 @@ class Task(Protocol):
     def read(self, data: Any, modality: Any, *, strict: bool = False, **options: Any) -> Any:
         """Annotated data -> the task's data (items, targets, label names, what was skipped)."""
 
-    def head_size(self, labels: Sequence[str]) -> int:
-        """Outputs of the head (the trainable Gemm over rows) for these label names."""
+    def head_labels(self, labels: Sequence[str]) -> list[str]:
+        """Names of the head's outputs (the trainable Gemm over rows) for these label names, as
+        head.onnx records them (``edgetl.labels``): classification, the labels themselves."""
 
     def rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The backbone's output for a batch -> the head's rows [R, F] (in item order)."""

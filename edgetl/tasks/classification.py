@@ -102,6 +102,7 @@ class ClassificationTask:
     name = "classification"
     modalities = ("image", "text")
     noun = "item"
+    pooled = True
 
     def recognises(self, data: Any) -> bool:
         return False  # the default: what DATA is when no other task recognises it
@@ -109,8 +110,8 @@ class ClassificationTask:
     def read(self, data: Any, modality: Any, *, strict: bool = False, **options: Any) -> Any:
         return modality.scan(data, strict=strict, **options)
 
-    def head_size(self, labels: Sequence[str]) -> int:
-        return len(labels)
+    def head_labels(self, labels: Sequence[str]) -> list[str]:
+        return list(labels)
 
     def rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         return output  # the pooled embedding: one row per item

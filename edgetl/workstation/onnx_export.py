@@ -16,7 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -73,9 +73,12 @@ def _takes_varargs(module) -> bool:
     return any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
 
 
-def _export_module(module, example: Inputs, path: Path, inputs: tuple[InputSpec, ...], out: str,
+def export_module(module, example: Inputs, path: Path, inputs: tuple[InputSpec, ...], out: str | Sequence[str],
                    cfg: ExportConfig) -> None:
-    """Export ``module(*inputs)`` with the modality's input names and dynamic axes."""
+    """Export ``module(*inputs)`` with the modality's input names and dynamic axes; ``out``
+    names its output (or outputs, for a module that returns a tuple)."""
+    outs = [out] if isinstance(out, str) else list(out)
+    tmps = [_TMP_OUTPUT if i == 0 else f"{_TMP_OUTPUT}_{i}" for i in range(len(outs))]
     import torch
 
     args = tuple(torch.from_numpy(example[i.name].copy()) for i in inputs)
@@ -94,14 +97,15 @@ def _export_module(module, example: Inputs, path: Path, inputs: tuple[InputSpec,
             # module has, then give the graph output its real name.
             torch.onnx.export(
                 module, args, str(path), dynamo=True, external_data=False, opset_version=cfg.opset,
-                input_names=names, output_names=[_TMP_OUTPUT], dynamic_shapes=shapes, verbose=False,
+                input_names=names, output_names=tmps, dynamic_shapes=shapes, verbose=False,
             )
-            _rename_output(path, _TMP_OUTPUT, out)
+            for tmp, name in zip(tmps, outs):
+                _rename_output(path, tmp, name)
         else:
-            axes = {i.name: i.dynamic_axes for i in inputs} | {out: {0: "batch"}}
+            axes = {i.name: i.dynamic_axes for i in inputs} | {name: {0: "batch"} for name in outs}
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=cfg.opset,
-                input_names=names, output_names=[out], dynamic_axes=axes,
+                input_names=names, output_names=outs, dynamic_axes=axes,
             )
 
 
@@ -137,7 +141,7 @@ def _rename_output(path: Path, tmp: str, out: str) -> None:
     onnx.save(model, str(path))
 
 
-def _finish(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+def finish_file(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     """Make the file self-describing and loadable by ORT 1.19.2; return its facts."""
     import onnx
 
@@ -157,7 +161,7 @@ def _finish(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     return {"path": path.name, "bytes": path.stat().st_size, "ir_version": model.ir_version, "opset": opset}
 
 
-def _to_openvino(onnx_path: Path, out_dir: Path) -> Path:
+def to_openvino(onnx_path: Path, out_dir: Path) -> Path:
     import openvino as ov
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,11 +178,11 @@ def _run(path: Path, runtime: str, x: Inputs | np.ndarray) -> np.ndarray:
     return load_session(path, runtime, precision="fp32").run(x)
 
 
-def _ort_run(path: Path, x: Inputs | np.ndarray) -> np.ndarray:
+def ort_run(path: Path, x: Inputs | np.ndarray) -> np.ndarray:
     return _run(path, "onnxruntime", x)
 
 
-def _ov_run(path: Path, x: Inputs | np.ndarray) -> np.ndarray:
+def ov_run(path: Path, x: Inputs | np.ndarray) -> np.ndarray:
     return _run(path, "openvino", x)
 
 
@@ -206,7 +210,7 @@ def _rounding_noise(model, x: Inputs, inputs: tuple[InputSpec, ...], out: dict[s
             "logits": float(np.abs(out["logits"] - logits.numpy()).max())}
 
 
-def _compare(name: str, got: np.ndarray, ref: np.ndarray, cfg: ExportConfig, logits: bool,
+def compare_outputs(name: str, got: np.ndarray, ref: np.ndarray, cfg: ExportConfig, logits: bool,
              noise: float = 0.0) -> tuple[dict, list[str]]:
     failures = []
     if got.shape != ref.shape:
@@ -254,13 +258,13 @@ def _validate(onnx_dir: Path, ov_xml: Path, torch_out: dict[str, np.ndarray], x:
     z_ref = torch_out["embedding"]
     # (the head alone, on PyTorch's own embeddings, is a Gemm: only its own sum's rounding)
     checks = [
-        ("onnxruntime/backbone", lambda: _ort_run(onnx_dir / "backbone.onnx", x), z_ref, False, "embedding"),
-        ("onnxruntime/head", lambda: _ort_run(onnx_dir / "head.onnx", z_ref), torch_out["logits"], True, None),
-        ("onnxruntime/model", lambda: _ort_run(onnx_dir / "model.onnx", x), torch_out["logits"], True, "logits"),
-        ("onnxruntime/head(backbone)", lambda: _ort_run(onnx_dir / "head.onnx", _ort_run(onnx_dir / "backbone.onnx", x)),
-         _ort_run(onnx_dir / "model.onnx", x), True, "logits"),
-        ("openvino-f32/backbone", lambda: _ov_run(ov_xml, x), z_ref, False, "embedding"),
-        ("openvino-f32/model", lambda: _ov_run(onnx_dir / "model.onnx", x), torch_out["logits"], True, "logits"),
+        ("onnxruntime/backbone", lambda: ort_run(onnx_dir / "backbone.onnx", x), z_ref, False, "embedding"),
+        ("onnxruntime/head", lambda: ort_run(onnx_dir / "head.onnx", z_ref), torch_out["logits"], True, None),
+        ("onnxruntime/model", lambda: ort_run(onnx_dir / "model.onnx", x), torch_out["logits"], True, "logits"),
+        ("onnxruntime/head(backbone)", lambda: ort_run(onnx_dir / "head.onnx", ort_run(onnx_dir / "backbone.onnx", x)),
+         ort_run(onnx_dir / "model.onnx", x), True, "logits"),
+        ("openvino-f32/backbone", lambda: ov_run(ov_xml, x), z_ref, False, "embedding"),
+        ("openvino-f32/model", lambda: ov_run(onnx_dir / "model.onnx", x), torch_out["logits"], True, "logits"),
     ]
     for name, run_fn, ref, logits, kind in _ui.progress(checks, "validating"):
         try:
@@ -268,11 +272,11 @@ def _validate(onnx_dir: Path, ov_xml: Path, torch_out: dict[str, np.ndarray], x:
         except Exception as exc:  # noqa: BLE001 - a runtime refusing the file is a failed check
             failures.append(f"{name}: runtime error {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
             continue
-        results[name], fails = _compare(name, got, ref, cfg, logits, noise[kind] if kind else 0.0)
+        results[name], fails = compare_outputs(name, got, ref, cfg, logits, noise[kind] if kind else 0.0)
         failures += fails
     # Dynamic batch: one image alone gives the same output as inside a batch.
-    single = _ort_run(onnx_dir / "model.onnx", _rows(x, 1))
-    results["dynamic_batch_max_abs_diff"] = float(np.abs(single - _ort_run(onnx_dir / "model.onnx", x)[:1]).max())
+    single = ort_run(onnx_dir / "model.onnx", _rows(x, 1))
+    results["dynamic_batch_max_abs_diff"] = float(np.abs(single - ort_run(onnx_dir / "model.onnx", x)[:1]).max())
     batch_limit = max(cfg.atol, cfg.rounding_factor * noise["logits"])  # another batch, another summation order
     if results["dynamic_batch_max_abs_diff"] > batch_limit:
         n = len(next(iter(x.values())))
@@ -282,8 +286,8 @@ def _validate(onnx_dir: Path, ov_xml: Path, torch_out: dict[str, np.ndarray], x:
         lengths = x["attention_mask"].sum(1)
         i = int(np.argmin(lengths))
         alone = {k: v[i:i + 1, : int(lengths[i])] for k, v in x.items()}
-        got = _ort_run(onnx_dir / "model.onnx", alone)
-        diff = float(np.abs(got - _ort_run(onnx_dir / "model.onnx", x)[i:i + 1]).max())
+        got = ort_run(onnx_dir / "model.onnx", alone)
+        diff = float(np.abs(got - ort_run(onnx_dir / "model.onnx", x)[i:i + 1]).max())
         results["dynamic_sequence"] = {"lengths": [int(lengths[i]), int(x["attention_mask"].shape[1])],
                                        "max_abs_diff": diff}
         if diff > batch_limit:
@@ -332,6 +336,12 @@ def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> Ex
         metadata[META_ARTIFACTS] = json.dumps({name: sha256_file(run.artifact(name))
                                                for name in sorted(run.info["artifacts"])})
     x = _validation_inputs(run, modality, spec, cfg.samples)
+    from edgetl.workstation.task_hooks import hooks
+
+    task_hooks = hooks(run.task)
+    if task_hooks is not None:  # a task with files of its own (detection: a box head)
+        files, seconds, xml, failures, validation = task_hooks.export(run, model, onnx_dir, ov_dir, metadata, x, cfg)
+        return _report(root, cfg, files, seconds, xml, validation, failures or [])
     example = _rows(x, 2)
     inputs = modality.inputs(spec)
 
@@ -344,13 +354,30 @@ def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> Ex
                            metadata={k: v for k, v in metadata.items() if k != META_LABELS})
         else:
             module = model.backbone if name == "backbone" else model
-            _export_module(module, example, path, inputs, EMBEDDING if name == "backbone" else LOGITS, cfg)
-        files[name] = _finish(path, metadata)
+            export_module(module, example, path, inputs, EMBEDDING if name == "backbone" else LOGITS, cfg)
+        files[name] = finish_file(path, metadata)
         seconds[name] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    xml = _to_openvino(onnx_dir / "backbone.onnx", ov_dir)
+    xml = to_openvino(onnx_dir / "backbone.onnx", ov_dir)
     seconds["openvino"] = time.perf_counter() - t0
 
+    failures: list[str] = []
+    validation = None
+    if cfg.validate:
+        with torch.no_grad():
+            z = model.forward_features(*(torch.from_numpy(x[i.name]) for i in inputs))
+            torch_out = {"embedding": z.numpy(), "logits": model.forward_head(z).numpy()}
+        noise = _rounding_noise(model, x, inputs, torch_out)
+        validation, failures = _validate(onnx_dir, xml, torch_out, x, cfg, noise)
+        validation["samples"] = count(x)
+        validation["passed"] = not failures
+        validation["failures"] = failures
+    return _report(root, cfg, files, seconds, xml, validation, failures)
+
+
+def _report(root: Path, cfg: ExportConfig, files: dict, seconds: dict, xml: Path, validation: dict | None,
+            failures: list[str]) -> ExportReport:
+    """``run.json["export"]`` written, then the failures raised together, or the report returned."""
     report: dict[str, Any] = {
         "config": {**asdict(cfg), "exporter": cfg.exporter.value},
         "files": files,
@@ -358,16 +385,8 @@ def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> Ex
         "seconds": seconds,
         "versions": package_versions("torch", "onnx", "onnxscript", "onnxruntime-training-cpu", "openvino"),
     }
-    failures: list[str] = []
-    if cfg.validate:
-        with torch.no_grad():
-            z = model.forward_features(*(torch.from_numpy(x[i.name]) for i in inputs))
-            torch_out = {"embedding": z.numpy(), "logits": model.forward_head(z).numpy()}
-        noise = _rounding_noise(model, x, inputs, torch_out)
-        report["validation"], failures = _validate(onnx_dir, xml, torch_out, x, cfg, noise)
-        report["validation"]["samples"] = count(x)
-        report["validation"]["passed"] = not failures
-        report["validation"]["failures"] = failures
+    if validation is not None:
+        report["validation"] = validation
     update_run_json(root, "export", report)
     if failures:
         raise ExportMismatchError(failures)

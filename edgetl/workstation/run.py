@@ -66,8 +66,14 @@ class Run:
             raise RunDirError(f"{path}: the RUN's {name} file is missing; re-run 'edgetl train'")
         return path
 
-    def split_items(self, which: str) -> tuple[list[Any], list[int]]:
-        """Items of the ``train`` or ``val`` split (image paths, or texts) with class indices."""
+    def split_items(self, which: str) -> tuple[list[Any], list[Any]]:
+        """Items of the ``train`` or ``val`` split (image paths, or texts) with their targets
+        (class indices; a task's own annotations for other tasks)."""
+        from edgetl.workstation.task_hooks import hooks
+
+        task_hooks = hooks(self.task)
+        if task_hooks is not None:
+            return task_hooks.split_items(self, which)
         if self.modality == "image":
             return self.split_paths(which)
         split = self.info.get("split", {})
@@ -139,7 +145,13 @@ def load_run(run_dir: str | os.PathLike) -> Run:
                               "'edgetl train'")
     else:
         backbone = create_backbone(info.get("arch", info["backbone"]), pretrained=False)
-    model = EdgeModel(backbone.module, int(info["num_features"]), len(info["labels"]))
+    from edgetl.workstation.task_hooks import hooks
+
+    task_hooks = hooks(str(info.get("task") or "classification"))
+    if task_hooks is not None:
+        model = task_hooks.build_model(backbone.module, info)
+    else:
+        model = EdgeModel(backbone.module, int(info["num_features"]), len(info["labels"]))
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if ref is not None:  # the head alone; the backbone is the installed built-in's

@@ -61,6 +61,12 @@ def _calibration_paths(run, cfg: QuantizeConfig) -> tuple[list[Path], str]:
     return _stratified(paths, targets, cfg.calib_size, cfg.seed), "train split"
 
 
+def _model_inputs(x: dict[str, np.ndarray], modality, spec) -> dict[str, np.ndarray]:
+    """The model's own inputs of a loaded batch (a letterboxed image's original size is not one)."""
+    names = {i.name for i in modality.inputs(spec)}
+    return {k: v for k, v in x.items() if k in names}
+
+
 def _load(items: list, modality, spec, what: str) -> dict[str, np.ndarray]:
     from edgetl.modalities import load_all
 
@@ -125,8 +131,9 @@ def quantize(run_dir: str | os.PathLike, config: QuantizeConfig | None = None) -
     qort.quiet_logs()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    xc = _load(calib_paths, modality, spec, "calibration")
-    xv = _load(val_paths, modality, spec, "validation")
+    xc = _model_inputs(_load(calib_paths, modality, spec, "calibration"), modality, spec)
+    xv_all = _load(val_paths, modality, spec, "validation")
+    xv = _model_inputs(xv_all, modality, spec)
     seconds["load_images"] = time.perf_counter() - t0
 
     names = engines_for(cfg.engine.value, modality.name)
@@ -135,8 +142,11 @@ def quantize(run_dir: str | os.PathLike, config: QuantizeConfig | None = None) -
     work = Path(tempfile.mkdtemp(dir=root, prefix=".quantize-"))
     try:
         judge = Int8Judge(cfg.isa, this_cpu())
-        ctx = Context(cfg, root, work, xc, xv, np.asarray(y_val), root / "onnx" / "head.onnx", seconds,
-                      {"modality": modality.name}, judge)
+        targets = np.asarray(y_val) if run.task == "classification" else list(y_val)
+        # what travels with the inputs but is not one (a letterboxed image's size) is the scorer's
+        extras = {k: v for k, v in xv_all.items() if k not in xv}
+        ctx = Context(cfg, root, work, xc, xv, targets, root / "onnx" / "head.onnx", seconds,
+                      {"modality": modality.name, "inputs_extra": extras}, judge, run.task)
         results = {name: engine.run(ctx) for name, engine in engines.items()}
         files = commit(root, {name: r.files for name, r in results.items()})
     finally:

@@ -38,6 +38,33 @@ def _mb(*paths: Path) -> float:
     return sum(p.stat().st_size for p in paths) / 1e6
 
 
+def scorer(ctx: "Context", z_fp32: np.ndarray) -> Any:
+    """The guard's score of backbone outputs against the fp32 backbone's ``z_fp32`` on the
+    held-out items: called on outputs -> ``{"accuracy", "drop", "agreement"}``, with
+    ``fp32_accuracy``. The task decides what they are (classification: top-1 accuracy and label
+    agreement; detection: mAP@.5 and matched boxes)."""
+    from edgetl.workstation.task_hooks import hooks
+
+    task_hooks = hooks(ctx.task)
+    if task_hooks is not None:
+        return task_hooks.guard_scorer(ctx, z_fp32)
+    return _LabelScorer(ctx.head, ctx.y_val, z_fp32)
+
+
+class _LabelScorer:
+    """Classification's: top-1 labels of the head on the outputs (guard.Scorer)."""
+
+    def __init__(self, head: Path, y_true: np.ndarray, z_fp32: np.ndarray):
+        from edgetl.workstation.quantization.guard import Scorer
+
+        self.head = head
+        self._score = Scorer(np.asarray(y_true), _head_predict(head, z_fp32))
+        self.fp32_accuracy = self._score.fp32_accuracy
+
+    def __call__(self, z: np.ndarray) -> dict[str, float]:
+        return self._score(_head_predict(self.head, z))
+
+
 def _head_predict(head: Path, z: np.ndarray) -> np.ndarray:
     from edgetl.workstation.quantization import ort_qdq as qort
 
@@ -64,6 +91,7 @@ class Context:
     seconds: dict[str, float]
     cache: dict[str, Any]  # the ORT preparation, shared by both engines
     judge: Int8Judge  # the target CPUs' int8 (weights range) and which score decides
+    task: str = "classification"  # what the held-out targets are and how outputs are scored (scorer)
 
     def int8_facts(self) -> dict[str, str]:
         """What the int8 files record of the CPUs they were built for (META_INT8, run.json)."""
@@ -147,8 +175,8 @@ def ort_measure(ctx: Context, score: Any) -> Callable[[Path], dict[str, Any]]:
     from edgetl.workstation.quantization import ort_qdq as qort
 
     def measure(path: Path) -> dict[str, Any]:
-        here = score(_head_predict(ctx.head, qort.run_batched(path, ctx.xv)))
-        reference = score(_head_predict(ctx.head, qort.run_batched(path, ctx.xv, reference=True)))
+        here = score(qort.run_batched(path, ctx.xv))
+        reference = score(qort.run_batched(path, ctx.xv, reference=True))
         return ctx.judge(reference, here)
 
     return measure
@@ -156,11 +184,11 @@ def ort_measure(ctx: Context, score: Any) -> Callable[[Path], dict[str, Any]]:
 
 def ort_engine(ctx: Context) -> EngineResult:
     from edgetl.workstation.quantization import ort_qdq as qort
-    from edgetl.workstation.quantization.guard import Budget, Scorer, run_guard
+    from edgetl.workstation.quantization.guard import Budget, run_guard
 
     cfg, onnx_dir = ctx.cfg, ctx.root / "onnx"
     fp32_path = onnx_dir / "backbone.onnx"
-    score = Scorer(ctx.y_val, _head_predict(ctx.head, qort.run_batched(fp32_path, ctx.xv)))
+    score = scorer(ctx, qort.run_batched(fp32_path, ctx.xv))
     t0 = time.perf_counter()
     best, guard = run_guard(
         lambda nodes, step: _ort_build(ctx, nodes, step),
@@ -179,16 +207,25 @@ def ort_engine(ctx: Context) -> EngineResult:
         return EngineResult(rows, guard, None, extra)
     meta, ir_version = _onnx_meta(fp32_path)
     qort.finish(best, meta + [(META_INT8, json.dumps(ctx.int8_facts()))], ir_version)
-    fused = ctx.work / "model.int8.onnx"
-    qort.fuse_head(best, ctx.head, fused)
-    extra["fused_check"] = _check_fused(fused, best, ctx)
+    files = {"onnx/backbone.int8.onnx": best}
+    if _pooled(ctx):  # head(backbone) as one file where the backbone's output is the head's input
+        fused = ctx.work / "model.int8.onnx"
+        qort.fuse_head(best, ctx.head, fused)
+        extra["fused_check"] = _check_fused(fused, best, ctx)
+        files["onnx/model.int8.onnx"] = fused
     last = guard["steps"][-1]
     precision_executed = "int8" if cfg.method is Method.STATIC else "int8-dynamic"
     rows.append(_row("onnxruntime", "int8", precision_executed, last, score.fp32_accuracy,
                      "onnx/backbone.int8.onnx", _mb(best), fp32_mb, fp32_nodes=last["fp32_nodes"],
                      method=cfg.method.value, calibration=cfg.calibration.value if cfg.method is Method.STATIC else None,
                      **ctx.int8_facts(), latency_ms=qort.latency_ms(best, ctx.xv)))
-    return EngineResult(rows, guard, {"onnx/backbone.int8.onnx": best, "onnx/model.int8.onnx": fused}, extra)
+    return EngineResult(rows, guard, files, extra)
+
+
+def _pooled(ctx: Context) -> bool:
+    from edgetl.tasks import get_task
+
+    return get_task(ctx.task).pooled
 
 
 def _onnx_meta(path: Path) -> tuple[list[tuple[str, str]], int]:
@@ -216,13 +253,13 @@ def _check_fused(fused: Path, backbone: Path, ctx: Context) -> dict[str, Any]:
 def nncf_engine(ctx: Context) -> EngineResult:
     from edgetl.workstation.quantization import ort_qdq as qort
     from edgetl.workstation.quantization import nncf_ir as qov
-    from edgetl.workstation.quantization.guard import Budget, Scorer, run_guard
+    from edgetl.workstation.quantization.guard import Budget, run_guard
 
     cfg = ctx.cfg
     fp32_xml = ctx.root / "openvino" / "backbone.xml"
     qov.quiet_logs()
     f32 = qov.compile_model(fp32_xml, "f32")  # pinned: the reference must really be f32
-    score = Scorer(ctx.y_val, _head_predict(ctx.head, qov.predict(f32, ctx.xv)))
+    score = scorer(ctx, qov.predict(f32, ctx.xv))
     fp32_mb = _mb(fp32_xml, fp32_xml.with_suffix(".bin"))
     base = {"accuracy": score.fp32_accuracy, "drop": 0.0, "agreement": 1.0}
     rows = [_row("openvino", "fp32", qov.executed(f32)["precision_executed"], base, score.fp32_accuracy,
@@ -231,7 +268,7 @@ def nncf_engine(ctx: Context) -> EngineResult:
     default = qov.compile_model(fp32_xml, "default")
     auto = qov.executed(default)
     rows.append(_row("openvino", "bf16" if auto["precision_executed"] == "bf16" else "default",
-                     auto["precision_executed"], score(_head_predict(ctx.head, qov.predict(default, ctx.xv))),
+                     auto["precision_executed"], score(qov.predict(default, ctx.xv)),
                      score.fp32_accuracy, "openvino/backbone.xml", fp32_mb, fp32_mb, **auto))
     names = {op.get_friendly_name() for op in qov.read(fp32_xml).get_ordered_ops()}
     t0 = time.perf_counter()
@@ -250,7 +287,7 @@ def nncf_engine(ctx: Context) -> EngineResult:
         executed[str(path)] = qov.executed(compiled)
         # OpenVINO has no mode without int8 kernels: this CPU's score is the only one (the judge
         # notes when this CPU does not compute int8 as the target's CPUs do)
-        return ctx.judge(None, score(_head_predict(ctx.head, qov.predict(compiled, ctx.xv))))
+        return ctx.judge(None, score(qov.predict(compiled, ctx.xv)))
 
     def rank(path: Path) -> list[str]:
         # OpenVINO's CPU plugin returns wrong values for extra outputs placed inside an int8

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgetl.core.formats import META_INT8
 from edgetl.workstation.quantization.engines import (ENGINES, Context, EngineInfo, EngineResult, _check_fused,
-                                                     _head_predict, _mb, _onnx_meta, _row, _silenced, ort_measure)
+                                                     _mb, _onnx_meta, _row, _silenced, ort_measure, scorer)
 
 __all__ = ["ort_dynamic_engine"]
 
@@ -25,7 +25,7 @@ __all__ = ["ort_dynamic_engine"]
 def ort_dynamic_engine(ctx: Context) -> EngineResult:
     from edgetl.modalities import take
     from edgetl.workstation.quantization import ort_qdq as qort
-    from edgetl.workstation.quantization.guard import Budget, Scorer, run_guard
+    from edgetl.workstation.quantization.guard import Budget, run_guard
 
     cfg, onnx_dir = ctx.cfg, ctx.root / "onnx"
     fp32_path = onnx_dir / "backbone.onnx"
@@ -33,7 +33,7 @@ def ort_dynamic_engine(ctx: Context) -> EngineResult:
     pre = ctx.work / "dynamic-pre.onnx"
     qort.pre_process(fp32_path, pre)
     ctx.seconds["onnxruntime_pre_process"] = time.perf_counter() - t0
-    score = Scorer(ctx.y_val, _head_predict(ctx.head, qort.run_batched(fp32_path, ctx.xv)))
+    score = scorer(ctx, qort.run_batched(fp32_path, ctx.xv))
 
     def build(nodes: list[str], step: int) -> Path:
         out = ctx.work / f"ort-dynamic-{step}.onnx"

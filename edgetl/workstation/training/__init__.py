@@ -25,7 +25,7 @@ from edgetl.workstation.embedding import scratch_folder
 from edgetl.workstation.training.data import embed_images
 from edgetl.workstation.training import adapt, loops  # noqa: F401 - register the strategies
 from edgetl.workstation.training.strategies import STRATEGIES, FitData
-from edgetl.workstation.training.outputs import plot_curves, write_history
+from edgetl.workstation.training.outputs import plot_curves, prepare_out, write_history
 
 __all__ = ["Strategy", "TrainConfig", "TrainReport", "TrainResult", "train", "pick_device", "embed_images"]
 
@@ -36,14 +36,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise RunDirError(f"{out}: folder exists and is not empty; choose another --out or pass --force")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _check_kind(modality: str, data: Path, backbone: str) -> None:
@@ -95,6 +87,16 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig |
     dist, device = distributed.setup(device)  # under torchrun: join the job (only rank 0 writes)
     backbone: Backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained)
     modality = get_modality(backbone.modality)
+    from edgetl.tasks import get_task, infer_task
+    from edgetl.workstation.task_hooks import hooks
+
+    task = get_task(cfg.task or infer_task(data_path, modality.name))
+    if modality.name not in task.modalities:
+        raise ConfigError(f"task {task.name!r} takes {' or '.join(task.modalities)} data; {backbone.name} is a "
+                          f"{modality.name} backbone")
+    task_hooks = hooks(task.name)
+    if task_hooks is not None:  # the task trains its own way (a detector's per-location heads)
+        return task_hooks.train(data_path, out, cfg, backbone, device, overwrite, dist)
     _check_kind(modality.name, data_path, backbone.name)
     if modality.name == "image":
         if cfg.max_length is not None:
@@ -106,7 +108,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig |
         raise ConfigError("strategy 'adapt' is for images; text backbones train with linear-probe or finetune")
     items = modality.scan(data, strict=cfg.strict, text_column=cfg.text_column, label_column=cfg.label_column)
     if dist.main:
-        _prepare_out(out, overwrite)
+        prepare_out(out, overwrite)
     spec, artifacts = _text_spec(backbone, cfg, out, copy=dist.main)
     distributed.barrier(dist)  # the other ranks read rank 0's copy of tokenizer.json
     model = EdgeModel(backbone.module, backbone.num_features, len(items.labels), cfg.dropout).to(device)
@@ -126,7 +128,7 @@ def _train_images(data, out: Path, cfg: TrainConfig, backbone: Backbone, device,
                   dist) -> TrainReport:
     folder = scan_folder(data, strict=cfg.strict)
     if dist.main:
-        _prepare_out(out, overwrite)
+        prepare_out(out, overwrite)
     spec = backbone.preprocess if cfg.image_size is None else backbone.preprocess.with_input_size(cfg.image_size)
     # a linear probe of installed weights trains the head alone: its RUN names the backbone
     # (run.json's backbone_weights), and the backbone is built only if some image is not cached

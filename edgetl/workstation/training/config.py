@@ -33,6 +33,8 @@ class TrainConfig:
 
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
+    # what to learn (edgetl.tasks): classification, detection, token-classification; None: from the data
+    task: str | None = None
     strategy: Strategy = Strategy.LINEAR_PROBE
     unfreeze: int | None = 2  # last N blocks trainable in finetune/adapt; None = all
     epochs: int | None = None

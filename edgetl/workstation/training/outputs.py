@@ -51,3 +51,14 @@ def plot_curves(run_dir: Path, history: list[dict], title: str) -> None:
     fig.suptitle(title)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.83, wspace=0.25)
     fig.savefig(run_dir / "curves.png", dpi=100)
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Create the RUN folder ``out``; refuse a non-empty one unless ``overwrite``."""
+    from edgetl.errors import RunDirError
+
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise RunDirError(f"{out}: folder exists and is not empty; choose another --out or pass --force")
+    out.mkdir(parents=True, exist_ok=True)

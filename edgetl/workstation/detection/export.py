@@ -1,0 +1,120 @@
+"""Exporting a detection RUN: ``backbone.onnx`` (images -> features [N, F, H, W]), ``head.onnx``
+(rows [R, F] -> class logits [R, K+1], the format the device retrains), ``box_head.onnx`` (rows ->
+box codes [R, 4]), ``model.onnx`` (images -> logits [N, H*W, K+1] and boxes [N, H*W, 4]) and the
+backbone's OpenVINO IR, each checked against PyTorch on real validation images as classification's
+are (edgetl.workstation.onnx_export): the same rounding-derived limits, and the per-location top
+class must agree."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.core import ui as _ui
+
+__all__ = ["export_detection", "FEATURES", "BOXES"]
+
+FEATURES = "features"  # the backbone's output: a feature map
+BOXES = "boxes"  # the box head's output
+
+
+def _rows(z: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(z, 1, -1).reshape(-1, z.shape[1]))
+
+
+def export_detection(run, model, onnx_dir: Path, ov_dir: Path, metadata: dict[str, str], x: dict[str, np.ndarray],
+                     cfg) -> tuple[dict, dict, Path, list[str] | None, Any]:
+    """Write the files; return ``(files, seconds, xml, failures or None when not validated,
+    validation record)``."""
+    import torch
+
+    from edgetl.core.formats import LOGITS, META_LABELS
+    from edgetl.device.learn import make_head_onnx
+    from edgetl.modalities import get_modality
+    from edgetl.tasks import get_task
+    from edgetl.workstation.onnx_export import compare_outputs, export_module, finish_file, ov_run, ort_run, to_openvino
+
+    inputs = get_modality("image").inputs(run.spec)
+    example = {"images": x["images"][:2]}
+    head_labels = get_task("detection").head_labels(run.labels)
+    head_meta = {k: v for k, v in metadata.items() if k != META_LABELS}
+    files, seconds = {}, {}
+    plan = [
+        ("backbone", lambda p: export_module(model.backbone, example, p, inputs, FEATURES, cfg)),
+        ("head", lambda p: make_head_onnx(model.head.weight.detach().numpy(), model.head.bias.detach().numpy(),
+                                          head_labels, p, metadata=head_meta)),
+        ("box_head", lambda p: make_head_onnx(model.box_head.weight.detach().numpy(),
+                                              model.box_head.bias.detach().numpy(), ["l", "t", "r", "b"], p,
+                                              metadata={**head_meta, "edgetl.outputs": "box codes"})),
+        ("model", lambda p: export_module(model, example, p, inputs, [LOGITS, BOXES], cfg)),
+    ]
+    for name, write in _ui.progress(plan, f"exporting ({cfg.exporter.value})"):
+        t0 = time.perf_counter()
+        path = onnx_dir / f"{name}.onnx"
+        write(path)
+        files[name] = finish_file(path, metadata)
+        seconds[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    xml = to_openvino(onnx_dir / "backbone.onnx", ov_dir)
+    seconds["openvino"] = time.perf_counter() - t0
+    if not cfg.validate:
+        return files, seconds, xml, None, None
+    with torch.no_grad():
+        z = model.forward_features(torch.from_numpy(x["images"]))
+        logits, boxes = model.forward_head(z)
+        ref = {"features": z.numpy(), "logits": logits.numpy(), "boxes": boxes.numpy()}
+    noise = _noise(model, x, ref)
+    rows = _rows(ref["features"])
+    n = len(x["images"])
+    feed = {"images": x["images"]}
+    checks = [
+        ("onnxruntime/backbone", lambda: ort_run(onnx_dir / "backbone.onnx", feed), ref["features"], False, "features"),
+        ("onnxruntime/head", lambda: ort_run(onnx_dir / "head.onnx", rows), ref["logits"].reshape(-1, len(head_labels)),
+         True, None),
+        ("onnxruntime/box_head", lambda: ort_run(onnx_dir / "box_head.onnx", rows), ref["boxes"].reshape(-1, 4), False,
+         None),
+        ("onnxruntime/model", lambda: _ort_model(onnx_dir / "model.onnx", feed)[0].reshape(-1, len(head_labels)),
+         ref["logits"].reshape(-1, len(head_labels)), True, "logits"),
+        ("onnxruntime/model boxes", lambda: _ort_model(onnx_dir / "model.onnx", feed)[1].reshape(-1, 4),
+         ref["boxes"].reshape(-1, 4), False, "boxes"),
+        ("openvino-f32/backbone", lambda: ov_run(xml, feed), ref["features"], False, "features"),
+    ]
+    results: dict[str, Any] = {"float32_rounding": noise}
+    failures: list[str] = []
+    for name, run_fn, expected, logits_like, kind in _ui.progress(checks, "validating"):
+        try:
+            got = run_fn()
+        except Exception as exc:  # noqa: BLE001 - a runtime refusing the file is a failed check
+            failures.append(f"{name}: runtime error {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
+        results[name], fails = compare_outputs(name, got, expected, cfg, logits_like, noise[kind] if kind else 0.0)
+        failures += fails
+    results["samples"] = n
+    results["passed"] = not failures
+    results["failures"] = failures
+    return files, seconds, xml, failures, results
+
+
+def _ort_model(path: Path, feed: dict) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def _noise(model, x: dict, ref: dict) -> dict[str, float]:
+    """max |float32 - float64| of PyTorch's own outputs (see onnx_export._rounding_noise)."""
+    import copy
+
+    import torch
+
+    m64 = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        z = m64.forward_features(torch.from_numpy(x["images"]).double())
+        logits, boxes = m64.forward_head(z)
+    return {"features": float(np.abs(ref["features"] - z.numpy()).max()),
+            "logits": float(np.abs(ref["logits"] - logits.numpy()).max()),
+            "boxes": float(np.abs(ref["boxes"] - boxes.numpy()).max())}

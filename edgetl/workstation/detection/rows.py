@@ -1,0 +1,115 @@
+"""Detection data as the head's rows: each image through the frozen backbone to its feature map,
+every location labelled by FCOS assignment (edgetl.tasks.detection.boxes.assign_targets), and the
+rows a linear head is solved on: every positive location, a seeded sample of the background
+(``NEGATIVES`` per positive, at least ``MIN_NEGATIVES`` per image), none of the locations that lie
+inside a box without being assigned to it (neither object nor background).
+
+Sampling the background changes the class prior the solver sees: the background logit is then
+corrected by log(background rows in the images / background rows sampled), the intercept shift
+that undoes case-control sampling for a logistic model (King and Zeng 2001), so scores keep their
+meaning. Torch-free except for the backbone call, which is given as a function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = ["Rows", "image_rows", "NEGATIVES", "MIN_NEGATIVES"]
+
+NEGATIVES = 4  # background rows sampled per positive location
+MIN_NEGATIVES = 64  # at least this many per image (an image without objects still teaches background)
+
+
+@dataclass
+class Rows:
+    """Rows of many images: features [R, F], class labels [R] (0 = background), box codes [R, 4]
+    (meaningful where the label is not 0), the image each row comes from, and how many
+    background locations there were in all and how many were sampled."""
+
+    X: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+    codes: list[np.ndarray] = field(default_factory=list)
+    image: list[np.ndarray] = field(default_factory=list)
+    background_total: int = 0
+    background_sampled: int = 0
+    unassigned: int = 0  # boxes too small for any location at this stride
+
+    def add(self, X: np.ndarray, y: np.ndarray, codes: np.ndarray, image: int) -> None:
+        self.X.append(X)
+        self.y.append(y)
+        self.codes.append(codes)
+        self.image.append(np.full(len(y), image, np.int64))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not self.X:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        return (np.concatenate(self.X), np.concatenate(self.y), np.concatenate(self.codes), np.concatenate(self.image))
+
+    @property
+    def prior_shift(self) -> float:
+        """log(background locations / background rows sampled): added to the background logit."""
+        if not self.background_sampled:
+            return 0.0
+        return float(np.log(self.background_total / self.background_sampled))
+
+
+def image_rows(features: np.ndarray, boxes: np.ndarray, classes: np.ndarray, input_size: int,
+               rng: np.random.Generator, rows: Rows, image: int, *, negatives: int = NEGATIVES,
+               min_negatives: int = MIN_NEGATIVES, all_rows: bool = False) -> None:
+    """Add one image's rows: ``features`` [F, H, W]; ``boxes`` [k, 4] in the letterboxed input's
+    pixels; ``classes`` [k]. ``all_rows``: every location (validation scored on whole maps)."""
+    from edgetl.tasks.detection.boxes import assign_targets, cell_centers
+
+    f, h, w = features.shape
+    stride = input_size / w
+    assigned = assign_targets(boxes, classes, h, w, stride)
+    X = np.ascontiguousarray(np.moveaxis(features, 0, -1).reshape(-1, f))
+    positive = np.flatnonzero(assigned.labels > 0)
+    rows.unassigned += len(assigned.unassigned)
+    if all_rows:
+        rows.add(X, assigned.labels, assigned.targets, image)
+        return
+    centers = cell_centers(h, w, stride)
+    inside = np.zeros(h * w, bool)
+    for b in np.asarray(boxes, np.float32).reshape(-1, 4):
+        inside |= (centers[:, 0] > b[0]) & (centers[:, 0] < b[2]) & (centers[:, 1] > b[1]) & (centers[:, 1] < b[3])
+    background = np.flatnonzero((assigned.labels == 0) & ~inside)
+    take = min(len(background), max(min_negatives, negatives * len(positive)))
+    sampled = np.sort(rng.choice(background, take, replace=False)) if take < len(background) else background
+    rows.background_total += len(background)
+    rows.background_sampled += len(sampled)
+    keep = np.concatenate([positive, sampled])
+    rows.add(X[keep], assigned.labels[keep], assigned.targets[keep], image)
+
+
+def embed_items(items: Sequence[Any], spec: Any, forward: Callable[[dict], np.ndarray], *, batch_size: int = 8,
+                flip: bool = False, progress: str = "embedding images") -> Any:
+    """``(index, feature map [F, H, W], boxes in the letterboxed input, classes)`` of each
+    annotated item (and of its mirror image, with ``flip``), in order; ``forward`` maps model
+    inputs to feature maps [N, F, H, W]."""
+    from edgetl.core import ui
+    from edgetl.modalities import batches, get_modality
+    from edgetl.tasks.detection.boxes import letterbox, to_letterbox
+
+    modality = get_modality("image")
+    size = spec.input_size
+    with ui.progress_bar(progress, len(items)) as advance:
+        for indices, x, errors in batches(modality, [it.path for it in items], spec, batch_size, strict=True):
+            images = x["images"]
+            maps = forward({"images": images})
+            mirrored = forward({"images": np.ascontiguousarray(images[..., ::-1])}) if flip else None
+            for row, i in enumerate(indices):
+                item = items[i]
+                keep = ~np.asarray(item.crowd, bool)
+                lb = letterbox(item.width, item.height, size)
+                boxes = to_letterbox(item.boxes[keep], lb)
+                classes = np.asarray(item.classes)[keep]
+                yield i, maps[row], boxes, classes
+                if mirrored is not None:
+                    flipped = boxes.copy()
+                    flipped[:, [0, 2]] = size - boxes[:, [2, 0]]
+                    yield i, mirrored[row], flipped, classes
+            advance(len(indices))
