@@ -20,6 +20,7 @@ LAYERS = {
     "edgetl.errors": 0,
     "edgetl.core": 1,
     "edgetl.modalities": 2,
+    "edgetl.tasks": 2.5,  # what a prediction and a metric are; below every user of a task
     "edgetl.runtimes": 3,
     "edgetl.device": 4,
     "edgetl.benchmarking": 5,
@@ -28,7 +29,8 @@ LAYERS = {
     "edgetl.cli": 8,
     "edgetl": 9,  # the package's __init__: lazy names only
 }
-TORCH_FREE = ("edgetl.errors", "edgetl.core", "edgetl.modalities", "edgetl.runtimes", "edgetl.device")
+TORCH_FREE = ("edgetl.errors", "edgetl.core", "edgetl.modalities", "edgetl.tasks", "edgetl.runtimes",
+              "edgetl.device")
 HEAVY = ("torch", "torchvision", "timm", "transformers", "nncf", "sentence_transformers")
 # The one place outside the workstation that may load torch: the benchmark worker's PyTorch
 # row (it runs in a fresh process of its own, chosen by the user with --runtimes torch).
