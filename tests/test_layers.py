@@ -20,15 +20,17 @@ LAYERS = {
     "edgetl.errors": 0,
     "edgetl.core": 1,
     "edgetl.modalities": 2,
-    "edgetl.runtimes": 3,
-    "edgetl.device": 4,
-    "edgetl.benchmarking": 5,
-    "edgetl.workstation": 6,
-    "edgetl.commands": 7,
-    "edgetl.cli": 8,
-    "edgetl": 9,  # the package's __init__: lazy names only
+    "edgetl.tasks": 3,
+    "edgetl.runtimes": 4,
+    "edgetl.device": 5,
+    "edgetl.benchmarking": 6,
+    "edgetl.workstation": 7,
+    "edgetl.commands": 8,
+    "edgetl.cli": 9,
+    "edgetl": 10,  # the package's __init__: lazy names only
 }
-TORCH_FREE = ("edgetl.errors", "edgetl.core", "edgetl.modalities", "edgetl.runtimes", "edgetl.device")
+TORCH_FREE = ("edgetl.errors", "edgetl.core", "edgetl.modalities", "edgetl.tasks", "edgetl.runtimes",
+              "edgetl.device")
 HEAVY = ("torch", "torchvision", "timm", "transformers", "nncf", "sentence_transformers")
 # The one place outside the workstation that may load torch: the benchmark worker's PyTorch
 # row (it runs in a fresh process of its own, chosen by the user with --runtimes torch).
