@@ -1,0 +1,15 @@
+"""Token classification (named-entity recognition): torch-free building blocks.
+
+- :mod:`.words`   what a word is (BERT's basic tokenizer), shared by all of the below
+- :mod:`.tags`    IOB2 tag sets, tag schemes, strict entity extraction
+- :mod:`.data`    CoNLL and JSONL-with-spans readers -> :class:`NerData`
+"""
+
+from edgetl.tasks.token_classification.data import NerData, NerExample, detect_format, read_ner_data
+from edgetl.tasks.token_classification.tags import Span, strict_entities, tag_set
+from edgetl.tasks.token_classification.words import split_words
+
+__all__ = [
+    "NerData", "NerExample", "Span", "read_ner_data", "detect_format",
+    "tag_set", "strict_entities", "split_words",
+]
