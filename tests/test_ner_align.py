@@ -173,6 +173,19 @@ def test_tricky_texts_round_trip_to_exact_spans(tok128, constrained):
         assert all(d["text"] == text[d["start"]:d["end"]] and abs(d["score"] - 0.9) < 1e-12 for d in out)
 
 
+def test_shipped_reviews_round_trip(tok128):
+    from edgetl.tasks.token_classification.reviews import load_reviews_ner
+
+    d = load_reviews_ner().subset(range(1500))
+    tags = tag_set(d.types)
+    index = {t: i for i, t in enumerate(tags)}
+    encs = A.encode_batch(list(d.texts), tok128, 128)
+    for ex, enc in zip(d.examples, encs):
+        out = A.decode(ex.text, enc, _one_hot(A.token_labels(ex, enc, index), len(tags)), tags)
+        assert _spans(out) == [tuple(s) for s in ex.entities], ex.text
+        assert enc.words_cut == 0
+
+
 def test_truncation_cuts_words_and_entities_after_max_length(tokenizer_json):
     tok = load_tokenizer(tokenizer_json, 16)
     text = "Tom Smith " + "film " * 30 + "and Meg Ryan"

@@ -1,6 +1,6 @@
 """NER data: CoNLL (IOB1, IOB2, BIOES, BILOU) and JSONL-with-spans readers, the word
 definition spans are checked against, every way a file can be bad (one line each), format
-detection that never claims classification data."""
+detection that never claims classification data, and the shipped silver review data."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from edgetl.errors import DataError
 from edgetl.tasks.token_classification import data as D
+from edgetl.tasks.token_classification import reviews as R
 from edgetl.tasks.token_classification.tags import Span, read_scheme_tags, tag_set
 from edgetl.tasks.token_classification.words import _split_words_loop, split_words
 
@@ -281,3 +282,28 @@ def test_ascii_fast_path_equals_the_general_rule():
     for _ in range(3000):
         t = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         assert split_words(t) == _split_words_loop(t), repr(t)
+
+
+# --------------------------------------------------------------------------- the shipped data
+
+def test_shipped_review_data_is_clean_and_matches_its_provenance():
+    d = R.load_reviews_ner()
+    meta = R.reviews_ner_provenance()
+    assert (d.format, d.skipped, d.repaired) == ("jsonl", (), 0)
+    assert len(d) == meta["sentences"] and d.counts == meta["entities_per_type"]
+    assert list(d.types) == meta["types"] and "PERSON" in d.types and len(d.types) >= 6
+    assert R.reviews_ner_path().stat().st_size < 2 * 2**20
+    assert all(e.group for e in d.examples)
+    # a mid-frequency type to hold out: a few hundred sentences hold it
+    per_sentence = {t: sum(any(s.label == t for s in e.entities) for e in d.examples) for t in d.types}
+    assert any(200 <= n <= 1000 for n in per_sentence.values()), per_sentence
+    assert "agreement with" in (R._DATA / "README.md").read_text()
+
+
+def test_token_classification_package_is_torch_free():
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
+            "import edgetl.tasks.token_classification as t; from edgetl.tasks.token_classification import reviews; "
+            "d = reviews.load_reviews_ner(); print(len(d))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 1000

@@ -91,6 +91,34 @@ def test_equals_seqeval_on_random_sequences():
     assert worst <= TOL, worst
 
 
+def test_equals_seqeval_on_realistic_review_predictions():
+    """Silver truth from the shipped reviews; predictions with the errors taggers make:
+    boundary shifts, wrong types, misses, spurious entities, dangling I-."""
+    from edgetl.tasks.token_classification.reviews import load_reviews_ner
+
+    d = load_reviews_ner().subset(range(1500))
+    rng = random.Random(2)
+    y_true = [M.spans_to_tags(e.text, e.entities) for e in d.examples]
+    y_pred = []
+    for tags in y_true:
+        tags = list(tags)
+        for i, t in enumerate(tags):
+            u = rng.random()
+            if t.startswith("B-") and u < 0.05:
+                tags[i] = "O"  # miss (its I- are left dangling)
+            elif t.startswith("B-") and u < 0.10:
+                tags[i] = "B-" + rng.choice(d.types)  # wrong type
+            elif t.startswith("I-") and u < 0.05:
+                tags[i] = "O"  # cut short
+            elif t == "O" and u < 0.02:
+                tags[i] = rng.choice(["B-", "I-"]) + rng.choice(d.types)  # spurious
+        y_pred.append(tags)
+    assert _max_diff(y_true, y_pred) <= TOL
+    ours = M.entity_scores(y_true, y_pred)
+    assert 0.5 < ours.f1 < 1.0 and ours.n == 1500
+    assert M.entity_scores(y_true, y_true).f1 == 1.0
+
+
 def test_degenerate_cases_equal_seqeval():
     cases = [
         ([["O", "O"]], [["O", "O"]]),            # nothing anywhere
