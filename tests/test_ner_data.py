@@ -230,6 +230,8 @@ def test_detect_format_claims_only_ner_files(tmp_path):
     with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
         f.write(json.dumps({"text": "t", "entities": [[0, 1, "X"]]}) + "\n")
     assert D.detect_format(tmp_path / "a.jsonl.gz") == "jsonl"
+    assert D.detect_format(_write(tmp_path / "brace.conll", "{ O\nx B-SYM\n} I-SYM\n")) == "conll"
+    assert _simple(D.read_ner_data(tmp_path / "brace.conll")) == [("{ x }", [(2, 5, "SYM")])]
     # text-classification data in every form text.py reads, with labels that look like tags
     with open(tmp_path / "c.csv", "w", newline="") as f:
         csv.writer(f).writerows([["text", "label"], ["a fine film", "O"], ["bad", "B-X"]])

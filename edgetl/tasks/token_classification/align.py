@@ -27,6 +27,7 @@ its words of the chosen tag's probability.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -158,8 +159,10 @@ def token_labels(example: NerExample, encoding: Encoding, tag_index: Mapping[str
     return labels
 
 
-def _allowed(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """IOB2 transitions ``[from, to]`` and starts: ``I-X`` only after ``B-X`` or ``I-X``."""
+@lru_cache(maxsize=32)
+def _allowed(tags: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """IOB2 transitions ``[from, to]`` and starts: ``I-X`` only after ``B-X`` or ``I-X``
+    (cached: a model's tag set is the same for every text it decodes)."""
     parsed = []
     for t in tags:
         p = parse_tag(t) if isinstance(t, str) else None
@@ -174,15 +177,16 @@ def _allowed(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
             start[j] = False
             for i, (pi, ti) in enumerate(parsed):
                 trans[i, j] = pi in ("B", "I") and ti == tj
-    return trans, start
+    pen = np.where(trans, 0.0, -np.inf)
+    pen.flags.writeable = False  # shared by every call through the cache
+    return pen, np.where(start, 0.0, -np.inf)
 
 
-def _viterbi(logp: np.ndarray, trans: np.ndarray, start: np.ndarray) -> np.ndarray:
-    neg = -np.inf
+def _viterbi(logp: np.ndarray, pen: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """The most probable tag path under the transition penalties (0 allowed, -inf not)."""
     n, k = logp.shape
-    score = np.where(start, logp[0], neg)
+    score = start + logp[0]
     back = np.zeros((n, k), np.int64)
-    pen = np.where(trans, 0.0, neg)
     for i in range(1, n):
         cand = score[:, None] + pen  # [from, to]
         back[i] = cand.argmax(0)
@@ -208,20 +212,20 @@ def decode(text: str, encoding: Encoding, token_probs: np.ndarray, tags: Sequenc
     probs = probs[:len(encoding)]
     if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1 + 1e-6).any():
         raise ConfigError("decode: token_probs must be probabilities (softmax the logits first)")
-    trans, start = _allowed(tags)
+    pen, start = _allowed(tuple(tags))
     present = np.flatnonzero(encoding.first_token >= 0)  # words with a subword, in order
     if not len(present):
         return []
     word_p = probs[encoding.first_token[present]]  # [W', K]
     if constrained:
-        path = _viterbi(np.log(np.maximum(word_p, 1e-30)), trans, start)
+        path = _viterbi(np.log(np.maximum(word_p, 1e-30)), pen, start)
     else:
         path = word_p.argmax(1)
-    chosen = word_p[np.arange(len(path)), path]
+    chosen = word_p[np.arange(len(path)), path].tolist()
     out = []
     for label, a, b in strict_entities([tags[i] for i in path]):
         s = encoding.words[present[a]][0]
         e = encoding.words[present[b - 1]][1]
-        out.append({"start": s, "end": e, "label": label, "score": float(chosen[a:b].mean()),
+        out.append({"start": s, "end": e, "label": label, "score": sum(chosen[a:b]) / (b - a),
                     "text": text[s:e]})
     return out

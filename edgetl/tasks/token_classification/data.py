@@ -268,7 +268,7 @@ def _read_jsonl(path: Path, problems: _Problems):
             problems.add(where, "JSON nested too deeply")
             continue
         except ValueError as exc:
-            problems.add(where, f"not valid JSON ({str(exc).splitlines()[0][:80]})")
+            problems.add(where, f"not valid JSON ({str(exc).splitlines()[0][:80]}; JSONL is one object per line)")
             continue
         if not isinstance(obj, dict):
             problems.add(where, f"not a JSON object (a {type(obj).__name__})")
@@ -392,6 +392,16 @@ def _first_lines(path: Path) -> list[str]:
     return out
 
 
+def _json_object(line: str) -> dict | None:
+    if not line.lstrip().startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def detect_format(data: str | Path) -> str | None:
     """``"conll"`` or ``"jsonl"`` when ``data`` is an NER file, else None (never raises).
     Ordinary text-classification files (a ``label`` column or key, no ``entities``) are not
@@ -406,12 +416,9 @@ def detect_format(data: str | Path) -> str | None:
         return None
     if not lines:
         return None
-    if lines[0].lstrip().startswith("{"):
-        try:
-            obj = json.loads(lines[0])
-        except (ValueError, RecursionError):
-            return None
-        ok = isinstance(obj, dict) and isinstance(obj.get("text"), str) and isinstance(obj.get("entities"), list)
+    obj = _json_object(lines[0])
+    if obj is not None:
+        ok = isinstance(obj.get("text"), str) and isinstance(obj.get("entities"), list)
         return "jsonl" if ok else None
     rows = [ln.split() for ln in lines]
     rows = [r for r in rows if r[0] != "-DOCSTART-"]
@@ -423,7 +430,7 @@ def detect_format(data: str | Path) -> str | None:
 def read_ner_data(data: str | Path, *, strict: bool = False, min_types: int = 1) -> NerData:
     """Read a CoNLL-style file or a JSONL file of texts with character spans (either may be
     gzip-compressed, ``.gz``). The format: JSONL for ``.jsonl``/``.json``/``.ndjson`` or a
-    first line starting with ``{``, CoNLL otherwise. Unusable examples and spans are skipped
+    first line that is a JSON object, CoNLL otherwise. Unusable examples and spans are skipped
     and listed; with ``strict`` the first one refuses the file. At least ``min_types`` entity
     types must remain."""
     path = Path(data)
@@ -433,7 +440,7 @@ def read_ner_data(data: str | Path, *, strict: bool = False, min_types: int = 1)
         raise DataError(f"{path}: no such file; pass a CoNLL file or a JSONL file with text and entities")
     problems = _Problems(path, strict)
     lines = _first_lines(path)
-    if _stem_suffix(path) in _JSONL_SUFFIXES or (lines and lines[0].lstrip().startswith("{")):
+    if _stem_suffix(path) in _JSONL_SUFFIXES or (lines and _json_object(lines[0]) is not None):
         fmt, (examples, scheme, repaired) = "jsonl", _read_jsonl(path, problems)
     else:
         fmt, (examples, scheme, repaired) = "conll", _read_conll(path, problems)
