@@ -6,7 +6,7 @@ import argparse
 
 from edgetl.commands._args import fraction, non_negative_int, positive_float, positive_int
 
-HELP = "train a classifier on an image folder (or texts) with a pretrained backbone"
+HELP = "train a classifier (or a detector, or an entity tagger) on labelled data with a pretrained backbone"
 DESCRIPTION = """\
 Train a classifier on DATA (one subfolder per class; the folder name is the label)
 on top of a pretrained backbone, and write a RUN directory (model.pt, run.json,
@@ -35,6 +35,17 @@ loads a local sentence-transformers/transformers folder, or a hub name (from the
 cache when offline). Texts are cut at --max-length tokens (default 128), recorded in the
 RUN with the model's tokenizer.json. --unfreeze N trains the last N transformer layers.
 
+Tasks (--task, inferred from DATA where it says so):
+  classification        one label per image or text (class subfolders, a labelled table)
+  detection             boxes in images: DATA is COCO JSON (images, annotations, categories),
+                        a YOLO folder (images/, labels/*.txt, classes.txt) or Pascal VOC XML;
+                        the backbone is cut at stride 8 and a per-location head (class and box,
+                        FCOS-style) is solved on its features; images are letterboxed to
+                        --image-size (default 320) and boxes come back in the image's pixels.
+                        Boxes outside their image are clipped and counted; degenerate boxes,
+                        unknown categories and missing images are skipped and counted (--strict
+                        refuses them).
+
 Examples:
   edgetl train photos/ --out runs/probe
   edgetl train photos/ --out runs/ft --strategy finetune --unfreeze 3 --epochs 10
@@ -42,6 +53,7 @@ Examples:
   edgetl train photos/ --out runs/da --strategy adapt --target-data new_camera/ --adapt dann
   edgetl train reviews.csv --out runs/text --backbone all_minilm_l6_v2
   edgetl train reviews.csv --out runs/text-ft --backbone all_minilm_l6_v2 --strategy finetune --unfreeze 2
+  edgetl train trees/train.json --out runs/trees --task detection --image-size 320
 
 A linear probe embeds each image once, on ONNX Runtime (the backbone exported and checked
 against PyTorch) with decoding in worker threads, and caches the embeddings on disk keyed
@@ -59,6 +71,12 @@ def _unfreeze(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {text!r}") from None
 
 
+def _task_names() -> list[str]:
+    from edgetl.tasks import task_names
+
+    return task_names()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA",
                    help="image folder, one subfolder per class; for a text backbone a CSV/TSV/JSONL file "
@@ -67,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0", help="backbone (default: %(default)s)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="start from pretrained weights (default: yes)")
+    p.add_argument("--task", choices=_task_names(), default=None,
+                   help="what to learn (default: what DATA is annotated for; classification for class folders "
+                        "and labelled tables)")
     p.add_argument("--strategy", choices=["linear-probe", "finetune", "adapt"], default="linear-probe")
     p.add_argument("--unfreeze", type=_unfreeze, default=2, metavar="N|all",
                    help="finetune/adapt: train the last N backbone blocks, or all (default: 2)")
@@ -124,7 +145,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config_kwargs(args: argparse.Namespace) -> dict:
     return dict(
-        backbone=args.backbone, pretrained=args.pretrained, strategy=args.strategy, unfreeze=args.unfreeze,
+        backbone=args.backbone, pretrained=args.pretrained, task=args.task, strategy=args.strategy,
+        unfreeze=args.unfreeze,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, val_split=args.val_split, refit=args.refit, lp_ft=args.lp_ft, seed=args.seed,
         image_size=args.image_size, max_length=args.max_length, text_column=args.text_column,
@@ -170,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         _ui.print_json({"run": str(result.run_dir), **result.metrics})
+        return 0
+    if "val_map50" in result.metrics:  # a detector: its validation mAP was printed as it trained
+        _ui.info(f"wrote {result.run_dir}")
         return 0
     probe = result.metrics.get("probe")
     first = ("C", "C") if probe else ("epoch", "epoch")

@@ -35,10 +35,18 @@ __all__ = ["Engine", "Method", "Calibration", "ActivationType", "QuantizeConfig"
 
 # --- data ------------------------------------------------------------------------------------
 
-def _stratified(paths: list[Path], targets: list[int], n: int, seed: int) -> list[Path]:
+def _stratum(target: Any) -> int:
+    """The class an item is stratified by: its label, or (an image's boxes) its first box's class."""
+    if isinstance(target, (int, np.integer)):
+        return int(target)
+    classes = np.asarray(getattr(target, "classes", ()))
+    return int(classes[0]) if classes.size else -1
+
+
+def _stratified(paths: list[Path], targets: list[Any], n: int, seed: int) -> list[Path]:
     """Up to ``n`` paths, round-robin over classes in a seeded order."""
     rng = np.random.default_rng(seed)
-    t = np.asarray(targets)
+    t = np.asarray([_stratum(x) for x in targets])
     pools = [list(rng.permutation(np.flatnonzero(t == c))) for c in np.unique(t)]
     picked: list[int] = []
     while len(picked) < n and any(pools):
