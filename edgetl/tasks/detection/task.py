@@ -102,6 +102,9 @@ class DetectionTask:
     modalities = ("image",)
     noun = "image"
     pooled = False
+    feature_axis = 1  # where the backbone output's features are: [N, F, H, W]
+    extra_heads = ("box_head",)
+    guard_budget = (0.02, 0.90)  # the quantization guard's: mAP@.5 drop, boxes found again (guard.py)
 
     def recognises(self, data: Any) -> bool:
         from edgetl.tasks.detection.data import detect_format
@@ -123,6 +126,10 @@ class DetectionTask:
         """features [N, F, H, W] -> rows [N*H*W, F], each image's locations row-major (y, x)."""
         n, f = output.shape[:2]
         return np.ascontiguousarray(np.moveaxis(output, 1, -1).reshape(-1, f))
+
+    def item_rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        f = output.shape[1]
+        return [np.ascontiguousarray(np.moveaxis(z, 0, -1).reshape(-1, f)) for z in output]
 
     def outputs(self, predictor: Any, z: np.ndarray, inputs: Mapping[str, np.ndarray], head: Any,
                 extra: Mapping[str, Any]) -> dict[str, Any]:
