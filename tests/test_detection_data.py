@@ -103,6 +103,35 @@ def test_coco_missing_outside_and_mismatched_images(tmp_path):
     assert "outside the data folder" in reasons and "not found" in reasons and "40x50" in reasons
 
 
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A small valid PNG whose header claims ``width`` x ``height`` (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    _image(path, 4, 4)
+    raw = bytearray(path.read_bytes())
+    ihdr = raw[12:29]  # chunk type + data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_image_sizes_come_from_headers_and_bombs_are_skipped(tmp_path):
+    _png_claiming(tmp_path / "bomb.png", 60_000, 60_000)
+    _png_claiming(tmp_path / "sliver.png", 5000, 2)
+    images = [{"id": 1, "file_name": "a.png", "width": 100, "height": 80},
+              {"id": 2, "file_name": "bomb.png", "width": 60_000, "height": 60_000, "_absent": True},
+              {"id": 3, "file_name": "sliver.png", "width": 5000, "height": 2, "_absent": True}]
+    path = _coco(tmp_path, [{"id": 1, "image_id": i, "category_id": 7, "bbox": [0, 0, 2, 2]} for i in (1, 2, 3)],
+                 images=images)
+    data = read_detection_data(path)
+    assert [it.path.name for it in data.items] == ["a.png"] and data.counts["images_unreadable"] == 2
+    reasons = dict(data.skipped)
+    assert any("larger than" in r for r in reasons.values()) and any("5000x2" in r for r in reasons.values())
+
+
 @pytest.mark.parametrize("text, match", [
     ("{not json", "not valid JSON"),
     ('{"images": [], "annotations": []}', "not a COCO annotation file"),
