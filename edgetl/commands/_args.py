@@ -95,12 +95,21 @@ fraction = Number(float, 0.0, 1.0, hi_open=True, what="a fraction")  # [0, 1)
 open_fraction = Number(float, 0.0, 1.0, lo_open=True, hi_open=True, what="a fraction")  # (0, 1)
 seed = Number(int, 0, MAX_SEED, what="a seed")
 count = Number(int, 1, MAX_COUNT, what="a count")
-epochs = Number(int, 1, MAX_EPOCHS, what="a number of epochs")
+epochs = Number(int, 1, MAX_EPOCHS, what="a positive number of epochs")
 patience = Number(int, 0, MAX_EPOCHS, what="a number of epochs")
 blocks = Number(int, 0, 10_000, what="a number of blocks")
 seconds = Number(float, 0.0, MAX_SECONDS, lo_open=True, what="a duration in seconds")
 milliseconds = Number(float, 0.0, MAX_MS, lo_open=True, what="a duration in milliseconds")
 megabytes = Number(float, 0.0, MAX_MB, lo_open=True, what="a size in MB")
+
+
+def _max_memory_mb() -> float:
+    from edgetl.device.memory import MAX_MEMORY_MB  # imported when the option is used: numpy stays out of --help
+
+    return MAX_MEMORY_MB
+
+
+memory_mb = Number(float, 0.0, _max_memory_mb, lo_open=True, what="a replay memory size in MB")
 learning_rate = Number(float, 0.0, 10.0, lo_open=True, what="a learning rate")
 weight_decay = Number(float, 0.0, 10.0, what="a weight decay")
 loss_weight = Number(float, 0.0, 1000.0, lo_open=True, what="a loss weight")
@@ -259,7 +268,7 @@ def add_memory_options(p: argparse.ArgumentParser, *, retrain: bool) -> None:
     p.add_argument("--memory-per-class", type=count, metavar="K",
                    help=f"replay {what} (default: the bytes of 20 float32 rows, in the memory's precision: "
                         "39 float16 rows of 1,280 features)")
-    p.add_argument("--memory-mb", type=megabytes, metavar="F",
+    p.add_argument("--memory-mb", type=memory_mb, metavar="F",
                    help="replay memory budget in MB (10^6 bytes), split evenly over the classes"
                         f"{', the new ones included' if retrain else ''}; overrides --memory-per-class")
     p.add_argument("--memory-selection", choices=["herding", "random"], default="herding",
