@@ -537,7 +537,7 @@ def test_cli_retrain_and_rollback_without_torch(weak_bundle, new_data, tmp_path,
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().count("\n") == 0 and "no such folder" in bad.stderr
     assert tree_digest(weak_bundle) == digest
-    for flags, message in ((["--memory-mb", "0.0001"], "less than one"), (["--memory-mb", "1e9"], "memory_mb"),
+    for flags, message in ((["--memory-mb", "0.0001"], "less than one"), (["--memory-mb", "1e9"], "--memory-mb"),
                            (["--bias-correction", "bic"], "invalid choice")):
         bad = _cli(["retrain", str(weak_bundle), str(new_data), *flags], blocked_env, tmp_path)
         assert bad.returncode != 0 and bad.stdout == "" and message in bad.stderr, bad.stderr

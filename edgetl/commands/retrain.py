@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetl.commands._args import (NO_VERIFY_HELP, SIGN_HELP, add_memory_options, add_allow_nonconforming, add_trust, batch_size, check_sign_key, fraction,
-                                   non_negative_int, path_arg, positive_float, positive_int, require_trust)
+from edgetl.commands._args import (NO_VERIFY_HELP, SIGN_HELP, add_allow_nonconforming, add_memory_options, add_trust,
+                                   batch_size, check_sign_key, epochs, learning_rate, open_fraction, path_arg, patience,
+                                   require_trust, seed)
 
 HELP = "retrain a bundle's head on the device from labelled images (torch-free)"
 DESCRIPTION = """\
@@ -45,13 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA", type=path_arg,
                    help="image folder, one subfolder per class; for a text model a CSV/TSV/JSONL file with "
                         "text and label columns, or a folder of class subfolders of .txt files")
-    p.add_argument("--epochs", type=positive_int, default=50, metavar="N", help="at most N epochs (default: 50)")
-    p.add_argument("--lr", type=positive_float, metavar="F",
+    p.add_argument("--epochs", type=epochs, default=50, metavar="N", help="at most N epochs (default: 50)")
+    p.add_argument("--lr", type=learning_rate, metavar="F",
                    help="AdamW learning rate (default: automatic, 1 / mean L1 norm of the embeddings)")
     p.add_argument("--batch-size", type=batch_size, default=32, metavar="N", help="default: 32 (at most 4096)")
-    p.add_argument("--holdout", type=fraction, default=0.2, metavar="F",
-                   help="fraction held out for early stopping and before/after accuracy (default: 0.2)")
-    p.add_argument("--patience", type=non_negative_int, default=10, metavar="N",
+    p.add_argument("--holdout", type=open_fraction, default=0.2, metavar="F",
+                   help="fraction held out for early stopping and before/after accuracy, in (0, 1): without a "
+                        "holdout nothing could show the new head is not worse (default: 0.2)")
+    p.add_argument("--patience", type=patience, default=10, metavar="N",
                    help="stop after N epochs without a lower holdout loss; 0 = never (default: 10)")
     add_memory_options(p, retrain=True)
     p.add_argument("--bias-correction", choices=["fit", "weight-aligning", "auto", "none"], default="fit",
@@ -59,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "by a number fit on the holdout), weight-aligning (new rows scaled to the old rows' mean "
                         "norm), auto (the better of the two); kept only if the class-balanced holdout loss falls "
                         "and its accuracy does not (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="holdout split, batch order, memory (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, metavar="N", help="holdout split, batch order, memory (default: 0)")
     p.add_argument("--strict", action="store_true", help="refuse DATA with unreadable files instead of skipping them")
     p.add_argument("--force", action="store_true", help="switch to the new head even if holdout accuracy drops")
     p.add_argument("--trainer", choices=["auto", "ort", "numpy"], default="auto",

@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.core.data import check_number, check_seed
 from edgetl.core import ui as _ui
 from edgetl.errors import BundleError, ConfigError, DataError
 from edgetl.core.report import Report
@@ -113,15 +114,14 @@ class RetrainConfig:
     sign_key: str | os.PathLike | None = None  # a private key file: the new version is signed with it
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 1.0):
-            raise ConfigError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
+        # (0, 1): without a holdout, nothing could show that the new head is not worse
+        check_number("holdout", self.holdout, 0.0, 1.0, lo_open=True, hi_open=True)
         check_per_class(self.memory_per_class)
         if self.memory_mb is not None:
             per_class_for_budget(self.memory_mb, 1, 1)  # bounds; the fit is checked once F and C are known
         object.__setattr__(self, "memory_selection", check_selection(self.memory_selection))
         object.__setattr__(self, "bias_correction", choice(BiasCorrection, self.bias_correction, "bias_correction"))
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed)
         self.head_config(1e-2 if self.lr is None else self.lr)  # validates epochs, lr, batch_size, ...
 
     def head_config(self, lr: float | None = None) -> HeadTrainConfig:
