@@ -17,6 +17,18 @@ def accuracy(W, b, X, y) -> float:
     return float(((np.asarray(X, np.float64) @ np.asarray(W, np.float64).T + b).argmax(1) == y).mean())
 
 
+def add_classes_exact(W0, b0, memory: ReplayMemory, X_new, y_new, cfg: RetrainConfig):
+    """What retrain's default (exact) learner does: every row of DATA and of the memory,
+    nothing held out; ``(W, b, addition, out-of-fold logits)`` (the folds follow ``cfg.seed``)."""
+    from edgetl.device.learn.addition import add_classes as exact, out_of_fold
+
+    X = np.concatenate([X_new, memory.embeddings]).astype(np.float32)
+    y = np.concatenate([y_new, memory.labels])
+    K = int(y_new.max()) + 1
+    added = exact(X, y, W0, b0, K)
+    return added.W, added.b, added, out_of_fold(X, y, W0, b0, K, added.C, folds=cfg.folds, seed=cfg.seed), y
+
+
 def add_classes(W0, b0, memory: ReplayMemory, X_new, y_new, cfg: RetrainConfig, trainer: str = "numpy"):
     """The head after retraining on ``X_new, y_new`` (labels >= len(W0) are new classes),
     with ``memory`` replayed: ``(W, b, correction info)``."""
