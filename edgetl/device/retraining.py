@@ -26,14 +26,23 @@ is a training accuracy; it measures forgetting, not generalisation.
 
 **Adding classes without forgetting.** The memory keeps herded exemplars (closest to each
 class mean; :mod:`edgetl.device.memory`), within ``memory_per_class`` rows or a
-``memory_mb`` budget; batches are class-balanced over memory + DATA; after training, the
-grown head's bias toward its new classes is corrected (``bias_correction``: weight aligning
-or a two-number bias-correction layer fit on the holdout, :mod:`edgetl.device.learn.bias`),
-kept only if it lowers the class-balanced holdout loss. The report's ``forgetting`` gives
-the old classes' retention (after / before) and largest per-class drop on the holdout.
-Caveat: the same holdout picks the epoch and fits the correction.
+``memory_mb`` budget. When DATA adds classes the default learner (``learner`` auto or
+exact) is :func:`edgetl.device.learn.addition.add_classes`: the live head's rows are kept
+exactly and the new classes' rows are solved to the optimum of a class-balanced logistic
+regression over every row (DATA and memory; nothing held out of training), at the C that
+makes them as large as the old rows. No learning rate, no epochs; the head does not depend
+on the seed. It is judged on ``folds``-fold out-of-fold predictions: "accuracy before/after"
+are then the live head and the out-of-fold predictions on every row (``n_holdout`` counts
+them, ``n_holdout_memory`` the memory's); the memory rows' "before" is a training accuracy
+of the workstation's head, as above. With ``learner`` adamw (and always when DATA only
+refines known classes) AdamW trains as described above, batches are class-balanced over
+memory + DATA, and after adding classes the grown head's bias toward its new classes is
+corrected (``bias_correction``: weight aligning or a two-number bias-correction layer fit on
+the holdout, :mod:`edgetl.device.learn.bias`), kept only if it lowers the class-balanced
+holdout loss. The report's ``forgetting`` gives the old classes' retention (after / before)
+and largest per-class drop; ``learner`` how the head was learnt.
 
-The learning rate defaults to ``1 / mean |z|_1`` of the training embeddings (see
+The AdamW learning rate defaults to ``1 / mean |z|_1`` of the training embeddings (see
 ``_auto_lr``): backbones differ by orders of magnitude in embedding scale. The new memory
 offers all of DATA's embedded images (train and holdout) to the reservoir.
 
