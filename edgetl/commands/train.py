@@ -29,8 +29,9 @@ Strategies:
                 it beats the source-only probe there. Without: a collapse of predictions onto
                 few classes is refused; dann/coral below the source-only probe's accuracy on the
                 source validation split (by more than 5 points) are not kept: the source-only
-                probe is written and a warning says why; when kept, a warning says that their
-                target accuracy is unchecked.
+                probe is written and a warning says why (a conservative rule: pass
+                --target-eval to keep an adaptation that is better on the target); when kept,
+                a warning says that their target accuracy is unchecked.
 
 Backbones: efficientnet_lite0 (built in, weights ship with edgetl[train]),
 timm:NAME, torchvision:NAME (pretrained weights need a network), file:PATH.

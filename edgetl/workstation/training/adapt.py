@@ -367,9 +367,11 @@ def train_adapt(model, cfg, train_paths, train_y, val_paths, val_y, spec: Prepro
 # Without target labels, a fine-tuned adaptation (DANN, Deep CORAL) is kept only if it still
 # solves the source task: its source-validation accuracy within this much of the source-only
 # probe's. Both start from scratch (a random head; LP-FT lowered their target accuracy): with
-# too little data they end near chance on the source as well (issue 30: Deep CORAL on 140
-# photos, 0.50 on 2 classes), which this catches; target accuracy cannot be checked without
-# labels, so what is kept is also said (see _finetuned_guard).
+# too little data they can end near chance (issue 30: Deep CORAL on 140 photos, 0.50 on 2
+# classes), which this catches. It is conservative: on benchmarks/adapt_guard_bench.py's photo
+# shift Deep CORAL fell to 0.80 on the source split (probe 1.00) yet reached 0.63 on the target
+# (source-only 0.53); the guard kept source-only and said so, and --target-eval keeps such a
+# model. Target accuracy cannot be checked without labels, so what is kept is also said.
 SOURCE_MARGIN = 0.05
 
 
@@ -388,9 +390,10 @@ def _finetuned_guard(model, method: AdaptMethod, extra: dict[str, Any], zs, W0, 
     h0, h1 = extra["target_before"]["entropy"], extra["target_after"]["entropy"]
     if adapted < probe - SOURCE_MARGIN:
         chance = 1.0 / max(1, model.head.out_features)
-        return (f"{method.value} reached {adapted:.3f} on the source validation split where the source-only probe "
-                f"reaches {probe:.3f} (chance {chance:.2f}): too little data to fine-tune with adaptation; kept the "
-                "source-only probe (use --adapt feature-coral, the default, or more images)")
+        return (f"{method.value} fell to {adapted:.3f} on the source validation split, where the source-only probe "
+                f"reaches {probe:.3f} (chance {chance:.2f}), and without --target-eval nothing shows it is better on "
+                "the target: kept the source-only probe (pass --target-eval LABELLED_DIR to keep it only if it beats "
+                "source-only there, or use --adapt feature-coral, the default, or more images)")
     _ui.warn(f"{method.value} kept without --target-eval: source validation {probe:.3f} (source-only probe) -> "
              f"{adapted:.3f}, target prediction entropy {h0:.2f} -> {h1:.2f}; its target accuracy is unchecked "
              "(pass --target-eval LABELLED_DIR to keep it only if it beats source-only)")
