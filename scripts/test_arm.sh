@@ -62,6 +62,7 @@ unmount_last() {
 cleanup() {
     local rc=$?
     while [ ${#MOUNTED[@]} -gt 0 ]; do unmount_last; done
+    rm -f "$ROOTFS"/tmp/perf-*.map # oneDNN's JIT leaves one per process inside
     if [ -n "$WORK_IN" ] && [ -d "$ROOTFS$WORK_IN" ]; then
         if [ "${EDGETL_ARM_KEEP:-0}" = 1 ]; then
             say "work folder kept: $ROOTFS$WORK_IN"
