@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from edgetl.commands._args import (NO_VERIFY_HELP, add_allow_nonconforming, add_trust, batch_size, path_arg, positive_int, require_trust,
-                                   thread_count)
+from edgetl.commands._args import (NO_VERIFY_HELP, add_allow_nonconforming, add_trust, batch_size, path_arg,
+                                   require_trust, thread_count, top_k)
 
 HELP = "classify images or texts, or find the objects in images, with a bundle (torch-free)"
 DESCRIPTION = """\
@@ -55,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text bundle: a text to classify (repeatable)")
     p.add_argument("--text-column", default="text", metavar="NAME",
                    help="text bundle: the column of CSV/TSV/JSONL files holding the text (default: %(default)s)")
-    p.add_argument("--top-k", type=positive_int, default=1, metavar="K", help="show the K best labels (default: 1)")
+    p.add_argument("--top-k", type=top_k, default=1, metavar="K", help="show the K best labels (default: 1)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--batch-size", type=batch_size, metavar="N", help="default: the target's batch size (at most 4096)")
     p.add_argument("--runtime", choices=["onnxruntime", "openvino"], help="override the target's runtime")
@@ -117,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         title = f"{len(predictions)} {noun}(s), {report.runtime} {report.precision_executed}"
         _ui.print_table(title, columns, rows)
     for p in failed:
-        print(f"edgetl predict: {p.error}", file=sys.stderr)
+        _ui.error_line("predict", p.error)
     return 1 if failed else 0
 
 
