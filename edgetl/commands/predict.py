@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import (NO_VERIFY_HELP, add_allow_nonconforming, add_trust, batch_size, path_arg,
+from edgetl.commands._args import (NO_VERIFY_HELP, Number, add_allow_nonconforming, add_trust, batch_size, path_arg,
                                    require_trust, thread_count, top_k)
 
 HELP = "classify images or texts, or find the objects in images, with a bundle (torch-free)"
@@ -36,14 +36,7 @@ Examples:
 """
 
 
-def _score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a score from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a score from 0 to 1, got {text}")
-    return value
+_SCORE = Number(float, 0.0, 1.0, what="a score")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify", dest="verify", action="store_false", help=NO_VERIFY_HELP)
     add_trust(p)
     add_allow_nonconforming(p)
-    p.add_argument("--score-threshold", type=_score, metavar="S",
+    p.add_argument("--score-threshold", type=_SCORE, metavar="S",
                    help="detection bundle: report the objects scoring at least S, from 0 to 1 (default: 0.3)")
     p.add_argument("--draw", type=path_arg, metavar="DIR", help="detection bundle: write the images with their boxes here")
 

@@ -513,6 +513,14 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
         load_signing_key(cfg.sign_key)  # a bad key fails before any work is done
     root = Path(bundle)
     _check_writable(root)
+    from edgetl.device.bundle import open_bundle
+    from edgetl.tasks import get_task
+
+    if not get_task(open_bundle(root, verify=False, warn=False).task).pooled:
+        # a head over many rows per item (detection's locations): its own learner
+        from edgetl.device.row_retraining import retrain_rows
+
+        return retrain_rows(root, data, cfg)  # type: ignore[return-value]
     live = _open_live(root, cfg.verify, cfg.allow_nonconforming)
     folder = _scan(data, live.predictor.modality, cfg.strict)
     new_classes = [c for c in folder.labels if c not in live.labels]

@@ -355,6 +355,27 @@ def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, A
     return f"v1/{MEMORY_FILE}"
 
 
+def _add_row_memory(tmp: Path, manifest: dict[str, Any], run_dir: Path, info: Mapping[str, Any],
+                    reference: bool) -> None:
+    """Write ``v1/row_memory.npz`` (edgetl.device.row_memory): rows of the RUN's training items
+    as the bundle being written computes them, a seeded sample per head output."""
+    from edgetl.device.row_memory import ROW_MEMORY_FILE, RowMemory, task_rows
+    from edgetl.workstation.run import Run
+
+    try:
+        items_paths, items = Run(run_dir, dict(info), None).split_items("train")
+        with _bundle_predictor(tmp, manifest, reference=reference) as predictor:
+            X, y, T = task_rows(predictor, list(items), [np.asarray(it.classes) for it in items],
+                                np.random.default_rng(0), sample=True)
+            head_labels = predictor.task.head_labels(predictor.labels)
+    except EdgeTLError as exc:
+        warn(f"the bundle gets no replay memory ({exc}); retraining on new classes only may then forget the old ones")
+        return
+    RowMemory.sample(X, y, T, head_labels).save(tmp / "v1" / ROW_MEMORY_FILE)
+    manifest["artifacts"] = {**(manifest.get("artifacts") or {}), "row_memory": f"v1/{ROW_MEMORY_FILE}"}
+    manifest["files"] = hash_dir(tmp / "v1", "v1")
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     from edgetl.device.bundle import MANIFEST
 
@@ -552,6 +573,8 @@ def package(
         if head is not None:
             manifest["accuracy"] = dict(manifest["accuracy"] or {}, head=head)
             manifest["accuracy"]["deployed"] = head["deployed_accuracy"]
+        if target.retraining and not pooled:  # a head over many rows per item: a memory of rows
+            _add_row_memory(tmp, manifest, run_dir, info, _computes_as_reference(target, int8))
         if target.retraining and pooled:
             memory = _add_replay_memory(tmp, manifest, info, cfg, train_rows, _computes_as_reference(target, int8))
             if memory is not None:
