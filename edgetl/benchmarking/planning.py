@@ -30,7 +30,7 @@ def sources_of(run_dir: Path, runtime: str, precision: str) -> tuple[tuple[Path,
 def run_jobs(run_dir: Path, cfg: BenchConfig, info: dict[str, Any]) -> list[Job]:
     spec = info["preprocess"]
     common = {"labels": list(info["labels"]), "preprocess": spec, "input_size": spec.get("input_size"),
-              "modality": info.get("modality") or "image", "run": str(run_dir)}
+              "modality": info.get("modality") or "image", "run": str(run_dir), "task": info.get("task")}
     # explicit --runtimes/--precisions (or no target) give the matrix; targets add their own rows
     matrix = cfg.runtimes is not None or cfg.precisions is not None or not cfg.targets
     combos = [(r, p) for r in (cfg.runtimes or RUNTIMES) for p in (cfg.precisions or PRECISIONS) if (r, p) in VALID]
@@ -78,6 +78,7 @@ def bundle_jobs(root: Path, cfg: BenchConfig) -> list[Job]:
     if adapter:
         files.append(adapter)
     common = {"labels": bundle.labels, "preprocess": bundle.manifest["preprocess"], "modality": bundle.modality,
+              "task": bundle.task,
               "input_size": bundle.manifest["preprocess"].get("input_size"), "bundle": str(root),
               "backbone": str(files[0]), "head": str(bundle.model_path("head")),
               "adapter": str(adapter) if adapter else None}

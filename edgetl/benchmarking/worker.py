@@ -66,9 +66,18 @@ def _torch_runner(spec: dict[str, Any]):
     model = loaded.model.eval()
     names = [i.name for i in _modality(spec).inputs(_spec(spec))]
 
-    def run(x):
-        with torch.inference_mode():
-            return model(*(torch.from_numpy(x[n]) for n in names)).numpy()
+    task = _task(spec)
+    if not task.pooled:  # detection: the network, then the same numpy decoding and NMS as the device
+        size = int(_spec(spec).input_size)
+
+        def run(x):
+            with torch.inference_mode():
+                raw = model(*(torch.from_numpy(x[n]) for n in names))
+            return task.bench_call(tuple(r.numpy() for r in raw), x, size)
+    else:
+        def run(x):
+            with torch.inference_mode():
+                return model(*(torch.from_numpy(x[n]) for n in names)).numpy()
 
     run.files = [str(f) for f in loaded.weight_files]  # what size_mb counts: a head-only RUN's installed backbone too
     return run, "fp32"
@@ -85,6 +94,9 @@ def _predictor_runner(spec: dict[str, Any]):
         predictor = Predictor.from_bundle(spec["bundle"], runtime=spec["runtime"], threads=spec["threads"],
                                           spinning=True, conformance="off")
     else:
+        if not _task(spec).pooled:
+            raise Skip(f"a {_task(spec).name} model is timed as a bundle (its box head and decoding travel with it): "
+                       "'edgetl package RUN --target T --out BUNDLE', then 'edgetl bench BUNDLE --run RUN'")
         kw = dict(threads=spec["threads"], device=spec.get("device") or None)
         backbone = load_session(spec["backbone"], spec["runtime"], precision=spec["precision"], **kw)
         head = load_session(spec["head"], spec["runtime"], precision="fp32", **kw)
@@ -92,8 +104,13 @@ def _predictor_runner(spec: dict[str, Any]):
         predictor = Predictor(backbone, head, spec["labels"], _spec(spec), adapter=adapter,
                               modality=spec.get("modality"))
 
-    def run(x):
-        return predictor.logits(x)
+    if predictor.task.pooled:
+        def run(x):
+            return predictor.logits(x)
+    else:  # the head's outputs as the task makes them, decoded as `edgetl predict` does (NMS included)
+        def run(x):
+            out = predictor.task.outputs(predictor, predictor.backbone.run(x), x, predictor.head, predictor.extra_heads)
+            return predictor.task.bench_call((out["logits"], out["boxes"]), x, predictor.spec.input_size)
 
     run.predictor = predictor  # type: ignore[attr-defined]
     return run, predictor.precision_executed
@@ -103,6 +120,8 @@ def _direct_runner(spec: dict[str, Any]):
     """The runtime's own API on the same files and settings, with no edgetl code in the loop."""
     import numpy as np
 
+    if not _task(spec).pooled:
+        raise Skip(f"--direct times a classifier's two files; a {_task(spec).name} bundle is timed as deployed")
     threads, runtime = int(spec["threads"]), spec["runtime"]
     post = None
     if spec.get("adapter"):
@@ -169,6 +188,12 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], tuple[Callable, str]]] = {
 
 
 # --- inputs ---------------------------------------------------------------------------------
+
+def _task(spec: dict[str, Any]):
+    from edgetl.tasks import get_task
+
+    return get_task(spec.get("task"))
+
 
 def _modality(spec: dict[str, Any]):
     from edgetl.modalities import get_modality
@@ -310,7 +335,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if getattr(run, "files", None):
         result["files"] = run.files
-    if spec.get("images") and spec.get("accuracy"):
+    if spec.get("images") and spec.get("accuracy") and _task(spec).pooled:  # top-1: classification's
         result["accuracy"], result["accuracy_n"] = _accuracy(run, spec)
     result["conformance"] = _conformance(run)
     return result

@@ -76,7 +76,7 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
     from edgetl.device.learn.head import head_metadata, make_head_onnx, read_head
     from edgetl.device.learn.solver import solve_head
     from edgetl.device.predictor import Predictor
-    from edgetl.device.row_memory import ROW_MEMORY_FILE, RowMemory, task_rows
+    from edgetl.device.row_memory import ROW_MEMORY_FILE, RowMemory, background_shift, task_rows
 
     started = time.perf_counter()
     root = Path(bundle)
@@ -99,8 +99,10 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
     train_idx, hold_idx = _split(len(items), cfg.holdout, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
+    locations: list[int] = []
     X_new, y_new, t_new = task_rows(predictor, [items[i] for i in train_idx], [classes[i] for i in train_idx],
-                                   rng, sample=True)
+                                   rng, sample=True, locations=locations)
+    shift = background_shift(y_new, sum(locations))
     missing = [c for c in new_classes
                if not np.isin(y_new, [head_labels.index(o) for o in task.head_labels([c])[1:]]).any()]
     if missing:
@@ -114,19 +116,25 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
     embed_seconds = time.perf_counter() - t0
     W_old, b_old, _ = read_head(live.model_path("head"))
     t1 = time.perf_counter()
+    # the rows sample the background: solve in their space (background bias less the shift), then
+    # give the background its bias for all locations back (background_shift)
+    b_rows = b_old.copy()
+    b_rows[0] -= shift
     if new_classes:
-        grown = add_classes(X, y, W_old, b_old, len(head_labels))
-        W, b = grown.W, grown.b
-        learner = {"name": "exact", "classes": "added", "C": grown.C}
+        grown = add_classes(X, y, W_old, b_rows, len(head_labels), balanced=False)  # rows carry their prior
+        W, b = grown.W, grown.b.copy()
+        b[0] = b_old[0]  # the old outputs exactly as they were
+        learner = {"name": "exact", "classes": "added", "C": grown.C, "background_shift": shift}
     else:
-        W64, b64 = solve_head(X, y, len(head_labels), 1.0, anchor=(W_old, b_old))
+        W64, b64 = solve_head(X, y, len(head_labels), 1.0, anchor=(W_old, b_rows))
         W, b = W64.astype(np.float32), b64.astype(np.float32)
-        learner = {"name": "exact", "classes": "refit, anchored at the old head", "C": 1.0}
-    extra = task.solve_extra_heads(X, y, T)  # {name: (W, b)}: detection's box head on rows with boxes
+        b[0] += shift
+        learner = {"name": "exact", "classes": "refit, anchored at the old head", "C": 1.0, "background_shift": shift}
+    old_extra = {name: read_head(live.model_path(name))[:2] for name in task.extra_heads}
+    extra = task.solve_extra_heads(X, y, T, old_extra)  # {name: (W, b)}: detection's box head, anchored at the old
     train_seconds = time.perf_counter() - t1
     # the gate: the task's metric on held-out items, and the old outputs on the memory's rows
     hold = [items[i] for i in hold_idx]
-    old_extra = {name: read_head(live.model_path(name))[:2] for name in extra}
     before = after = None
     if hold:
         before = task.score_heads(predictor, hold, [classes[i] for i in hold_idx], (W_old, b_old), old_extra, labels)

@@ -86,22 +86,29 @@ def _check(X, y, W_old, b_old, n_classes):
     return X, y, W_old, b_old, n_old
 
 
-def _problem(X, y, W_old, b_old, n_classes) -> _Problem:
+def _problem(X, y, W_old, b_old, n_classes, balanced: bool = True) -> _Problem:
     n_old, F = W_old.shape
     anchor = (np.vstack([W_old, np.zeros((n_classes - n_old, F))]), np.concatenate([b_old, np.zeros(n_classes - n_old)]))
-    return _Problem(X, y, n_classes, anchor, np.arange(n_classes) < n_old, None)
+    weights = None if balanced else np.full(len(y), 1.0 / len(y))
+    return _Problem(X, y, n_classes, anchor, np.arange(n_classes) < n_old, weights)
 
 
 def add_classes(X, y, W_old, b_old, n_classes: int, *, Cs=ADDITION_CS, tol: float = 1e-6,
-                max_iter: int = 2000) -> Addition:
+                max_iter: int = 2000, balanced: bool = True) -> Addition:
     """The head of ``n_classes`` classes whose first ``len(W_old)`` rows are ``W_old, b_old``
     and whose new rows are solved on ``X, y`` at the C chosen by weight aligning (see the
-    module docstring). Every new class needs rows; old classes may have none."""
+    module docstring). Every new class needs rows; old classes may have none.
+
+    ``balanced=False`` weighs every row alike: detection's rows, where the head's background
+    output already carries the rows' prior (edgetl.tasks.detection.rows) and a class-balanced
+    new class claims old objects (measured on composite scenes, 5 known + 2 new classes: new
+    classes reached 0.40 of joint training's mAP@.5 balanced, 0.62 row-weighted; old classes
+    kept 0.80 and 0.92, with the anchored box head)."""
     X, y, W_old, b_old, n_old = _check(X, y, W_old, b_old, n_classes)
     Cs = np.unique(np.asarray(Cs, np.float64))
     if Cs.size == 0 or not np.all(np.isfinite(Cs) & (Cs > 0)):
         raise ConfigError(f"Cs must be positive finite numbers, got {Cs.tolist()}")
-    prob = _problem(X, y, W_old, b_old, n_classes)
+    prob = _problem(X, y, W_old, b_old, n_classes, balanced)
     old_norm = float(np.linalg.norm(prob.As[:n_old], axis=1).mean())
     theta, table, best = None, [], None
     for C in Cs:  # ascending: each solve starts from the last; new-row norms grow with C

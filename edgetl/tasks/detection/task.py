@@ -158,6 +158,18 @@ class DetectionTask:
                 results[i] = Detections(predictor._describe(sources[i]), found)
         return results  # type: ignore[return-value]
 
+    def bench_call(self, raw: tuple[np.ndarray, np.ndarray], x: Mapping[str, np.ndarray], input_size: int) -> np.ndarray:
+        """What ``edgetl bench`` times after the network: raw outputs (class logits [N, L, K+1],
+        box codes [N, L, 4]) -> each image's decoded, NMS-filtered detections at the default
+        score threshold; returns their count per image (an array of N)."""
+        logits, codes = raw
+        side = int(round(np.sqrt(logits.shape[1])))
+        sizes = x.get("image_size")
+        if sizes is None:
+            sizes = np.full((len(logits), 2), input_size, np.int64)
+        return np.asarray([len(decode(logits[i], codes[i], (side, side), input_size, sizes[i],
+                                      score_threshold=SCORE_THRESHOLD)[0]) for i in range(len(logits))])
+
     # --- retraining on the device (edgetl.device.row_retraining) -------------------------------
 
     metric_name = "map50"
@@ -180,14 +192,17 @@ class DetectionTask:
         X, y, codes, _ = out.arrays()
         return X, y, codes
 
-    def solve_extra_heads(self, X: np.ndarray, y: np.ndarray, targets: np.ndarray) -> dict[str, tuple]:
-        """The box head solved again on every row with a box (exact ridge regression)."""
+    def solve_extra_heads(self, X: np.ndarray, y: np.ndarray, targets: np.ndarray,
+                          old: Mapping[str, tuple] | None = None) -> dict[str, tuple]:
+        """The box head solved again on every row with a box (exact ridge regression), pulled
+        toward the ``old`` box head where one is given (see solve_box_head)."""
         from edgetl.tasks.detection.rows import solve_box_head
 
         pos = y > 0
         order = np.random.default_rng(0).permutation(np.flatnonzero(pos))
         k = len(order) // 5  # a fifth of the rows chooses the penalty
-        W, b, _ = solve_box_head(X[order[k:]], targets[order[k:]], X[order[:k]], targets[order[:k]])
+        W, b, _ = solve_box_head(X[order[k:]], targets[order[k:]], X[order[:k]], targets[order[:k]],
+                                 anchor=(old or {}).get("box_head"))
         return {"box_head": (W, b)}
 
     def score_heads(self, predictor: Any, items: list, classes: list, head: tuple, extra: dict,

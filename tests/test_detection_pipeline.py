@@ -1,0 +1,173 @@
+"""Object detection end to end, on real objects pasted at known boxes onto real photos
+(edgetl.workstation.detection_data.write_composite_scenes: scikit-image's photo crops and
+scikit-learn's digit scans on scikit-image's scenes): train on the workstation, export, quantize
+to int8 under the guard, package, then on the device with torch blocked: predict, evaluate
+(equal to pycocotools on the very same predictions), retrain with a new object class, rollback.
+
+One module fixture builds the RUN and the bundle once (about a minute and a half on two cores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.workstation.detection_data import write_composite_scenes
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+OLD = ["face", "cat", "shuttle"]
+NEW = ["horse"]
+HAS_PYCOCOTOOLS = importlib.util.find_spec("pycocotools") is not None
+
+
+def _cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgetl.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory) -> dict[str, str]:
+    site = tmp_path_factory.mktemp("no_torch")
+    (site / "sitecustomize.py").write_text('import sys\nsys.modules["torch"] = None  # "import torch" now fails\n')
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO)])
+    env["EDGETL_NO_PROGRESS"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("scenes")
+    write_composite_scenes(root / "old", OLD, per_class=24, seed=0, size=256)
+    write_composite_scenes(root / "new", NEW, per_class=24, seed=1, size=256)
+    write_composite_scenes(root / "test_old", OLD, per_class=10, seed=2, size=256, split="test")
+    write_composite_scenes(root / "test", OLD + NEW, per_class=10, seed=3, size=256, split="test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(scenes) -> Path:
+    """old classes -> RUN (exact probe on frozen EfficientNet-Lite0 locations) -> ONNX -> int8
+    (ONNX Runtime, this CPU class's) -> bundle for x86-ort-int8 or the target that fits this CPU."""
+    from edgetl.core.isa import this_cpu
+    from edgetl.core.targets import targets_for
+
+    run = scenes / "run"
+    _ok(_cli(["train", "old", "--task", "detection", "--out", run, "--backbone", "efficientnet_lite0",
+              "--image-size", "256"], scenes))
+    _ok(_cli(["export", run], scenes))
+    _ok(_cli(["quantize", run, "--engine", "ort"], scenes))
+    fitting = [t.name for t in targets_for(this_cpu()) if t.runtime == "onnxruntime" and t.precision == "int8"]
+    assert fitting, "no shipped ONNX Runtime int8 target fits this CPU"
+    _ok(_cli(["package", run, "--target", fitting[0], "--out", scenes / "bundle"], scenes))
+    return scenes / "bundle"
+
+
+def test_run_json_and_bundle_record_the_task(scenes, bundle):
+    run_json = json.loads((scenes / "run" / "run.json").read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert run_json["task"] == "detection" and manifest["task"] == "detection"
+    assert manifest["conformance"]["items"] > 0
+
+
+def test_predict_json_and_draw_without_torch(scenes, bundle, no_torch):
+    images = sorted((scenes / "test" / "images").iterdir())[:3]
+    out = _ok(_cli(["predict", bundle, *images, "--json", "--draw", scenes / "drawn"], scenes, no_torch))
+    doc = json.loads(out.stdout)
+    assert [Path(d["file"]).name for d in doc] == [p.name for p in images]
+    found = [det for d in doc for det in d["detections"]]
+    assert found, "no object found in three scenes that hold some"
+    for det in found:
+        x1, y1, x2, y2 = det["box"]
+        assert det["label"] in OLD and 0 < det["score"] <= 1 and 0 <= x1 < x2 <= 256 and 0 <= y1 < y2 <= 256
+    assert sorted(p.name for p in (scenes / "drawn").iterdir()) == sorted(p.name for p in images)
+
+
+@pytest.mark.skipif(not HAS_PYCOCOTOOLS, reason="pycocotools is the reference (pip install pycocotools)")
+def test_bundle_evaluation_equals_pycocotools_on_the_same_predictions(scenes, bundle):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from edgetl.device.predictor import Predictor
+    from edgetl.tasks import get_task
+    from edgetl.tasks.detection import EVAL_THRESHOLD
+
+    predictor = Predictor.from_bundle(bundle)
+    task = get_task("detection")
+    ours = task.evaluate(predictor, scenes / "test_old")
+    truth = json.loads((scenes / "test_old" / "annotations.json").read_text())
+    files = {im["id"]: scenes / "test_old" / "images" / Path(im["file_name"]).name for im in truth["images"]}
+    by_name = {c["name"]: c["id"] for c in truth["categories"]}
+    ids = sorted(files)
+    predictions = task.predict(predictor, [files[i] for i in ids], score_threshold=EVAL_THRESHOLD)
+    dets = [{"image_id": i, "category_id": by_name[d.label], "score": float(d.score),
+             "bbox": [d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]]}
+            for i, p in zip(ids, predictions) for d in p.detections]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = truth
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert abs(ours.map - ev.stats[0]) <= 1e-6 and abs(ours.map50 - ev.stats[1]) <= 1e-6, (ours.map50, ev.stats[1])
+    assert ours.map50 > 0.3, "the detector finds the objects it was trained on"
+
+
+def test_bundle_agrees_with_the_run(scenes, bundle):
+    run = json.loads(_ok(_cli(["evaluate", "run", "test_old", "--json"], scenes)).stdout)
+    deployed = json.loads(_ok(_cli(["evaluate", bundle, "test_old", "--json"], scenes)).stdout)
+    assert set(deployed["per_class"]) == set(OLD)
+    assert deployed["map50"] >= run["map50"] - 0.05, (deployed["map50"], run["map50"])
+
+
+def test_the_device_learns_a_new_object_class_and_rolls_back(scenes, bundle, no_torch, tmp_path):
+    import shutil
+
+    device = tmp_path / "bundle"
+    shutil.copytree(bundle, device)
+    before = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, no_torch)).stdout)
+    report = json.loads(_ok(_cli(["retrain", device, "new", "--json"], scenes, no_torch)).stdout)
+    assert report["switched"] and report["new_classes"] == NEW and report["metric"] == "map50"
+    assert report["learner"]["name"] == "exact" and report["conformance"]["passed"]
+    after_old = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, no_torch)).stdout)
+    after = json.loads(_ok(_cli(["evaluate", device, "test", "--json"], scenes, no_torch)).stdout)
+    assert after["per_class"]["horse"]["map50"] > 0.3, after["per_class"]
+    assert after_old["map50"] >= 0.85 * before["map50"], (after_old["map50"], before["map50"])
+    listed = json.loads(_ok(_cli(["predict", device, *sorted((scenes / "new" / "images").iterdir())[:2], "--json"],
+                                 scenes, no_torch)).stdout)
+    assert any(d["label"] == "horse" for item in listed for d in item["detections"])
+    _ok(_cli(["rollback", device], scenes, no_torch))
+    rolled = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, no_torch)).stdout)
+    assert rolled["map50"] == before["map50"]
+
+
+def test_a_detection_bundle_given_images_in_class_folders_is_one_line(scenes, bundle, digits_dir):
+    result = _cli(["evaluate", bundle, digits_dir], scenes)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_classifier_bundle_given_annotated_scenes_is_one_line(scenes, quantized_run, tmp_path):
+    _ok(_cli(["package", quantized_run, "--target", "x86-ort-fp32", "--out", tmp_path / "cls"], scenes))
+    for command in (["evaluate", tmp_path / "cls", "test_old"], ["retrain", tmp_path / "cls", "new"]):
+        result = _cli(command, scenes)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
