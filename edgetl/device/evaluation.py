@@ -65,7 +65,9 @@ def evaluate_folder(
     return predictor.task.evaluate(predictor, data, batch_size=batch_size)
 
 
-def _to_report(e: "Evaluation") -> EvaluateReport:
+def _to_report(e: Any) -> Any:
+    if not isinstance(e, Evaluation):  # another task's report (entity or box scores): its to_dict is the contract
+        return e
     d = e.to_dict()
     known = {"accuracy", "n", "per_class", "labels", "confusion", "errors"}
     return EvaluateReport(**{k: d[k] for k in known}, extra={k: v for k, v in d.items() if k not in known})
