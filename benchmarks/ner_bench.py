@@ -183,6 +183,9 @@ def accuracy(work: Path, runs: dict[int, Path], feats: dict) -> dict:
     from edgetl.tasks.token_classification.align import IGNORE
     from edgetl.workstation.token_classification.rows import word_labels
 
+    cache = work / "accuracy.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
     found_test, enc_test, rows_test = feats["test"]
     found_train, enc_train, rows_train = feats["train"]
     out: dict = {}
@@ -221,6 +224,7 @@ def accuracy(work: Path, runs: dict[int, Path], feats: dict) -> dict:
             "sklearn_seconds": sk_seconds, "test_fp32": fp32, "test_sklearn": sk}
         print(f"layers {layers}: test F1 fp32 {fp32['f1']:.4f}, sklearn {sk['f1']:.4f} (C {C:.3g}, {len(y)} rows)",
               flush=True)
+    cache.write_text(json.dumps(out))
     return out
 
 

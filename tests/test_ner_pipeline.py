@@ -343,3 +343,30 @@ def test_device_side_without_torch(ner_bundle, ner_files, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["n"] == N_TEST
+
+
+def test_word_rows_are_the_first_subwords_the_decoder_reads(ner_bundle, ner_files):
+    """The task's rows (what a replay memory holds and retraining learns from): one per labelled
+    word, its first subword's features as the device computes them, its tag id; new types get
+    tags appended after the model's."""
+    from edgetl.device.predictor import Predictor
+    from edgetl.tasks.token_classification import read_ner_data
+    from edgetl.tasks.token_classification.task import extend_tags, tag_probabilities, word_rows
+
+    p = Predictor.from_bundle(ner_bundle)
+    examples = list(read_ner_data(ner_files["test"]).examples[:20])
+    X, y, item = word_rows(p, examples, batch_size=8)
+    assert X.shape == (len(y), p.head.input_shape[-1]) and len(item) == len(y)
+    assert set(np.unique(item)) == set(range(20))
+    assert (y > 0).sum() >= sum(len(e.entities) for e in examples)  # every entity word is a B- or I- row
+    # the head on these rows gives the probabilities the predictor decodes from
+    out = next(p.run_chunks([e.text for e in examples[:8]], 8))[1]
+    rows0 = np.flatnonzero(item == 0)
+    probs = tag_probabilities(p.head.run(X[rows0]))
+    from edgetl.tasks.token_classification.align import encode
+
+    enc = encode(examples[0].text, p.modality.tokenizer(p.spec), p.spec.max_length)
+    assert np.allclose(probs, out["probs"][0, enc.first_token[enc.first_token >= 0]], atol=1e-5)
+    grown = extend_tags(p.labels, ["EVENT"])
+    X2, y2, _ = word_rows(p, examples, grown, batch_size=8)
+    assert np.array_equal(y2, y) and grown[-2:] == ("B-EVENT", "I-EVENT")

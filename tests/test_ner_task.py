@@ -65,3 +65,11 @@ def test_entity_agreement_is_symmetric_and_exact():
     b = [[{"start": 0, "end": 3, "label": "X"}], [{"start": 1, "end": 2, "label": "X"}]]
     assert entity_agreement(a, b) == pytest.approx((1 / 2 + 1 / 2) / 2)
     assert entity_agreement([[]], [[]]) == 1.0
+
+
+def test_extend_tags_appends_new_types_at_the_end():
+    from edgetl.tasks.token_classification.task import extend_tags
+
+    old = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+    assert extend_tags(old, ["NORP"]) == old + ("B-NORP", "I-NORP")
+    assert extend_tags(["PER", "LOC"], ["LOC", "X", "X"]) == old + ("B-X", "I-X")

@@ -34,7 +34,7 @@ from edgetl.tasks.token_classification.metric import EntityScores, score_spans
 from edgetl.tasks.token_classification.tags import parse_tag, tag_set
 
 __all__ = ["Entity", "TokenPrediction", "NerEvaluation", "TokenClassificationTask", "TOKEN_CLASSIFICATION",
-           "tags_of", "types_of", "tag_probabilities", "decode_texts"]
+           "tags_of", "types_of", "extend_tags", "word_rows", "tag_probabilities", "decode_texts"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,40 @@ def tags_of(labels: Sequence[str]) -> tuple[str, ...]:
 def types_of(labels: Sequence[str]) -> tuple[str, ...]:
     """The entity types of a model's labels (tags or types), in head order."""
     return tuple(t[2:] for t in tags_of(labels) if t.startswith("B-"))
+
+
+def extend_tags(labels: Sequence[str], types: Sequence[str]) -> tuple[str, ...]:
+    """The tag set of a model's labels with ``types`` it lacks appended (``B-X``, ``I-X`` each, at
+    the end: the existing tags keep their head outputs, so a grown head starts from the old rows)."""
+    known = types_of(labels)
+    return tag_set(known + tuple(t for t in dict.fromkeys(types) if t not in known))
+
+
+def word_rows(predictor: Any, examples: Sequence[Any], tags: Sequence[str] | None = None, *,
+              batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows the head learns from, through ``predictor``'s backbone (as the device computes
+    them): the features of each word's FIRST subword ``X`` [R, F] float32, the word's tag id ``y``
+    [R] in ``tags`` (default: the model's; pass :func:`extend_tags` to learn new types), and the
+    example each row is from ``item`` [R]. Words whose label is unknown (the data's ignored
+    spans) and words past ``max_length`` give no row. Raises DataError on an unusable text."""
+    from edgetl.tasks.token_classification.align import IGNORE, token_labels
+
+    tags = tuple(tags) if tags is not None else tags_of(predictor.labels)
+    index = {t: i for i, t in enumerate(tags)}
+    tokenizer = predictor.modality.tokenizer(predictor.spec)
+    texts = [e.text for e in examples]
+    X, y, item = [], [], []
+    for indices, z, _ in predictor.run_chunks(texts, batch_size, strict=True, logits=False, adapted=False):
+        encodings = encode_batch([texts[i] for i in indices], tokenizer, predictor.spec.max_length)
+        for row, (i, enc) in enumerate(zip(indices, encodings)):
+            labels = token_labels(examples[i], enc, index)
+            keep = np.flatnonzero(labels != IGNORE)
+            X.append(np.asarray(z[row, keep], np.float32))
+            y.append(labels[keep])
+            item.append(np.full(len(keep), i, np.int64))
+    if not X:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(X), np.concatenate(y), np.concatenate(item)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
