@@ -165,7 +165,7 @@ def test_probe_matches_sklearn_logistic_regression(ner_run, ner_files):
     X, y = word_rows(fit, encode_examples(fit, tok, run.spec.max_length), index, forward).arrays()
     test = list(read_ner_data(ner_files["test"]).examples)
     rows = word_rows(test, encode_examples(test, tok, run.spec.max_length), index, forward)
-    W, b = model.head.weight.numpy(), model.head.bias.numpy()
+    W, b = model.head.weight.detach().numpy(), model.head.bias.detach().numpy()
     ours = val_scores(rows, W, b, test, tags)
     sk = make_pipeline(StandardScaler(), LogisticRegression(C=run.info["metrics"]["probe"]["C"], max_iter=5000,
                                                             tol=1e-6)).fit(X, y)
