@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgetl-installed
 
-.PHONY: demo test test-fast test-device venv bench clean
+.PHONY: demo test test-fast test-device test-arm venv bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test-fast: $(STAMP)
 # The device install: a second venv with a plain `pip install .` (no torch) runs predict.
 test-device: $(STAMP)
 	bash scripts/check_device_install.sh
+
+# The device side on an emulated Raspberry Pi 4 and 5 (arm64 under QEMU user mode, needs root):
+# install from the index, predict, evaluate, retrain, rollback, compared with x86. docs/arm.md
+test-arm: $(STAMP)
+	bash scripts/test_arm.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -40,7 +40,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line that points at ``--help``."""
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        from edgetl.core.ui import printable  # an argument echoed back may hold any byte
+
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see '{self.prog} --help')\n")
 
 
 def _available_commands() -> list[tuple[str, object]]:
@@ -89,7 +91,9 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", module=r"nncf\..*")
 
     def show(message, category, filename, lineno, file=None, line=None):  # one line, no source
-        print(f"edgetl: warning: {message}", file=sys.stderr)
+        from edgetl.core.ui import printable
+
+        print(f"edgetl: warning: {printable(message)}", file=sys.stderr)
 
     warnings.showwarning = show
 
@@ -109,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except EdgeTLError as exc:
         message = str(exc).replace("\r", " ").replace("\n", " ")  # one line, whatever a library said
-        print(f"edgetl {args.command}: error: {message}", file=sys.stderr)
+        _ui.error_line(args.command, f"error: {message}")  # and input echoed in it escaped (NULs, ESC)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"edgetl {args.command}: interrupted", file=sys.stderr)
@@ -122,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # places that can say more raise an EdgeTLError themselves.
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"edgetl {args.command}: error: {where}{exc.strerror or _one_line(exc)}", file=sys.stderr)
+        _ui.error_line(args.command, f"error: {where}{exc.strerror or _one_line(exc)}")
         return 2
     except MemoryError:
         print(f"edgetl {args.command}: error: out of memory (try a smaller --batch-size, or fewer inputs at once)",

@@ -532,3 +532,41 @@ def test_adabn_recomputes_batchnorm_statistics_on_the_target(shift):
     assert torch.allclose(first.running_mean.double(), x.mean(1), atol=1e-4, rtol=1e-4)
     assert torch.allclose(first.running_var.double(), x.var(1, unbiased=True), atol=1e-4, rtol=1e-3)
     assert not model.training
+
+
+@pytest.fixture(scope="module")
+def photo_shift(tmp_path_factory):
+    """A small real shift: 20 training crops of each of 5 scikit-image photos (source), 20 test
+    crops of each from regions no training crop touches, under ImageNet-C contrast (severity 2)."""
+    pytest.importorskip("skimage")
+    from edgetl.workstation.datasets import write_photos
+
+    root = tmp_path_factory.mktemp("photo_shift")
+    classes = ["astronaut", "brick", "camera", "chelsea", "coffee"]
+    source = write_photos(root / "source", classes=classes, per_class=20, size=96, seed=0)
+    clean = write_photos(root / "clean", classes=classes, per_class=20, size=96, split="test", seed=0)
+    return source, write_shifted(clean, root / "target", "contrast", 2, seed=1)
+
+
+@pytest.mark.slow
+def test_fine_tuned_adaptation_on_too_little_data_keeps_source_only_and_says_so(photo_shift, tmp_path, capsys):
+    """Issue 30: Deep CORAL on 100 photos, no target labels. It does not keep the source task
+    (source validation below the source-only probe's by more than SOURCE_MARGIN), so the guard
+    writes the source-only probe and says why in one line: the RUN is never below source-only
+    on the target without the user being told."""
+    from edgetl.workstation.evaluation import evaluate_run
+    from edgetl.workstation.training import TrainConfig, train
+    from edgetl.workstation.training.adapt import SOURCE_MARGIN
+
+    source, target = photo_shift
+    probe = train(source, tmp_path / "probe", TrainConfig(image_size=64, seed=0)).run_dir
+    source_only = evaluate_run(probe, target)["accuracy"]
+    capsys.readouterr()
+    cfg = TrainConfig(strategy="adapt", target_data=str(target), adapt_method="coral", **SMALL)
+    m = train(source, tmp_path / "coral", cfg).metrics
+    err = capsys.readouterr().err
+    assert m["adapt_kept"] is False and "source validation" in m["adapt_reason"], m
+    assert m["source_val_accuracy_after"] < m["source_val_accuracy_before"] - SOURCE_MARGIN
+    assert "feature-coral" in m["adapt_reason"] and "source validation" in err  # told, on stderr
+    got = evaluate_run(tmp_path / "coral", target)["accuracy"]
+    assert got == pytest.approx(source_only, abs=1e-9), (got, source_only)

@@ -100,6 +100,18 @@ def write_head(path: Path) -> Path:
     return path
 
 
+# what `edgetl quantize` records in an int8 file: the CPUs it was built for (7-bit weights: any x86)
+INT8_FACTS = {"isa": "x86-avx2", "weight_bits": 7}
+
+
+def _built_for_any_x86(path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    model.metadata_props.add(key="edgetl.int8", value=json.dumps(INT8_FACTS))
+    onnx.save(model, str(path))
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     import openvino as ov
@@ -109,9 +121,13 @@ def run_dir(tmp_path_factory) -> Path:
     (run / "openvino").mkdir()
     write_backbone(run / "onnx" / "backbone.onnx", seed=0)
     write_backbone(run / "onnx" / "backbone.int8.onnx", seed=2)  # stands in for the QDQ model
+    _built_for_any_x86(run / "onnx" / "backbone.int8.onnx")
     write_head(run / "onnx" / "head.onnx")
     for stem in ("backbone", "backbone.int8"):
-        ov.save_model(ov.convert_model(str(run / "onnx" / f"{stem}.onnx")), str(run / "openvino" / f"{stem}.xml"))
+        model = ov.convert_model(str(run / "onnx" / f"{stem}.onnx"))
+        if stem == "backbone.int8":
+            model.set_rt_info(json.dumps(INT8_FACTS), "edgetl_int8")
+        ov.save_model(model, str(run / "openvino" / f"{stem}.xml"))
     info = {
         "format": 1, "labels": LABELS, "backbone": "tiny", "pretrained": False, "preprocess": SPEC.to_dict(),
         "num_features": FEATURES, "strategy": "linear-probe", "config": {}, "data_root": "/nowhere",

@@ -65,7 +65,7 @@ def test_train_strict_rejects_corrupt_image(capsys, tmp_path, tiny):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--strategy", "magic"], "invalid choice"),
-    (["--epochs", "0"], "positive integer"),
+    (["--epochs", "0"], "epochs from 1 to"),
     (["--unfreeze", "some"], "'all'"),
     (["--val-split", "2"], "fraction"),
 ])

@@ -129,7 +129,8 @@ def test_doctor_bundle_table_and_json(models, sources, tmp_path, capsys):
 def test_the_set_is_hashed_and_checked(models, sources, tmp_path):
     bundle = _bundle(tmp_path / "b", models, sources, "x86-avx2")
     cset = conf.ConformanceSet.load(bundle / "v1" / conf.FILE)
-    assert len(cset.items) == conf.DEFAULT_ITEMS and cset.embeddings.dtype == np.float32
+    assert len(cset.items) == conf.DEFAULT_ITEMS and cset.rows.dtype == np.float32
+    assert (cset.row_item == np.arange(len(cset.items))).all() and (cset.row_index == 0).all()  # one row per image
     # the items are the files themselves (small PNGs): the device decodes them itself
     assert all(item[:4] == b"\x89PNG" for item in cset.items)
     data = bytearray((bundle / "v1" / conf.FILE).read_bytes())
@@ -139,7 +140,7 @@ def test_the_set_is_hashed_and_checked(models, sources, tmp_path):
         Predictor.from_bundle(bundle)
     broken = tmp_path / "broken.npz"
     np.savez(broken, format=np.int64(1), lengths=np.array([5, 5]), data=np.zeros(7, np.uint8),
-             embeddings=np.zeros((2, 4), np.float32))
+             rows=np.zeros((2, 4), np.float32), row_item=np.arange(2), row_index=np.zeros(2, np.int64))
     with pytest.raises(BundleError, match="inconsistent"):
         conf.ConformanceSet.load(broken)
 

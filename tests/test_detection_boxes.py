@@ -237,3 +237,22 @@ def test_draw_detections(tmp_path):
     assert len(sanitize_label("x" * 500)) == 48
     with pytest.raises(ConfigError, match="format"):
         draw_detections(img, [], tmp_path / "out.unknown")
+
+
+def test_detection_runs_with_torch_blocked(tmp_path):
+    """The task's building blocks are the device's too: they import and run without torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+        "import numpy as np\n"
+        "from edgetl.tasks.detection import nms, batched_nms, coco_evaluate, letterbox_image, assign_targets\n"
+        "b = np.array([[0, 0, 10, 10], [1, 1, 10, 10]], np.float32); s = np.array([0.9, 0.8], np.float32)\n"
+        "assert nms(b, s, 0.5).tolist() == [0]\n"
+        "gt = [{'boxes': b[:1], 'classes': np.array([0])}]\n"
+        "assert coco_evaluate([[(b[0], 0.9, 0)]], gt, ['a'])['map'] > 0.999999\n"
+        "letterbox_image(np.zeros((5, 9, 3), np.uint8), 16); assign_targets(b, [0, 0], 4, 4, 4)\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

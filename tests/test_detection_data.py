@@ -103,6 +103,35 @@ def test_coco_missing_outside_and_mismatched_images(tmp_path):
     assert "outside the data folder" in reasons and "not found" in reasons and "40x50" in reasons
 
 
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A small valid PNG whose header claims ``width`` x ``height`` (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    _image(path, 4, 4)
+    raw = bytearray(path.read_bytes())
+    ihdr = raw[12:29]  # chunk type + data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_image_sizes_come_from_headers_and_bombs_are_skipped(tmp_path):
+    _png_claiming(tmp_path / "bomb.png", 60_000, 60_000)
+    _png_claiming(tmp_path / "sliver.png", 5000, 2)
+    images = [{"id": 1, "file_name": "a.png", "width": 100, "height": 80},
+              {"id": 2, "file_name": "bomb.png", "width": 60_000, "height": 60_000, "_absent": True},
+              {"id": 3, "file_name": "sliver.png", "width": 5000, "height": 2, "_absent": True}]
+    path = _coco(tmp_path, [{"id": 1, "image_id": i, "category_id": 7, "bbox": [0, 0, 2, 2]} for i in (1, 2, 3)],
+                 images=images)
+    data = read_detection_data(path)
+    assert [it.path.name for it in data.items] == ["a.png"] and data.counts["images_unreadable"] == 2
+    reasons = dict(data.skipped)
+    assert any("larger than" in r for r in reasons.values()) and any("5000x2" in r for r in reasons.values())
+
+
 @pytest.mark.parametrize("text, match", [
     ("{not json", "not valid JSON"),
     ('{"images": [], "annotations": []}', "not a COCO annotation file"),
@@ -321,3 +350,55 @@ def test_reads_deepforest_scenes():
     sizes = {it.path.stem: (it.width, it.height) for it in data.items}
     assert sizes["2019_YELL_2_528000_4978000_image_crop2"] == (2299, 2472)
     assert sizes["OSBS_029"] == (400, 400)
+
+
+# --- data that ships in packages (workstation generators) ----------------------------------------
+
+
+def test_composite_scenes(tmp_path):
+    from edgetl.workstation.detection_data import COMPOSITE_CLASSES, write_composite_scenes
+
+    classes = ["digit_3", "face", "cat", "horse"]
+    kw = dict(per_class=6, seed=1, size=160, object_px=(20, 48), objects_per_image=(2, 3))
+    path = write_composite_scenes(tmp_path / "a", classes, **kw)
+    data = read_detection_data(path, strict=True)
+    assert data.labels == tuple(classes) and data.class_counts() == {c: 6 for c in classes}
+    assert data.counts["boxes_clipped"] == 0
+    for it in data.items:
+        assert (it.width, it.height) == (160, 160) and 1 <= len(it.boxes) <= 3
+        side = np.maximum(it.boxes[:, 2] - it.boxes[:, 0], it.boxes[:, 3] - it.boxes[:, 1])
+        assert (side <= 48).all() and (side >= 4).all()
+        inter = np.clip(np.minimum(it.boxes[:, None, 2:], it.boxes[None, :, 2:])
+                        - np.maximum(it.boxes[:, None, :2], it.boxes[None, :, :2]), 0, None).prod(-1)
+        area = (it.boxes[:, 2:] - it.boxes[:, :2]).prod(-1)
+        np.fill_diagonal(inter, 0)
+        assert (inter <= 0.1 * np.minimum(area[:, None], area[None, :]) + 1e-3).all()  # no heavy overlaps
+    assert "COMPOSITES" in json.loads(path.read_text())["info"]["description"]
+    again = write_composite_scenes(tmp_path / "b", classes, **kw)  # seeded: the same files
+    assert json.loads(again.read_text())["annotations"] == json.loads(path.read_text())["annotations"]
+    assert (tmp_path / "a" / "images" / "train_1_00000.png").read_bytes() == \
+        (tmp_path / "b" / "images" / "train_1_00000.png").read_bytes()
+    test = read_detection_data(write_composite_scenes(tmp_path / "c", classes, split="test", **kw))
+    assert test.class_counts() == {c: 6 for c in classes}
+    assert len(COMPOSITE_CLASSES) == 17
+    from edgetl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="classes"):
+        write_composite_scenes(tmp_path / "d", ["digit_3", "unicorn"])
+
+
+@pytest.mark.skipif(DEEPFOREST is None, reason="deepforest is not installed (pip install --no-deps deepforest)")
+def test_deepforest_split_holds_out_a_whole_scene(tmp_path):
+    from edgetl.workstation.detection_data import DEEPFOREST_TEST_SCENE, deepforest_scenes, write_deepforest_split
+
+    scenes = deepforest_scenes()
+    assert scenes.labels == ("Tree",) and scenes.n_boxes == 951 and len(scenes.items) == 4
+    split = write_deepforest_split(tmp_path)
+    assert split.counts == {"train": {"tiles": 134, "boxes": 2318, "boxes_clipped": 427},
+                            "test": {"tiles": 9, "boxes": 277, "boxes_clipped": 41}}  # as the docstring says
+    train, test = read_detection_data(split.train, strict=True), read_detection_data(split.test, strict=True)
+    assert all(it.path.name.startswith(DEEPFOREST_TEST_SCENE) for it in test.items)
+    assert not any(it.path.name.startswith(DEEPFOREST_TEST_SCENE) for it in train.items)
+    assert {(it.width, it.height) for it in train.items} == {(400, 400)}
+    assert sum(it.width * it.height for it in test.items) == 1249 * 1035  # a partition: each crown scored once
+    assert train.n_boxes == 2318 and test.n_boxes == 277

@@ -74,7 +74,7 @@ def test_a_killed_writers_leftovers_are_collected(tmp_path):
 
 def test_size_stays_under_the_bound_least_recently_used_first(tmp_path):
     row_bytes = 256 * 4
-    cache = EmbeddingCache(tmp_path, "k", max_bytes=3 * (100 * row_bytes + 100 * 32 + 400))
+    cache = EmbeddingCache(tmp_path, "k", max_bytes=3 * (100 * row_bytes + 100 * 64 + 400))  # keys: digest + row digest
     batches = [_digests(100, seed) for seed in range(5)]
     for i, keys in enumerate(batches):
         cache.add(keys, np.full((100, 256), i, np.float32))

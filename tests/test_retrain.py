@@ -223,7 +223,17 @@ def test_new_classes_grow_the_head_and_the_memory(tmp_path, tiny, digits_dir):
     head = (W.astype(np.float32), b.astype(np.float32), DIGITS[:8])
     bundle = retrainable_bundle(tmp_path / "bundle", tiny, old, head=head)
 
-    report = retrain(bundle, device, RetrainConfig(epochs=40, memory_mb=0.05))
+    exact_bundle = shutil.copytree(bundle, tmp_path / "exact")
+    with pytest.raises(ConfigError, match="no learning rate"):
+        retrain(exact_bundle, device, RetrainConfig(lr=0.01))
+    exact = retrain(exact_bundle, device, RetrainConfig(memory_mb=0.05))
+    assert exact.switched and exact.trainer == "exact" and exact.groups["new"]["after"] > 0.6, exact.groups
+    W1, b1, _ = read_head(exact_bundle / open_bundle(exact_bundle).manifest["models"]["head"])
+    assert np.array_equal(W1[:8], head[0]) and np.array_equal(b1[:8], head[1])
+    with pytest.raises(ConfigError, match="adds classes"):  # it knows 8 and 9 now
+        retrain(exact_bundle, device, RetrainConfig(learner="exact"))
+
+    report = retrain(bundle, device, RetrainConfig(epochs=40, memory_mb=0.05, learner="adamw"))
     assert report.switched and report.new_classes == ["8", "9"] and report.labels == DIGITS
     assert report.groups["new"]["before"] == 0.0 and report.groups["new"]["after"] > 0.6, report.groups
     # forgetting and the bias correction are reported, and agree with the per-class table
@@ -537,7 +547,7 @@ def test_cli_retrain_and_rollback_without_torch(weak_bundle, new_data, tmp_path,
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().count("\n") == 0 and "no such folder" in bad.stderr
     assert tree_digest(weak_bundle) == digest
-    for flags, message in ((["--memory-mb", "0.0001"], "less than one"), (["--memory-mb", "1e9"], "memory_mb"),
+    for flags, message in ((["--memory-mb", "0.0001"], "less than one"), (["--memory-mb", "1e9"], "--memory-mb"),
                            (["--bias-correction", "bic"], "invalid choice")):
         bad = _cli(["retrain", str(weak_bundle), str(new_data), *flags], blocked_env, tmp_path)
         assert bad.returncode != 0 and bad.stdout == "" and message in bad.stderr, bad.stderr
@@ -630,9 +640,14 @@ def test_new_classes_on_the_real_pipeline(bundle_0_7, digits_0_7, digits_8_9, tm
           f"(old {report.groups['old']}, new {report.groups['new']}); retrain {wall:.2f} s, "
           f"embed {report.seconds['embed']:.2f} s, train {report.seconds['train']:.2f} s, epochs {report.epochs}; "
           f"bias correction {report.bias_correction}; forgetting {report.forgetting}")
-    # With the bias correction (the default), measured here: old 0.956 -> 0.928 (97% kept), new
-    # 0.838; without it old 0.919 (96%), new 0.900. The holdout (4 memory rows per old class)
-    # judged the trade; the thresholds hold for both.
+    # The exact learner (the default for new classes): the old rows are the bundle's own, the
+    # new ones solved at the C that sizes them like the old; judged out of fold on every row.
+    assert report.trainer == "exact" and report.lr is None and report.learner["method"] == "exact"
+    assert report.n_holdout == report.n_train == report.n_images + report.n_holdout_memory
+    assert open_bundle(bundle).history[-1]["learner"]["C"] == report.learner["C"]
+    W1, b1, _ = read_head(bundle / open_bundle(bundle).manifest["models"]["head"])
+    W0, b0, _ = read_head(bundle_0_7["bundle"] / "v1" / "head.onnx")
+    assert np.array_equal(W1[:8], W0) and np.array_equal(b1[:8], b0)  # what the bundle knew is kept exactly
     assert new_after >= 0.8, new_after
     assert old_after >= 0.95 * old_before, (old_after, old_before)
     assert open_bundle(bundle).labels == DIGITS
@@ -651,7 +666,8 @@ def test_numpy_trainer_where_onnxruntime_has_no_training(bundle_0_7, digits_8_9,
     results = {}
     for name, trainer_env in (("numpy", env), ("ort", None)):
         bundle = shutil.copytree(bundle_0_7["bundle"], tmp_path / f"bundle_{name}")
-        args = ["retrain", str(bundle), str(digits_8_9), "--json"]
+        # the AdamW learner: the exact one (the default for new classes) takes no steps
+        args = ["retrain", str(bundle), str(digits_8_9), "--json", "--learner", "adamw"]
         run = _cli(args, trainer_env or dict(os.environ, PYTHONPATH=str(REPO), EDGETL_NO_PROGRESS="1"), tmp_path)
         assert run.returncode == 0, run.stderr
         results[name] = json.loads(run.stdout)

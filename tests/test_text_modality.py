@@ -128,9 +128,9 @@ def test_missing_path_and_unknown_extension(tmp_path):
 def test_missing_column_names_the_columns_found(tmp_path):
     (tmp_path / "d.csv").write_text("sentence,label\nhello,a\n")
     msg = _raises("no 'text' column", T.read_text_data, tmp_path / "d.csv")
-    assert "sentence, label" in msg
+    assert "'sentence', 'label'" in msg  # quoted: control characters and bad bytes come out escaped
     (tmp_path / "d.jsonl").write_text('{"text": "x", "y": "a"}\n')
-    assert "text, y" in _raises("no 'label' key", T.read_text_data, tmp_path / "d.jsonl")
+    assert "'text', 'y'" in _raises("no 'label' key", T.read_text_data, tmp_path / "d.jsonl")
     (tmp_path / "e.csv").write_text("")
     _raises("file is empty", T.read_text_data, tmp_path / "e.csv")
 

@@ -270,7 +270,9 @@ def test_text_bundle_predicts_evaluates_and_retrains_without_torch(text_bundle, 
         return r.stdout
 
     m = json.loads((text_bundle / "manifest.json").read_text())
-    assert m["modality"] == "text" and m["artifacts"] == {"tokenizer": "v1/tokenizer.json"}
+    # the tokenizer travels as an artifact, beside the conformance set every bundle carries
+    assert m["modality"] == "text" and m["artifacts"] == {"tokenizer": "v1/tokenizer.json",
+                                                          "conformance": "v1/conformance.npz"}
     assert "v1/tokenizer.json" in m["files"] and m["models"]["backbone"].endswith("backbone.int8.onnx")
     assert m["memory"] and m["memory"] in m["files"]  # replay memory from the RUN's training texts
 

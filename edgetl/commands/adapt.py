@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import SIGN_HELP, add_allow_nonconforming, add_trust, check_sign_key, path_arg, require_trust
+from edgetl.commands._args import (SIGN_HELP, Number, add_allow_nonconforming, add_trust, check_sign_key, path_arg,
+                                   require_trust)
+
+_SHRINKAGE = Number(float, 0.0, 1.0, what="a shrinkage")
 
 HELP = "align a bundle to a new domain from unlabelled images (torch-free)"
 DESCRIPTION = """\
@@ -45,12 +48,9 @@ def _shrinkage(text: str) -> float | str:
     if text in ("lw", "oas"):
         return text
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], lw or oas, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
+        return _SHRINKAGE(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or lw, oas") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgetl.commands._args import batch_list, non_negative_int, positive_float, positive_int, str_list, thread_list
+from edgetl.commands._args import Number, batch_list, count, seconds, str_list, thread_list
 
 HELP = "latency, throughput, memory, size and accuracy per runtime and precision"
 DESCRIPTION = """\
@@ -45,12 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precisions", type=str_list, metavar="LIST", help="from fp32,int8,bf16 (default: all)")
     p.add_argument("--batch", type=batch_list, metavar="LIST", help="batch sizes, e.g. 1,8 (default: 1, or the target's)")
     p.add_argument("--threads", type=thread_list, metavar="LIST", help="thread counts, e.g. 1,2 (default: 2, or the target's)")
-    p.add_argument("--warmup", type=non_negative_int, default=10, metavar="N", help="untimed runs first (default: 10)")
+    p.add_argument("--warmup", type=Number(int, 0, 1_000_000, what="a number of runs"), default=10, metavar="N", help="untimed runs first (default: 10)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--duration", type=positive_float, default=2.0, metavar="S",
+    how.add_argument("--duration", type=seconds, default=2.0, metavar="S",
                      help="seconds timed per configuration and pass (default: 2)")
-    how.add_argument("--iterations", type=positive_int, metavar="N", help="timed runs per configuration and pass")
-    p.add_argument("--repeats", type=positive_int, default=3, metavar="R",
+    how.add_argument("--iterations", type=count, metavar="N", help="timed runs per configuration and pass")
+    p.add_argument("--repeats", type=Number(int, 1, 1000, what="a number of passes"), default=3, metavar="R",
                    help="interleaved passes over all configurations (default: 3)")
     p.add_argument("--data", metavar="DATA", help="image folder: time real images and report accuracy")
     p.add_argument("--run", metavar="RUN", help="with a bundle: the RUN whose PyTorch model is the reference row")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import fraction, positive_float, positive_int
+from edgetl.commands._args import epochs, fraction, image_size, learning_rate, milliseconds, open_fraction, seconds, seed
 from edgetl.commands.select import add_select_arguments, add_sweep_arguments, select_config
 from edgetl.commands.train import _unfreeze
 
@@ -49,22 +49,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default linear-probe; with --backbone auto --sweep-unfreeze, the sweep's suggestion")
     p.add_argument("--unfreeze", type=_unfreeze, default=_GIVEN_NONE, metavar="N|all",
                    help="finetune: last N blocks trainable (default 2; with a sweep, its suggestion)")
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--lr", type=positive_float)
-    p.add_argument("--val-split", type=fraction, default=0.2)
-    p.add_argument("--image-size", type=positive_int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=epochs)
+    p.add_argument("--lr", type=learning_rate)
+    p.add_argument("--val-split", type=open_fraction, default=0.2)
+    p.add_argument("--image-size", type=image_size)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     p.add_argument("--max-drop", type=fraction, default=0.01, help="int8 accuracy budget (default: 0.01 = 1 point)")
     p.add_argument("--calib", metavar="DATA", help="int8 calibration data (default: a sample of the training split)")
     p.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True, help="benchmark at the end")
-    p.add_argument("--duration", type=positive_float, default=2.0, help="bench: seconds per configuration")
+    p.add_argument("--duration", type=seconds, default=2.0, help="bench: seconds per configuration")
     p.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
     p.add_argument("--force", action="store_true", help="replace an existing RUN and bundle")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     g = p.add_argument_group("with --backbone auto (see 'edgetl select --help')")
     add_select_arguments(g, image_size=False)
-    g.add_argument("--budget-ms", type=positive_float, help="p90 latency budget (default: the target's)")
+    g.add_argument("--budget-ms", type=milliseconds, help="p90 latency budget (default: the target's)")
     add_sweep_arguments(g)
 
 

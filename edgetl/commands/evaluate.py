@@ -72,11 +72,13 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_bundle(model, args.data, EvaluateConfig(batch_size=args.batch_size, verify=args.verify,
                                                                   runtime=args.runtime,
                                                                   allow_nonconforming=args.allow_nonconforming))
-        labels = report["labels"]
+        labels = report.get("labels")
     for item in report.get("errors", []):
         _ui.warn(f"{item['file']}: {item['error']}")
     if args.json:
         _ui.print_json(report.to_dict())
+    elif "map50" in report:
+        _print_detection(report)
     else:
         counts = {}
         if report.get("confusion") is not None:
@@ -84,9 +86,26 @@ def run(args: argparse.Namespace) -> int:
         rows = [(label, counts.get(label), acc) for label, acc in report["per_class"].items()]
         rows.append(("all", report["n"], report["accuracy"]))
         _ui.print_table(f"accuracy on {report['n']} image(s)", ["class", "images", "accuracy"], rows)
-    if args.plot:
+    if args.plot and report.get("confusion") is None:
+        _ui.warn(f"--plot draws a confusion matrix, which {'a detector' if 'map50' in report else 'this model'} "
+                 "has none of; no plot written")
+    elif args.plot:
         _plot(report, labels, args.plot)
     return 0
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _print_detection(report) -> None:
+    """Per class and overall COCO mAP@.5 and mAP@[.5:.95], in %."""
+    from edgetl.core import ui as _ui
+
+    rows = [(label, c["n"], _pct(c["map50"]), _pct(c["map"])) for label, c in report["per_class"].items()]
+    rows.append(("all", sum(c["n"] for c in report["per_class"].values()), _pct(report["map50"]), _pct(report["map"])))
+    _ui.print_table(f"COCO mAP on {report['n']} image(s) ({report.get('runtime', 'torch')}, in %)",
+                    ["class", "boxes", "mAP@.5", "mAP@[.5:.95]"], rows)
 
 
 def _run_labels(run_dir) -> list[str]:

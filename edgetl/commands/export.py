@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import positive_int
+from edgetl.commands._args import Number
+from edgetl.core.formats import MAX_OPSET
 
 HELP = "export a trained RUN to ONNX (backbone, head, fused model) and OpenVINO IR, validated"
 DESCRIPTION = """\
@@ -29,7 +30,7 @@ Examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN", help="RUN directory written by 'edgetl train'")
-    p.add_argument("--opset", type=positive_int, default=18, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--opset", type=Number(int, 13, MAX_OPSET, what="an ONNX opset"), default=18, help="ONNX opset (default: %(default)s)")
     p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                    help="dynamo (default, maintained) or torchscript (legacy, faster to run)")
     p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from edgetl.commands._args import (NO_VERIFY_HELP, add_allow_nonconforming, add_trust, batch_size, path_arg, positive_int, require_trust,
-                                   thread_count)
+from edgetl.commands._args import (NO_VERIFY_HELP, Number, add_allow_nonconforming, add_trust, batch_size, path_arg,
+                                   require_trust, thread_count, top_k)
 
-HELP = "classify images or texts with a bundle (torch-free)"
+HELP = "classify images or texts, or find the objects in images, with a bundle (torch-free)"
 DESCRIPTION = """\
 Classify image files with BUNDLE on its target's runtime (ONNX Runtime or OpenVINO),
 with exactly the preprocessing used in training. A FILE may be a folder: every image
@@ -25,6 +24,11 @@ An entity tagger (a token-classification bundle) finds entities in each text: a 
 them, or with --json [{"text", "entities": [{"start", "end", "label", "score", "text"}],
 "error", "where"}] (start and end index the original text's characters).
 
+A detection bundle finds objects: --json prints a list of {"file", "detections": [{"label",
+"score", "box": [x1, y1, x2, y2]}], "error"}, boxes in each image's own pixels, the
+detections scoring at least --score-threshold (default 0.3), after per-class NMS; --draw
+DIR writes each image with its boxes drawn into DIR.
+
 Examples:
   edgetl predict bundle/ cat.jpg dog.png
   edgetl predict bundle/ photos/ --top-k 3 --json > predictions.json
@@ -33,7 +37,11 @@ Examples:
   edgetl predict reviews-bundle/ reviews.txt --json
   cat reviews.txt | edgetl predict reviews-bundle/ -
   edgetl predict ner-bundle/ --text "Tom Hanks shines in Philadelphia" --json
+  edgetl predict trees-bundle/ tile.png --score-threshold 0.5 --draw out/
 """
+
+
+_SCORE = Number(float, 0.0, 1.0, what="a score")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text bundle: a text to classify (repeatable)")
     p.add_argument("--text-column", default="text", metavar="NAME",
                    help="text bundle: the column of CSV/TSV/JSONL files holding the text (default: %(default)s)")
-    p.add_argument("--top-k", type=positive_int, default=1, metavar="K", help="show the K best labels (default: 1)")
+    p.add_argument("--top-k", type=top_k, default=1, metavar="K", help="show the K best labels (default: 1)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
     p.add_argument("--batch-size", type=batch_size, metavar="N", help="default: the target's batch size (at most 4096)")
     p.add_argument("--runtime", choices=["onnxruntime", "openvino"], help="override the target's runtime")
@@ -53,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify", dest="verify", action="store_false", help=NO_VERIFY_HELP)
     add_trust(p)
     add_allow_nonconforming(p)
+    p.add_argument("--score-threshold", type=_SCORE, metavar="S",
+                   help="detection bundle: report the objects scoring at least S, from 0 to 1 (default: 0.3)")
+    p.add_argument("--draw", type=path_arg, metavar="DIR", help="detection bundle: write the images with their boxes here")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         _ui.quiet()
     require_trust(args, args.bundle)  # --trust: refuse an unsigned bundle before using it
     config = PredictConfig(top_k=args.top_k, batch_size=args.batch_size, runtime=args.runtime, threads=args.threads,
-                           verify=args.verify, allow_nonconforming=args.allow_nonconforming)
+                           verify=args.verify, allow_nonconforming=args.allow_nonconforming,
+                           score_threshold=args.score_threshold)
     texts = _texts(args)
     if texts is not None and _task(args) == "token-classification":
         return _run_entities(args, config, texts)
@@ -81,8 +93,17 @@ def run(args: argparse.Namespace) -> int:
         files = expand_inputs(args.files)
         report = predict(args.bundle, [str(f) for f in files], config)
     predictions, failed = report.predictions, report.failed
+    detection = bool(predictions) and hasattr(predictions[0], "detections")
+    if (args.draw or args.score_threshold is not None) and not detection and predictions:
+        from edgetl.errors import ConfigError
+
+        raise ConfigError("--draw and --score-threshold are for detection bundles; this one classifies")
+    if args.draw:
+        _draw(predictions, args.draw)
     if args.json:
         _ui.print_json([p.to_dict() for p in predictions])
+    elif detection:
+        _print_detections(predictions, report)
     else:
         columns = ["file", "label", "score"] + (["top-k"] if args.top_k > 1 else [])
         rows = []
@@ -95,8 +116,46 @@ def run(args: argparse.Namespace) -> int:
         title = f"{len(predictions)} {noun}(s), {report.runtime} {report.precision_executed}"
         _ui.print_table(title, columns, rows)
     for p in failed:
-        print(f"edgetl predict: {p.error}", file=sys.stderr)
+        _ui.error_line("predict", p.error)
     return 1 if failed else 0
+
+
+def _print_detections(predictions, report) -> None:
+    from edgetl.core import ui as _ui
+
+    rows = []
+    for p in predictions:
+        if not p.ok:
+            rows.append([p.file, "error", "", ""])
+            continue
+        if not p.detections:
+            rows.append([p.file, "(none)", "", ""])
+        for d in p.detections:
+            rows.append([p.file, d.label, f"{d.score:.3f}", ", ".join(f"{v:.0f}" for v in d.box)])
+    found = sum(len(p.detections) for p in predictions)
+    _ui.print_table(f"{found} object(s) in {len(predictions)} image(s), {report.runtime} {report.precision_executed}",
+                    ["file", "label", "score", "box x1, y1, x2, y2"], rows)
+
+
+def _draw(predictions, folder: str) -> None:
+    """Each readable image with its boxes, as PNG into ``folder`` (names kept apart by a number)."""
+    from pathlib import Path
+
+    from edgetl.core import ui as _ui
+    from edgetl.errors import ConfigError
+    from edgetl.tasks.detection.draw import draw_detections
+
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot make the --draw folder ({exc.strerror or exc})") from None
+    written = 0
+    for n, p in enumerate(predictions):
+        if p.ok and p.file:
+            draw_detections(p.file, [d.to_dict() for d in p.detections], out / f"{n:04d}-{Path(p.file).stem}.png")
+            written += 1
+    _ui.info(f"drew the boxes of {written} image(s) into {out}")
 
 
 def _texts(args: argparse.Namespace) -> list[tuple[str, str]] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import fraction, non_negative_int, positive_int
+from edgetl.commands._args import Number, count, fraction
 from edgetl.core.isa import Isa
 
 HELP = "quantize an exported RUN's backbone to int8 (ONNX Runtime QDQ, NNCF for OpenVINO), within an accuracy budget"
@@ -50,7 +50,7 @@ Examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN", help="RUN directory, exported with 'edgetl export'")
     p.add_argument("--calib", metavar="DATA", help="calibration data, images or texts as the RUN takes (default: the RUN's training split)")
-    p.add_argument("--calib-size", type=positive_int, default=128,
+    p.add_argument("--calib-size", type=count, default=128,
                    help="calibration images, stratified over classes (default: %(default)s)")
     p.add_argument("--engine", choices=["ort", "ort-dynamic", "nncf", "both"], default="both",
                    help="ort: ONNX Runtime QDQ (images) or dynamic int8 (text); ort-dynamic: dynamic int8 "
@@ -64,13 +64,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="static (default) or dynamic (ONNX Runtime only; weights only, little gain for convs)")
     p.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="ONNX Runtime's calibration method (default: %(default)s); NNCF uses its own min-max")
-    p.add_argument("--max-drop", type=fraction, default=0.01,
-                   help="largest accuracy drop allowed, as a fraction (default: %(default)s = 1 point)")
-    p.add_argument("--min-agreement", type=fraction, default=0.97,
-                   help="smallest top-1 agreement with fp32 allowed (default: %(default)s)")
-    p.add_argument("--max-fp32-nodes", type=positive_int, default=32,
+    p.add_argument("--max-drop", type=fraction, default=None,
+                   help="largest drop of the task's metric allowed, as a fraction (default: 0.01 = 1 point of "
+                        "accuracy for classification; 0.02 of mAP@.5 for detection, of entity F1 for NER)")
+    p.add_argument("--min-agreement", type=fraction, default=None,
+                   help="smallest agreement with fp32 allowed (default: 0.97 of top-1 labels for classification; "
+                        "0.90 of detections or entities found again for detection and NER)")
+    p.add_argument("--max-fp32-nodes", type=count, default=32,
                    help="most nodes the guard may keep in fp32 (default: %(default)s)")
-    p.add_argument("--max-steps", type=non_negative_int, default=6, help="fallback steps of the guard, 0 for none (default: %(default)s)")
+    p.add_argument("--max-steps", type=Number(int, 0, 1000, what="a number of steps"), default=6, help="fallback steps of the guard, 0 for none (default: %(default)s)")
     p.add_argument("--activations", choices=["uint8", "int8"], default="uint8",
                    help="ONNX Runtime activation type (default: uint8, the fast form on x86 VNNI)")
     p.add_argument("--json", action="store_true", help="print the quantization report as JSON")

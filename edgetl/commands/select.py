@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from edgetl.commands._args import positive_float, positive_int
+from edgetl.commands._args import blocks, count, epochs, folds, max_length, milliseconds, seconds
+from edgetl.commands._args import image_size as pixels
 
 HELP = "which backbone to build for a target: estimated accuracy on DATA against deployed latency"
 DESCRIPTION = """\
@@ -62,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA", help="image folder (one subfolder per class) or texts (CSV/TSV/JSONL)")
     p.add_argument("--target", required=True, help="target name or .toml path (see 'edgetl targets')")
     add_select_arguments(p)
-    p.add_argument("--budget-ms", type=positive_float, help="p90 latency budget (default: the target's)")
+    p.add_argument("--budget-ms", type=milliseconds, help="p90 latency budget (default: the target's)")
     p.add_argument("--plot", metavar="PNG", help="write accuracy against latency, Pareto front and budget line")
     add_sweep_arguments(p.add_argument_group("the unfreeze sweep"))
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -73,8 +74,8 @@ def add_sweep_arguments(g) -> None:
     g.add_argument("--sweep-unfreeze", metavar="D,D,...", type=_depths,
                    help="fine-tune the recommended backbone briefly at each depth (block counts or 'all', "
                         "e.g. 0,1,2,all) and suggest --unfreeze from the held-out accuracies")
-    g.add_argument("--sweep-epochs", type=positive_int, default=3, help="epochs per depth (default 3)")
-    g.add_argument("--sweep-image-size", type=positive_int, default=64,
+    g.add_argument("--sweep-epochs", type=epochs, default=3, help="epochs per depth (default 3)")
+    g.add_argument("--sweep-image-size", type=pixels, default=64,
                    help="input size of the sweep, images (default 64: cheap; the ranking of depths, not the "
                         "accuracy, is what it measures)")
 
@@ -86,21 +87,24 @@ def add_select_arguments(p: argparse.ArgumentParser, image_size: bool = True) ->
                         "at SIZE px input (estimated, exported and timed at it), e.g. "
                         "efficientnet_lite0@96,efficientnet_lite0@160,efficientnet_lite2; for a text backbone "
                         "NAME@N is max_length N tokens, e.g. all_minilm_l6_v2@32")
-    p.add_argument("--sample", type=positive_int, default=300, help="images in the stratified sample (default 300)")
-    p.add_argument("--folds", type=positive_int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--sample", type=count, default=300, help="images in the stratified sample (default 300)")
+    p.add_argument("--folds", type=folds, default=5, help="cross-validation folds (default 5)")
     if image_size:
-        p.add_argument("--image-size", dest="select_image_size", type=positive_int,
+        p.add_argument("--image-size", dest="select_image_size", type=pixels,
                        help="one input size for every candidate (default: each one's native size)")
-        p.add_argument("--max-length", dest="select_max_length", type=positive_int,
+        p.add_argument("--max-length", dest="select_max_length", type=max_length,
                        help="text: tokens per text for every candidate (default: each one's, 128)")
     p.add_argument("--work", metavar="DIR", help="cache folder (default: ~/.cache/edgetl/select)")
-    p.add_argument("--bench-duration", type=positive_float, default=1.0, help="seconds timed per repeat (default 1)")
+    p.add_argument("--bench-duration", type=seconds, default=1.0, help="seconds timed per repeat (default 1)")
 
 
 def _depths(text: str):
     from edgetl.errors import ConfigError
     from edgetl.workstation.selection import parse_depths
 
+    for part in text.split(","):
+        if part.strip().lower() != "all" and part.strip().isdigit():
+            blocks(part.strip())  # a bounded block count (one line past 10,000)
     try:
         return parse_depths(text)
     except ConfigError as exc:

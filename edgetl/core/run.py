@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from edgetl.core.files import write_json_atomic
+from edgetl.core.reading import parse_json, read_regular
 from edgetl.errors import RunDirError
 
 __all__ = ["RUN_FORMAT", "read_run_json", "write_run_json", "update_run_json", "package_versions", "deployed_accuracy"]
@@ -65,23 +65,11 @@ def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not is_dir:
         raise RunDirError(f"{run_dir}: no such RUN directory; create one with 'edgetl train DATA --out {run_dir}'")
     path = run_dir / "run.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise RunDirError(f"{run_dir}: not a RUN directory (no run.json); create one with 'edgetl train'")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_RUN_JSON_BYTES + 1)
-    except OSError as exc:
-        raise RunDirError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > MAX_RUN_JSON_BYTES:
-        raise RunDirError(f"{path}: larger than {MAX_RUN_JSON_BYTES:,} bytes, not a run.json; re-run 'edgetl train'")
-    try:
-        info = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise RunDirError(f"{path}: corrupt run.json (not UTF-8 text); re-run 'edgetl train'") from None
-    except RecursionError:
-        raise RunDirError(f"{path}: corrupt run.json (nested too deeply); re-run 'edgetl train'") from None
-    except ValueError as exc:  # JSONDecodeError, and integers beyond the digit limit
-        raise RunDirError(f"{path}: corrupt run.json ({' '.join(str(exc).split())[:200]}); re-run 'edgetl train'") from None
+    hint = "re-run 'edgetl train'"
+    info = parse_json(read_regular(path, MAX_RUN_JSON_BYTES, "run.json", RunDirError, hint), str(path), "run.json",
+                      RunDirError, hint)
     if not isinstance(info, dict):
         raise RunDirError(f"{path}: corrupt run.json (expected a JSON object); re-run 'edgetl train'")
     missing = [k for k in _REQUIRED if k not in info]

@@ -12,9 +12,12 @@ import base64
 import hashlib
 import json
 import os
+import secrets
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from edgetl.core.reading import file_kind, read_regular
 from edgetl.errors import BundleError, ConfigError
 
 __all__ = ["ALGORITHM", "canonical_json", "document_digest", "generate_key", "load_signing_key", "sign", "verify",
@@ -55,25 +58,62 @@ def public_key_id(public_key: Any) -> str:
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
+    """The bytes of a key file: a regular file of at most ``MAX_KEY_BYTES`` (a PEM key is a
+    few hundred bytes). ``/dev/zero`` reports size 0 and never ends, a FIFO blocks its
+    reader: both are refused in one line by the shared reader, before anything is read."""
+    return read_regular(path, MAX_KEY_BYTES, f"{what} key file", ConfigError,
+                        "make one with 'edgetl keygen --out KEY'")
+
+
+def _replaceable(path: Path, overwrite: bool) -> None:
+    """Refuse to write a key over anything but a regular file, and over that without --force.
+    ``os.replace`` would swap a device node, a FIFO or a symbolic link for our file (run as
+    root, ``--out /dev/null --force`` replaced the system's /dev/null)."""
     try:
-        if path.stat().st_size > MAX_KEY_BYTES:
-            raise ConfigError(f"{path}: too large for a {what} key file")
-        return path.read_bytes()
+        st = path.lstat()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such {what} key file (make one with 'edgetl keygen --out KEY')") from None
+        return
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} key ({exc.strerror or exc})") from None
+        raise ConfigError(f"{path}: cannot check the key file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: is {file_kind(st.st_mode)}; a key is written only to a new or regular file, "
+                          "even with --force (choose another --out)")
+    if not overwrite:
+        raise ConfigError(f"{path}: already exists; pass --force to replace it, or choose another --out")
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """``data`` into ``path`` by a temporary file beside it, renamed over it; the temporary
+    file is removed on any failure (a full disk, a signal)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                 mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask must not widen or narrow it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _replaceable(path, True)  # checked again just before the rename
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def generate_key(out: str | os.PathLike, *, overwrite: bool = False) -> tuple[Path, Path, str]:
     """Write a new private key to ``out`` (PEM, PKCS#8, unencrypted, mode 0600) and its public
-    key to ``out.pub`` (PEM). Returns ``(private, public, key id)``."""
+    key to ``out.pub`` (PEM). Returns ``(private, public, key id)``. An existing file is
+    replaced only with ``overwrite`` and only if it is a regular file (not a device, FIFO,
+    socket, folder or symbolic link); nothing is left behind on failure."""
     serialization, ed25519 = _crypto()
     private_path = Path(out)
     public_path = private_path.with_name(private_path.name + PUBLIC_SUFFIX)
     for path in (private_path, public_path):
-        if path.exists() and not overwrite:
-            raise ConfigError(f"{path}: already exists; pass --force to replace it, or choose another --out")
+        _replaceable(path, overwrite)
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -81,20 +121,16 @@ def generate_key(out: str | os.PathLike, *, overwrite: bool = False) -> tuple[Pa
     written: list[Path] = []
     try:
         for path, data, mode in ((private_path, pem, 0o600), (public_path, pub, 0o644)):
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            try:
-                os.fchmod(fd, mode)  # the umask must not widen or narrow it
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            _write_new(path, data, mode)
             written.append(path)
     except OSError as exc:
         for path in written:
             path.unlink(missing_ok=True)
         raise ConfigError(f"{exc.filename or private_path}: cannot write the key ({exc.strerror or exc})") from None
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return private_path, public_path, public_key_id(key.public_key())
 
 

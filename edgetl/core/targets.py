@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgetl.core.isa import Cpu, Isa, fits, isa_info
+from edgetl.core.reading import read_regular
 from edgetl.core.registry import did_you_mean
 from edgetl.errors import TargetError
 
@@ -306,15 +307,17 @@ def targets_for(cpu: Cpu) -> list[Target]:
 
     return sorted((t for t in list_targets() if t.fits(cpu)), key=lambda t: (speed(t), t.name))
 
+MAX_TARGET_BYTES = 1 << 20  # a target file is a dozen lines
+
 
 def _load_file(path: Path) -> Target:
+    raw = read_regular(path, MAX_TARGET_BYTES, "target file", TargetError)  # not a FIFO, not /dev/zero
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise TargetError(f"{path}: no such target file") from None
-    except OSError as exc:
-        raise TargetError(f"{path}: cannot read target file ({exc.strerror or exc})") from None
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TargetError(f"{path}: not UTF-8 text, not a target file") from None
+    except RecursionError:
+        raise TargetError(f"{path}: TOML nested too deeply, not a target file") from None
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"{path}: not valid TOML ({exc})") from None
     data.setdefault("name", path.stem)

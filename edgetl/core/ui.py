@@ -5,13 +5,34 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["progress", "progress_bar", "print_table", "info", "warn", "print_json", "quiet"]
+__all__ = ["progress", "progress_bar", "print_table", "info", "warn", "print_json", "quiet", "printable"]
+
+# What must not reach a terminal from untrusted text (file names, CSV headers, labels, texts):
+# control characters (an ESC starts a sequence that recolours or rewrites the terminal; a
+# newline splits a table row or an error line), DEL and C1 controls, bidirectional overrides
+# (text that reads other than it is), and the bytes that were not UTF-8 (surrogateescape).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\udc80-\udcff]")
+
+
+def _escape(match: "re.Match[str]") -> str:
+    ch = match.group()
+    if "\udc80" <= ch <= "\udcff":
+        return f"\\x{ord(ch) - 0xDC00:02x}"  # the byte that was not UTF-8
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def printable(text: Any) -> str:
+    """``text`` for a terminal: control characters, bidirectional overrides and bad bytes
+    written as escapes (``\\x1b``, ``\\n``-as-``\\x0a``, ``\\xff``); one line. ``--json`` output
+    needs none of this (JSON escapes them itself)."""
+    return _UNPRINTABLE.sub(_escape, str(text))
 
 _QUIET = False
 
@@ -74,21 +95,29 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    from rich.text import Text
+
+    # Text, not str: rich would read "[red]" in a file name as markup
+    table = Table(title=Text(printable(title)), title_justify="left")
     for col in columns:
-        table.add_column(col)
+        table.add_column(Text(printable(col)))
     for row in rows:
-        table.add_row(*(_fmt(v) for v in row))
+        table.add_row(*(Text(printable(_fmt(v))) for v in row))
     Console(highlight=False).print(table)
 
 
 def info(message: str) -> None:
     if not _QUIET:
-        print(message, file=sys.stderr, flush=True)
+        print(printable(message), file=sys.stderr, flush=True)
 
 
 def warn(message: str) -> None:
-    print(f"edgetl: warning: {message}", file=sys.stderr, flush=True)
+    print(f"edgetl: warning: {printable(message)}", file=sys.stderr, flush=True)
+
+
+def error_line(command: str, message: Any) -> None:
+    """``edgetl COMMAND: MESSAGE`` on stderr, one line, untrusted text escaped."""
+    print(f"edgetl {command}: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def _plain(obj: Any) -> Any:

@@ -30,6 +30,9 @@ MAX_ARCHIVE_MEMBERS = 10_000
 # A GNU long name or a PAX header carries a path (at most 4 KiB on Linux) and a few fields.
 MAX_HEADER_BYTES = 64 << 10
 MAX_NAME_CHARS = 4096
+# A bundle's members are three or four folders deep; extraction makes the folders with
+# os.makedirs, which recurses once per level (RecursionError past ~1,000).
+MAX_MEMBER_DEPTH = 64
 # Unpacked bytes per packed byte. ONNX weights and IR compress 1.1-3x; a file of zeros 1000x.
 # Small zero-filled files are common (fresh optimizer state), so the ratio is enforced only
 # once the archive unpacks to more than RATIO_FREE_BYTES.
@@ -53,6 +56,9 @@ def check_member(tar_path: Path, m: tarfile.TarInfo) -> None:
         raise BundleError(f"{tar_path}: member {name!r} has an absolute or non-POSIX path; refusing to extract this archive")
     if ".." in parts:
         raise BundleError(f"{tar_path}: member {name!r} climbs out with '..'; refusing to extract this archive")
+    if len(parts) > MAX_MEMBER_DEPTH:
+        raise BundleError(f"{tar_path}: member {name[:60]!r}... is {len(parts):,} folders deep (a bundle's are a few); "
+                          "refusing to extract this archive")
     if m.issym() or m.islnk():
         raise BundleError(f"{tar_path}: member {name!r} is a link; refusing to extract this archive")
     if m.issparse():

@@ -9,7 +9,6 @@ Torch-free; onnx is imported only while packaging.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import secrets
@@ -22,11 +21,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from edgetl.core import ui as _ui
 from edgetl.device import archive as _archive
 from edgetl.device.archive import extract_archive
-from edgetl.device.manifest import (FORMAT_VERSION, MANIFEST, OPTIONAL_PATHS, check_head, check_manifest,
-                                    check_relpath, covered, manifest_paths, path_kind, quick_check, read_json,
-                                    read_manifest, verify_bundle, verify_files)
+from edgetl.device.manifest import (FORMAT_VERSION, MANIFEST, MAX_MANIFEST_BYTES, OPTIONAL_PATHS, check_head,
+                                    check_manifest, check_relpath, covered, manifest_paths, path_kind, quick_check,
+                                    read_json, read_manifest, verify_bundle, verify_files)
 from edgetl.core.files import (OwnedDir, fsync_dir, fsync_tree, hash_dir, remove, remove_stale, utc_now,
                                write_json_atomic)
+from edgetl.core.reading import file_kind
 from edgetl.core.report import Report
 from edgetl.errors import BundleError
 from edgetl.modalities import DEFAULT_MODALITY, get_modality
@@ -150,7 +150,10 @@ def open_bundle(
     extraction that turns out not to be a good bundle is removed again. With ``verify`` (the
     default) every file's size and SHA-256 is checked; without, sizes and small files only,
     with a warning naming the files that fail. With ``trust`` (public key files), the
-    manifest must carry a valid signature by one of them (see :func:`check_trust`)."""
+    manifest must carry a valid signature by one of them (see :func:`check_trust`), and
+    every file is hashed whatever ``verify`` says: the signature vouches for the manifest,
+    and only the manifest's hashes vouch for the files."""
+    verify = verify or bool(trust)
     p = Path(path)
     extracted = None
     kind = path_kind(p)
@@ -159,6 +162,8 @@ def open_bundle(
         p = _archive.extract_cached(p, extracted.parent, MANIFEST, dest=extracted)
     elif kind is None:
         raise BundleError(f"{p}: no such bundle; make one with 'edgetl package RUN --target NAME --out {p}'")
+    elif kind == "other":  # a device or FIFO: never opened (/dev/zero never ends, a FIFO blocks)
+        raise BundleError(f"{p}: no such bundle (it is {file_kind(p.stat().st_mode)}, not a bundle folder or archive)")
     try:
         if verify:
             m = verify_bundle(p)
@@ -294,8 +299,8 @@ def _locked(root: Path, timeout: float) -> Iterator[None]:
 
 
 def _read_previous(root: Path) -> dict[str, Any] | None:
-    if not (root / PREVIOUS).is_file():
-        return None
+    if not os.path.lexists(root / PREVIOUS):
+        return None  # (a FIFO or device in its place is for read_json to refuse, not to pass over)
     return read_manifest(root, PREVIOUS)
 
 
@@ -429,8 +434,8 @@ def update_bundle(
 
 def _live_version(root: Path) -> int | None:
     try:
-        return int(json.loads((root / MANIFEST).read_text())["version"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_json(root / MANIFEST, MAX_MANIFEST_BYTES, "bundle manifest")["version"])
+    except (BundleError, ValueError, KeyError, TypeError):
         return None
 
 

@@ -45,8 +45,13 @@ __all__ = ["FILE", "ARTIFACT", "DEFAULT_ITEMS", "MIN_AGREEMENT", "Policy", "Conf
 
 FILE = "conformance.npz"
 ARTIFACT = "conformance"  # its name in the manifest's ``artifacts``
-DEFAULT_ITEMS = 64
+DEFAULT_ITEMS = 64  # classification: one row per item
 CANDIDATE_FACTOR = 1.5  # held-out items scored per item kept (the lowest-margin third is left out)
+ITEMS_PER_SET = 16  # detection, NER: images or sentences, each with several rows
+ROWS_PER_ITEM = 48  # ... at most this many of each (its object locations or entity tokens, then background)
+MIN_BACKGROUND = 8
+ROWS_PER_SET = 384
+MAX_ROWS = 65536
 MIN_AGREEMENT = 0.98  # top-1 agreement with the reference; 64 items allow one change
 MAX_FILE_BYTES = 256 << 20
 MAX_ITEMS = 4096
@@ -66,24 +71,33 @@ class Policy(str, Enum):
 
 @dataclass(frozen=True)
 class ConformanceSet:
-    """Encoded items (the modality's compact form: image files, UTF-8 texts) and the reference
-    backbone's raw outputs for them, [N, F] float32."""
+    """Encoded items (the modality's compact form: image files, UTF-8 texts) and reference rows:
+    the head's input rows [R, F] float32 the reference computed for them (classification: one
+    pooled embedding per item; detection: some locations of each image; NER: some tokens), each
+    with its item and its index among that item's rows (:meth:`edgetl.tasks.base.Task.item_rows`)."""
 
     items: tuple[bytes, ...]
-    embeddings: np.ndarray
+    rows: np.ndarray
+    row_item: np.ndarray
+    row_index: np.ndarray
 
     def __post_init__(self) -> None:
-        z = np.asarray(self.embeddings)
-        if z.ndim != 2 or len(z) != len(self.items) or not 1 <= len(self.items) <= MAX_ITEMS:
-            raise BundleError(f"conformance set: {len(self.items)} items but embeddings of shape {z.shape}")
+        z, item, index = np.asarray(self.rows), np.asarray(self.row_item), np.asarray(self.row_index)
+        if z.ndim != 2 or not 1 <= len(self.items) <= MAX_ITEMS or not 1 <= len(z) <= MAX_ROWS \
+                or item.shape != (len(z),) or index.shape != (len(z),):
+            raise BundleError(f"conformance set: {len(self.items)} items, rows of shape {z.shape}, "
+                              f"{item.shape} item and {index.shape} index entries")
         if z.dtype != np.float32 or not np.isfinite(z).all():
-            raise BundleError("conformance set: embeddings must be finite float32 values")
+            raise BundleError("conformance set: rows must be finite float32 values")
+        if item.dtype.kind != "i" or index.dtype.kind != "i" or (item < 0).any() or (item >= len(self.items)).any() \
+                or (index < 0).any():
+            raise BundleError("conformance set: a row names an item or an index that does not exist")
 
     def save(self, path: str | os.PathLike) -> Path:
         lengths = np.array([len(b) for b in self.items], np.int64)
         buffer = io.BytesIO()
-        np.savez(buffer, format=np.int64(_FORMAT), lengths=lengths,
-                 data=np.frombuffer(b"".join(self.items), np.uint8), embeddings=self.embeddings)
+        np.savez(buffer, format=np.int64(_FORMAT), lengths=lengths, data=np.frombuffer(b"".join(self.items), np.uint8),
+                 rows=self.rows, row_item=self.row_item.astype(np.int64), row_index=self.row_index.astype(np.int64))
         path = Path(path)
         path.write_bytes(buffer.getvalue())
         return path
@@ -97,7 +111,8 @@ class ConformanceSet:
             with np.load(path, allow_pickle=False) as f:
                 if int(f["format"]) != _FORMAT:
                     raise BundleError(f"{path}: conformance set format {int(f['format'])} is not {_FORMAT}; re-package")
-                lengths, data, z = f["lengths"], f["data"], f["embeddings"]
+                lengths, data, rows = f["lengths"], f["data"], f["rows"]
+                row_item, row_index = f["row_item"], f["row_index"]
         except EdgeTLError:
             raise
         except (OSError, KeyError, ValueError, TypeError, EOFError) as exc:
@@ -108,7 +123,7 @@ class ConformanceSet:
         ends = np.cumsum(lengths)
         raw = data.tobytes()
         items = tuple(raw[int(e - n):int(e)] for e, n in zip(ends, lengths))
-        return cls(items, z)
+        return cls(items, rows, row_item, row_index)
 
 
 # --- building it (packaging) ---------------------------------------------------------------------
@@ -139,22 +154,54 @@ def select(logits: np.ndarray, n: int) -> np.ndarray:
     return np.array(sorted(chosen), np.int64)
 
 
-def build_set(reference: Any, sources: Sequence[Any], n: int = DEFAULT_ITEMS) -> ConformanceSet | None:
+def _item_rows(predictor: Any, items: Sequence[Any]) -> list[np.ndarray]:
+    """Each item's rows (raw backbone output through the task's rows; no adapter), in order."""
+    out: list[np.ndarray] = [np.zeros(0)] * len(items)
+    for indices, x, _ in predictor.batches(list(items), strict=True):
+        if indices:  # (a fixed-batch backbone's padding rows come last and are left out)
+            rows = predictor.task.item_rows(predictor.backbone.run(x), x)
+            for i, r in zip(indices, rows):
+                out[i] = np.ascontiguousarray(r, np.float32)
+    return out
+
+
+def _candidate_rows(task: Any, logits: np.ndarray) -> np.ndarray:
+    """An item's rows worth checking: its one row (classification), or its rows whose best output
+    is not the background (index 0) and as many background rows again, spread evenly (at least
+    ``MIN_BACKGROUND``), at most ``ROWS_PER_ITEM``."""
+    if task.pooled:
+        return np.arange(len(logits))
+    best = logits.argmax(1)
+    fg, bg = np.flatnonzero(best != 0), np.flatnonzero(best == 0)
+    k = min(len(bg), max(MIN_BACKGROUND, len(fg)))
+    picked = np.concatenate([fg, bg[np.linspace(0, len(bg) - 1, k).astype(np.int64)] if k else bg[:0]])
+    return np.unique(picked)[:ROWS_PER_ITEM]
+
+
+def build_set(reference: Any, sources: Sequence[Any], n: int | None = None) -> ConformanceSet | None:
     """The conformance set of the bundle ``reference`` (a Predictor on the bundle's files, loaded
     as the reference computes them) from candidate held-out ``sources``; None when none loads."""
-    modality, spec = reference.modality, reference.spec
+    modality, spec, task = reference.modality, reference.spec, reference.task
     encoded: list[bytes] = []
-    for source in sources:
+    for source in sources[: None if task.pooled else ITEMS_PER_SET]:
         try:
             encoded.append(modality.encode(source, spec))
         except (EdgeTLError, OSError, ValueError):
             continue  # an unreadable candidate is not a conformance item
     if not encoded:
         return None
-    z = reference.embed([modality.decode(b) for b in encoded], adapted=False)
-    logits = reference.logits_from_embeddings(reference.apply_adapter(z))
-    chosen = select(logits, n)
-    return ConformanceSet(tuple(encoded[i] for i in chosen), np.ascontiguousarray(z[chosen], np.float32))
+    per_item = _item_rows(reference, [modality.decode(b) for b in encoded])
+    rows, item, index, logits = [], [], [], []
+    for i, z in enumerate(per_item):
+        out = reference.logits_from_embeddings(reference.apply_adapter(z))
+        keep = _candidate_rows(task, out)
+        rows.append(z[keep]), item.append(np.full(len(keep), i)), index.append(keep), logits.append(out[keep])
+    rows_a, item_a, index_a, logits_a = (np.concatenate(a) for a in (rows, item, index, logits))
+    chosen = select(logits_a, n or (DEFAULT_ITEMS if task.pooled else ROWS_PER_SET))
+    used = np.unique(item_a[chosen])  # keep only the items the chosen rows come from
+    renumber = {int(old): new for new, old in enumerate(used)}
+    return ConformanceSet(tuple(encoded[i] for i in used), np.ascontiguousarray(rows_a[chosen], np.float32),
+                          np.array([renumber[int(i)] for i in item_a[chosen]], np.int64), index_a[chosen])
 
 
 # --- checking it (the device) --------------------------------------------------------------------
@@ -202,20 +249,26 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def compare(predictor: Any, cset: ConformanceSet) -> dict[str, Any]:
-    """Run the set's items through ``predictor`` (its decoding, preprocessing and backbone) and
-    compare with the reference outputs through the same adapter and head."""
+    """Run the set's items through ``predictor`` (its decoding, preprocessing and backbone), take
+    the rows the set holds, and compare them with the reference rows through the same adapter
+    and head: the share of rows whose top output agrees, the largest logit error, the smallest
+    cosine between rows."""
     modality = predictor.modality
-    items = [modality.decode(b) for b in cset.items]
-    z_here = predictor.embed(items, adapted=False)
-    if z_here.shape != cset.embeddings.shape:
-        raise BundleError(f"the backbone makes outputs of shape {z_here.shape[1:]} here, the conformance set holds "
-                          f"{cset.embeddings.shape[1:]}; re-package the bundle")
+    per_item = _item_rows(predictor, [modality.decode(b) for b in cset.items])
+    try:
+        z_here = np.stack([per_item[int(i)][int(j)] for i, j in zip(cset.row_item, cset.row_index)])
+    except IndexError:
+        raise BundleError("the backbone makes fewer rows here than the conformance set names; re-package the "
+                          "bundle") from None
+    if z_here.shape != cset.rows.shape:
+        raise BundleError(f"the backbone makes rows of shape {z_here.shape[1:]} here, the conformance set holds "
+                          f"{cset.rows.shape[1:]}; re-package the bundle")
     here = predictor.logits_from_embeddings(predictor.apply_adapter(z_here))
-    ref = predictor.logits_from_embeddings(predictor.apply_adapter(cset.embeddings))
+    ref = predictor.logits_from_embeddings(predictor.apply_adapter(cset.rows))
     scale = max(1.0, float(np.abs(ref).max()))
-    return {"agreement": float((here.argmax(1) == ref.argmax(1)).mean()), "items": len(items),
-            "max_logit_error": float(np.abs(here - ref).max()) / scale,
-            "min_cosine": float(_cosines(z_here, cset.embeddings).min())}
+    return {"agreement": float((here.argmax(1) == ref.argmax(1)).mean()), "items": len(cset.items),
+            "rows": len(cset.rows), "max_logit_error": float(np.abs(here - ref).max()) / scale,
+            "min_cosine": float(_cosines(z_here, cset.rows).min())}
 
 
 def _verdict_dir() -> Path:

@@ -15,7 +15,7 @@ from edgetl.errors import ConfigError, DataError
 from edgetl.device.predictor import Predictor
 from edgetl.tasks.classification import Evaluation
 
-__all__ = ["EvaluateConfig", "EvaluateReport", "Evaluation", "evaluate_folder", "evaluate_bundle", "plot_confusion"]
+__all__ = ["EvaluateConfig", "EvaluateReport", "TaskEvaluateReport", "Evaluation", "evaluate_folder", "evaluate_bundle", "plot_confusion"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,18 @@ def evaluate_folder(
     return predictor.task.evaluate(predictor, data, batch_size=batch_size)
 
 
+@dataclass(frozen=True)
+class TaskEvaluateReport(Report):
+    """A task's own metrics as ``to_dict()`` gives them (detection: ``{"map", "map50",
+    "per_class", "n", ...}``; token classification: ``{"f1", "precision", "recall", "per_type",
+    "n", ...}``)."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 def _to_report(e: Any) -> Any:
-    if not isinstance(e, Evaluation):  # another task's report (entity or box scores): its to_dict is the contract
-        return e
+    if not isinstance(e, Evaluation):  # another task's metric
+        return TaskEvaluateReport(extra=e.to_dict())
     d = e.to_dict()
     known = {"accuracy", "n", "per_class", "labels", "confusion", "errors"}
     return EvaluateReport(**{k: d[k] for k in known}, extra={k: v for k, v in d.items() if k not in known})

@@ -18,7 +18,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from edgetl.core.files import sha256_file
-from edgetl.core.formats import META_ARTIFACTS, META_LABELS, META_MODALITY, META_PREPROCESS, META_TASK
+from edgetl.core.reading import parse_json, read_regular
+from edgetl.core.formats import (META_ARTIFACTS, META_LABELS, META_MODALITY, META_NUM_FEATURES, META_PREPROCESS,
+                                 META_TASK)
 from edgetl.core.targets import Precision, Runtime, Target
 from edgetl.errors import BundleError, EdgeTLError
 from edgetl.modalities import DEFAULT_MODALITY, get_modality
@@ -284,8 +286,9 @@ def _normal_spec(modality: Any, d: Any, where: str) -> dict[str, Any]:
 
 
 def check_head_agrees(m: Mapping[str, Any], head: Path, source: str) -> None:
-    """The manifest's ``labels``, ``preprocess`` and ``modality`` must be those recorded in
-    the head's ONNX metadata (``edgetl.labels``, ``edgetl.preprocess``, ``edgetl.modality``),
+    """The manifest's ``labels``, ``num_features``, ``preprocess`` and ``modality`` must be those
+    recorded in the head's ONNX metadata (``edgetl.labels``, ``edgetl.num_features``,
+    ``edgetl.preprocess``, ``edgetl.modality``),
     where the head records them. A target's ``input_size`` may replace the recorded input size
     (``edgetl package`` does that for targets that set one)."""
     if head.suffix.lower() != ".onnx":
@@ -302,6 +305,11 @@ def check_head_agrees(m: Mapping[str, Any], head: Path, source: str) -> None:
         if recorded != get_task(m.get("task")).head_labels(m["labels"]):
             raise BundleError(f"{source}: manifest field 'labels' differs from the labels recorded in "
                               f"{head.name} ({META_LABELS}); {tampered}")
+    if META_NUM_FEATURES in meta and m.get("num_features") is not None:
+        if meta[META_NUM_FEATURES] != str(m["num_features"]):
+            raise BundleError(f"{source}: manifest field 'num_features' ({m['num_features']}) differs from the "
+                              f"{_show(meta[META_NUM_FEATURES])} features recorded in {head.name} "
+                              f"({META_NUM_FEATURES}); {tampered}")
     modality_name = m.get("modality") or DEFAULT_MODALITY
     if META_MODALITY in meta and meta[META_MODALITY] != modality_name:
         raise BundleError(f"{source}: manifest field 'modality' differs from {head.name}'s {META_MODALITY} "
@@ -417,24 +425,10 @@ def check_manifest(root: Path, m: Any, source: str) -> dict[str, Any]:
 
 
 def read_json(path: Path, limit: int, what: str) -> Any:
-    """A JSON file from the bundle, refused in one line when it is too large, not UTF-8, not
-    JSON, or nested beyond what the parser can take."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > limit:
-        raise BundleError(f"{path}: larger than {limit:,} bytes, not a {what}; the bundle is corrupted, re-package it")
-    try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BundleError(f"{path}: not UTF-8 text, not a {what}; the bundle is corrupted, re-package it") from None
-    except RecursionError:
-        raise BundleError(f"{path}: JSON nested too deeply, not a {what}; the bundle is corrupted, re-package it") from None
-    except ValueError as exc:  # JSONDecodeError, and integers beyond the digit limit
-        text = " ".join(str(exc).split())[:200]
-        raise BundleError(f"{path}: not valid JSON ({text}); the bundle is corrupted, re-package it") from None
+    """A JSON file from the bundle, refused in one line when it is not a regular file (a
+    device, a FIFO), too large, not UTF-8, not JSON, or nested beyond what the parser can take."""
+    hint = "the bundle is corrupted, re-package it"
+    return parse_json(read_regular(path, limit, what, BundleError, hint), str(path), what, BundleError, hint)
 
 
 def read_manifest(root: Path, name: str = MANIFEST) -> dict[str, Any]:

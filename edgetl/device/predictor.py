@@ -169,15 +169,17 @@ class Predictor:
 
     def _check_shapes(self) -> None:
         self.modality.check_session(self.backbone, self.spec)
-        features = getattr(self.backbone, "output_shape", (None, None))[-1]
+        shape = getattr(self.backbone, "output_shape", (None, None))
+        features = shape[self.task.feature_axis] if len(shape) > abs(self.task.feature_axis) else None
         head_in = self.head.input_shape[-1] if self.head.input_shape else None
         if isinstance(features, int) and isinstance(head_in, int) and features != head_in:
             raise BundleError(f"backbone makes {features} features but the head takes {head_in}")
         if self.adapter is not None and isinstance(head_in, int) and self.adapter.num_features != head_in:
             raise BundleError(f"adapter maps {self.adapter.num_features} features but the head takes {head_in}")
         classes = getattr(self.head, "output_shape", (None, None))[-1]
-        if isinstance(classes, int) and classes != len(self.labels):
-            raise BundleError(f"head has {classes} outputs but the bundle lists {len(self.labels)} labels")
+        outputs = len(self.task.head_labels(self.labels))
+        if isinstance(classes, int) and classes != outputs:
+            raise BundleError(f"head has {classes} outputs but the bundle's {len(self.labels)} labels need {outputs}")
 
     @classmethod
     def from_bundle(
@@ -430,6 +432,7 @@ class PredictConfig:
     threads: int | None = None
     verify: bool = True
     allow_nonconforming: bool = False  # run a bundle that fails its conformance check here (with a warning)
+    score_threshold: float | None = None  # detection: report objects scoring at least this (None: 0.3)
 
     def __post_init__(self) -> None:
         for name in ("top_k", "batch_size", "threads"):
@@ -463,5 +466,6 @@ def predict(bundle: str | os.PathLike, items: Any, config: PredictConfig | None 
     cfg = config or PredictConfig()
     predictor = Predictor.from_bundle(bundle, verify=cfg.verify, runtime=cfg.runtime, threads=cfg.threads,
                                       conformance="warn" if cfg.allow_nonconforming else "refuse")
-    predictions = predictor.predict(items, top_k=cfg.top_k, batch_size=cfg.batch_size)
+    predictions = predictor.predict(items, top_k=cfg.top_k, batch_size=cfg.batch_size,
+                                    score_threshold=cfg.score_threshold)
     return PredictReport(predictions, predictor.runtime, predictor.precision_executed)

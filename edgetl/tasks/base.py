@@ -19,6 +19,9 @@ class Task(Protocol):
     modalities: tuple[str, ...]  # the input kinds it takes
     noun: str  # "image", "text", "scene", "sentence": what an item is called in messages
     pooled: bool  # the backbone's output is already the head's rows, one per item (classification)
+    feature_axis: int  # the axis of the backbone's output that holds the features (the head's input width)
+    extra_heads: tuple[str, ...]  # heads besides ``head`` over the same rows (detection: "box_head")
+    guard_budget: tuple[float, float]  # int8's default budget: largest drop of the metric, least agreement
 
     def recognises(self, data: Any) -> bool:
         """Whether DATA is annotated for this task (``--task`` inferred from the data)."""
@@ -32,6 +35,17 @@ class Task(Protocol):
 
     def rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The backbone's output for a batch -> the head's rows [R, F] (in item order)."""
+
+    def item_rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The same rows, item by item: one [r_i, F] array per item of the batch (its locations,
+        its tokens; padding left out)."""
+
+    # On-device learning of a task that is not pooled (edgetl.device.row_retraining) also asks:
+    # metric_name (what retraining is gated on), item_source(item) (what the predictor reads),
+    # item_classes(item, labels) (the item's annotations' classes as indices into labels),
+    # training_rows(rows, item, classes, spec, rng, sample=) -> (X, y, targets),
+    # solve_extra_heads(X, y, targets) -> {name: (W, b)}, and
+    # score_heads(predictor, items, classes, head, extra, labels) -> the metric.
 
     def outputs(self, predictor: Any, z: np.ndarray, inputs: Mapping[str, np.ndarray], head: Any,
                 extra: Mapping[str, Any]) -> Any:

@@ -103,6 +103,9 @@ class ClassificationTask:
     modalities = ("image", "text")
     noun = "item"
     pooled = True
+    feature_axis = -1  # where the backbone output's features are: [N, F]
+    extra_heads: tuple[str, ...] = ()
+    guard_budget = (0.01, 0.97)  # the quantization guard's: top-1 accuracy drop, top-1 agreement
 
     def recognises(self, data: Any) -> bool:
         return False  # the default: what DATA is when no other task recognises it
@@ -116,14 +119,21 @@ class ClassificationTask:
     def rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         return output  # the pooled embedding: one row per item
 
+    def item_rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [output[i:i + 1] for i in range(len(output))]
+
     def outputs(self, predictor: Any, z: np.ndarray, inputs: Mapping[str, np.ndarray], head: Any,
                 extra: Mapping[str, Any]) -> np.ndarray:
         """A chunk's backbone outputs -> its logits [N, C] (through the bundle's adapter, if any)."""
         return head.run(predictor.apply_adapter(z) if predictor.adapter is not None else z)
 
     def predict(self, predictor: Any, sources: Sequence[Any], *, top_k: int = 1,
-                batch_size: int | None = None) -> list[Prediction]:
+                batch_size: int | None = None, score_threshold: float | None = None) -> list[Prediction]:
         """Classify items; an unusable item gives a :class:`Prediction` with ``error`` set."""
+        if score_threshold is not None:
+            from edgetl.errors import ConfigError
+
+            raise ConfigError("a score threshold is for detection bundles; this one classifies")
         k = min(top_k, predictor.num_classes)
         results: list[Prediction | None] = [None] * len(sources)
         for indices, logits, errors in predictor.run_chunks(sources, batch_size, strict=False, logits=True):

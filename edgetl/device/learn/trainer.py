@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from edgetl.core.data import check_seed
 from edgetl.core.formats import META_LABELS
 from edgetl.core.ui import progress
 from edgetl.device.learn.artifacts import ARTIFACT_FILES, artifact_paths
@@ -82,6 +83,7 @@ class HeadTrainConfig:
             raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check_seed(self.seed)
         if not (isinstance(self.patience, int) and self.patience >= 0):
             raise ConfigError(f"patience must be an integer >= 0 (0 = no early stopping), got {self.patience!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):

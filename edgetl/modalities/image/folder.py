@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from edgetl.core.data import stratified_split  # noqa: F401 - re-exported
+from edgetl.core.reading import file_kind, walk_files
 from edgetl.errors import DataError
 from edgetl.modalities.image.preprocess import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, check_shape
 
@@ -63,11 +64,28 @@ def check_image(path: Path) -> str | None:
         return f"{exc.__class__.__name__}: {exc}".strip()
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Files in ``folder`` (not recursive), sorted, hidden files ignored. Raises
-    :class:`DataError` when the folder cannot be read."""
+def _not_regular(path: Path) -> str:
     try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return f"is {file_kind(path.stat().st_mode)}, not an image file"
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """``path`` (links followed) lies inside the resolved folder ``root``."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Entries of ``folder`` that are not folders (not recursive), sorted, hidden names
+    ignored: files, and the FIFOs, devices and dangling links that the scan then reports
+    as skipped instead of passing over in silence. Raises :class:`DataError` when the
+    folder cannot be read."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_dir())
     except OSError as exc:
         raise DataError(f"{folder}: cannot read this folder ({exc.strerror or exc})") from None
 
@@ -78,19 +96,13 @@ def find_images(folder: Path) -> list[Path]:
     images, so that the caller reports it as an unreadable item instead of silently
     skipping what it holds (:func:`~edgetl.modalities.image.load_image` says why)."""
     folder = Path(folder)
-    found: list[Path] = []
     unreadable: list[Path] = []
 
     def failed(exc: OSError) -> None:
         unreadable.append(Path(exc.filename) if exc.filename else folder)
 
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=failed):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        base = Path(dirpath)
-        for name in filenames:
-            path = base / name
-            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                found.append(path)
+    # iterative (a tree thousands of folders deep is no RecursionError); links to folders not followed
+    found = [p for p in walk_files(folder, onerror=failed) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     return sorted(found + [p for p in unreadable if p != folder])
 
 
@@ -119,6 +131,11 @@ def scan_folder(
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as exc:
         raise DataError(f"{root}: cannot read this folder ({exc.strerror or exc})") from None
+    real = root.resolve()
+    for class_dir in class_dirs:
+        if not _inside(class_dir, real):  # `neg -> /usr` once pulled 1,167 files from /usr into a class
+            raise DataError(f"{class_dir}: a link to {class_dir.resolve()}, outside {root}; edgetl follows links only "
+                            "inside the data folder (copy or move the images into it)")
     if len(class_dirs) < min_classes:
         found = ", ".join(p.name for p in class_dirs) or "none"
         raise DataError(
@@ -133,6 +150,10 @@ def scan_folder(
             reason = None
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 reason = "not an image file (unknown extension)"
+            elif not path.is_file():  # never opened: a FIFO blocks its reader, /dev/zero never ends
+                reason = _not_regular(path)
+            elif not _inside(path, real):
+                reason = "a link to a file outside the data folder"
             elif verify:
                 reason = check_image(path)
             if reason is None:

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from edgetl.core.reading import file_kind
 from edgetl.errors import ConfigError, DataError
 
 _OPEN_LOCK = threading.Lock()  # see load_image
@@ -156,8 +157,11 @@ def check_shape(width: int, height: int, name: str = "image") -> None:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16-bit is rescaled."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(a).all():  # a float TIFF with NaN: the cast below would make up pixels
+            raise DataError("image has pixels that are not numbers (NaN or infinity); refusing it")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     elif img.mode == "F":
@@ -200,7 +204,11 @@ def load_image(source: ImageInput) -> Image.Image:
             raise DataError(f"{path}: cannot read this folder ({exc.strerror or exc})") from None
         raise DataError(f"{path}: no such image file (a folder, holding no {', '.join(IMAGE_SUFFIXES)} files)")
     if not is_file:
-        raise DataError(f"{path}: no such image file")
+        try:  # a device (/dev/zero never ends) or a FIFO (blocks its reader) is never opened
+            kind = file_kind(path.stat().st_mode)
+        except OSError:
+            raise DataError(f"{path}: no such image file") from None
+        raise DataError(f"{path}: is {kind}, not an image file")
     try:
         # Opening reads the header only; PIL's bomb check happens there and reads process-wide
         # settings (the warnings filter, MAX_IMAGE_PIXELS), so that part is serialised.
@@ -217,7 +225,10 @@ def load_image(source: ImageInput) -> Image.Image:
             check_shape(*img.size, name=str(path))  # before decoding a single pixel
             img = ImageOps.exif_transpose(img) if img.format == "JPEG" else img
             img.load()
-            return _to_rgb(img)
+            try:
+                return _to_rgb(img)
+            except DataError as exc:
+                raise DataError(f"{path}: {exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{path}: image is larger than {MAX_IMAGE_PIXELS:,} pixels; refusing to decode it") from None
     except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for corrupt files

@@ -139,9 +139,36 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(-scores, kind="stable")
     b = boxes[order]  # rank order from here on
-    edges = _overlap_edges(b, iou_threshold) if iou_threshold >= 0 else None
-    keep = _greedy_rows(b, iou_threshold) if edges is None else _greedy_edges(n, *edges)
+    cols = tuple(np.ascontiguousarray(b[:, k]) for k in range(4))
+    if iou_threshold < 0:  # every pair "overlaps": only the kernel's own loop is right
+        return order[_greedy_rows(cols, iou_threshold, np.arange(n))[0]].astype(np.int64)
+    # Two exact ways, chosen by cost: row by row (cost ~ boxes kept x boxes standing) suits a
+    # detector's output, piles of candidates of which few are kept; a sweep that lists the pairs
+    # of intersecting boxes, then one greedy pass (cost ~ pairs) suits spread-out boxes, most of
+    # them kept. A few rows first tell how many boxes get kept. The rows decide boxes in rank
+    # order, so the sweep can take over the boxes still standing at any point.
+    alive = np.arange(n)
+    keep = np.zeros(0, dtype=np.int64)
+    plan = _sweep_plan(cols, alive)
+    if plan[0] > _SPARSE_PAIRS_PER_BOX * n:
+        keep, alive = _greedy_rows(cols, iou_threshold, alive, max_steps=_PROBE_ROWS)
+        if alive.size:
+            rate = len(keep) / (n - alive.size)  # boxes kept per box decided so far
+            rows_cost = rate * alive.size * (_ROW_US + _ELEMENT_US * alive.size / 2)
+            plan = _sweep_plan(cols, alive)
+            if rows_cost <= _PAIR_US * plan[0] + _ROW_US:
+                more, alive = _greedy_rows(cols, iou_threshold, alive)
+                keep = np.concatenate([keep, more])
+    if alive.size:
+        keep = np.concatenate([keep, alive[_greedy_edges(len(alive), *_overlap_edges(cols, alive, plan, iou_threshold))]])
     return order[keep].astype(np.int64)
+
+
+# Costs measured on a 2-core EPYC (numpy 2): one row step ~40 us plus ~0.02 us per box still
+# standing; the sweep ~0.25 us per candidate pair. Below 8 pairs per box the sweep wins outright.
+_ROW_US, _ELEMENT_US, _PAIR_US = 40.0, 0.02, 0.25
+_SPARSE_PAIRS_PER_BOX = 8
+_PROBE_ROWS = 16
 
 
 def _pair_iou(x1, y1, x2, y2, areas, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -153,41 +180,41 @@ def _pair_iou(x1, y1, x2, y2, areas, i: np.ndarray, j: np.ndarray) -> np.ndarray
         return inter / (areas[i] + areas[j] - inter)
 
 
-# Above this many candidate pairs (boxes whose x ranges overlap), NMS suppresses row by row.
-_MAX_PAIRS = 4_000_000
-
-
-def _overlap_edges(b: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """The suppression graph of rank-ordered finite boxes ``b`` for a threshold >= 0: CSR
-    (indptr [n + 1], targets) of the edges r -> s, r ranked before s, IoU(r, s) > threshold.
+def _sweep_plan(cols, idx: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """For boxes ``idx``: (candidate pairs, boxes sorted along the sweep axis, pairs per box).
     Only boxes that intersect can exceed a threshold >= 0 (the kernel's IoU of a box with no
-    width or height, or inverted, is 0 or NaN: it neither suppresses nor is suppressed), so a
-    sweep over x finds the pairs to compute. None when there are too many pairs (dense piles,
-    where suppressing row by row is cheaper)."""
-    n = len(b)
-    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
-    valid = np.flatnonzero((x2 > x1) & (y2 > y1))
-    sweeps = []
-    for lo, hi in ((x1, x2), (y1, y2)):  # sweep along the axis where fewer boxes overlap
+    width or height, or inverted, is 0 or NaN: it neither suppresses nor is suppressed); the
+    sweep runs along the axis where fewer of them overlap."""
+    x1, y1, x2, y2 = cols
+    valid = idx[(x2[idx] > x1[idx]) & (y2[idx] > y1[idx])]
+    best = None
+    for lo, hi in ((x1, x2), (y1, y2)):
         by = valid[np.argsort(lo[valid], kind="stable")]
         end = np.searchsorted(lo[by], hi[by], side="left")  # boxes starting before this one ends
         count = np.maximum(end - np.arange(len(by)) - 1, 0)
-        sweeps.append((int(count.sum()), by, count))
-    total, by, count = min(sweeps, key=lambda t: t[0])
-    if total > _MAX_PAIRS:
-        return None
+        total = int(count.sum())
+        if best is None or total < best[0]:
+            best = (total, by, count)
+    return best
+
+
+def _overlap_edges(cols, idx: np.ndarray, plan, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The suppression graph among boxes ``idx`` (rank positions, ascending) for a threshold
+    >= 0, in positions of ``idx``: CSR (indptr, targets) of the edges r -> s, r ranked before
+    s, IoU(r, s) > threshold."""
+    x1, y1, x2, y2 = cols
+    total, by, count = plan
     first = np.repeat(np.arange(len(by)), count)
     second = np.arange(total) - np.repeat(np.cumsum(count) - count, count) + first + 1
     p, q = by[first], by[second]
     keep = (np.maximum(y1[p], y1[q]) < np.minimum(y2[p], y2[q])) & (np.maximum(x1[p], x1[q]) < np.minimum(x2[p], x2[q]))
     p, q = p[keep], q[keep]
     r, s = np.minimum(p, q), np.maximum(p, q)  # r is ranked first: the box that suppresses
-    areas = (x2 - x1) * (y2 - y1)
-    hit = _pair_iou(x1, y1, x2, y2, areas, r, s).astype(np.float64) > threshold
-    r, s = r[hit], s[hit]
-    by_r = np.argsort(r, kind="stable")
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))])
-    return indptr, s[by_r]
+    hit = _pair_iou(x1, y1, x2, y2, (x2 - x1) * (y2 - y1), r, s).astype(np.float64) > threshold
+    local = np.searchsorted(idx, np.stack([r[hit], s[hit]]))  # rank positions -> positions in idx
+    by_r = np.argsort(local[0], kind="stable")
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(local[0], minlength=len(idx)))])
+    return indptr, local[1][by_r]
 
 
 def _greedy_edges(n: int, indptr: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -203,28 +230,24 @@ def _greedy_edges(n: int, indptr: np.ndarray, targets: np.ndarray) -> np.ndarray
     return np.asarray(keep, dtype=np.int64)
 
 
-def _greedy_rows(b: np.ndarray, threshold: float) -> np.ndarray:
-    """The kernel's loop, one kept box at a time against every later one still standing
-    (any finite input, negative thresholds included)."""
-    n = len(b)
-    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
+def _greedy_rows(cols, threshold: float, alive: np.ndarray, max_steps: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's loop: the best box still standing is kept and drops every later one it
+    overlaps by more than ``threshold`` (any finite input, negative thresholds included).
+    Stops after ``max_steps`` kept boxes; returns (kept, still standing), rank positions."""
+    x1, y1, x2, y2 = cols
     areas = (x2 - x1) * (y2 - y1)
-    removed = np.zeros(n, dtype=bool)
     keep = []
-    for i in range(n):
-        if removed[i]:
-            continue
+    while alive.size and (max_steps is None or len(keep) < max_steps):
+        i, rest = alive[0], alive[1:]
         keep.append(i)
-        rest = np.arange(i + 1, n)[~removed[i + 1:]]
-        if not len(rest):
-            break
         w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
         h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
         inter = w * h
         with np.errstate(divide="ignore", invalid="ignore"):
             ovr = inter / (areas[i] + areas[rest] - inter)
-        removed[rest[ovr.astype(np.float64) > threshold]] = True
-    return np.asarray(keep, dtype=np.int64)
+        alive = rest[~(ovr.astype(np.float64) > threshold)]
+    return np.asarray(keep, dtype=np.int64), alive
 
 
 # torchvision switches from the coordinate trick to one NMS per class above this many box

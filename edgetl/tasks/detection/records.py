@@ -252,13 +252,13 @@ class Collector:
             try:
                 w, h = image_size(real)
             except ImageProblem as exc:
-                self.skip(exc.key, f"{where}: {path}", str(exc))
+                self.skip(exc.key, where if str(path) == where else f"{where}: {path}", str(exc))
                 return None
             return path, w, h
         reason = ("image is outside the data folder (absolute path, '..' or a symlink out of it)" if outside
                   else "image file not found")
-        shown = candidates[0] if candidates else where
-        self.skip("images_missing", f"{where}: {shown}" if candidates else where, reason)
+        shown = str(candidates[0]) if candidates else where
+        self.skip("images_missing", where if shown == where else f"{where}: {shown}", reason)
         return None
 
     def add(self, path: Path, width: int, height: int, xyxy: np.ndarray, classes: np.ndarray,

@@ -102,6 +102,9 @@ class DetectionTask:
     modalities = ("image",)
     noun = "image"
     pooled = False
+    feature_axis = 1  # where the backbone output's features are: [N, F, H, W]
+    extra_heads = ("box_head",)
+    guard_budget = (0.02, 0.90)  # the quantization guard's: mAP@.5 drop, boxes found again (guard.py)
 
     def recognises(self, data: Any) -> bool:
         from edgetl.tasks.detection.data import detect_format
@@ -123,6 +126,10 @@ class DetectionTask:
         """features [N, F, H, W] -> rows [N*H*W, F], each image's locations row-major (y, x)."""
         n, f = output.shape[:2]
         return np.ascontiguousarray(np.moveaxis(output, 1, -1).reshape(-1, f))
+
+    def item_rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        f = output.shape[1]
+        return [np.ascontiguousarray(np.moveaxis(z, 0, -1).reshape(-1, f)) for z in output]
 
     def outputs(self, predictor: Any, z: np.ndarray, inputs: Mapping[str, np.ndarray], head: Any,
                 extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,6 +157,65 @@ class DetectionTask:
                               for b, s, c in zip(boxes, scores, classes))
                 results[i] = Detections(predictor._describe(sources[i]), found)
         return results  # type: ignore[return-value]
+
+    # --- retraining on the device (edgetl.device.row_retraining) -------------------------------
+
+    metric_name = "map50"
+
+    def item_source(self, item: Any) -> Any:
+        """What the predictor reads for an annotated item: its image's path."""
+        return item.path
+
+    def item_classes(self, item: Any, labels: Sequence[str]) -> np.ndarray:
+        """The item's boxes' classes, indices into ``labels`` (its data's labels) as read."""
+        return np.asarray(item.classes, np.int64)
+
+    def training_rows(self, rows: np.ndarray, item: Any, classes: np.ndarray, spec: Any,
+                      rng: np.random.Generator, *, sample: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image's rows [H*W, F] -> the rows to learn from (its positive locations and sampled
+        background, as the workstation trains: edgetl.tasks.detection.rows), their head outputs
+        (0 = background) and box codes; ``classes``: the item's box classes as the head's
+        labels index them."""
+        from edgetl.tasks.detection.boxes import letterbox, to_letterbox
+        from edgetl.tasks.detection.rows import Rows, location_rows
+
+        side = int(round(np.sqrt(len(rows))))
+        keep = ~np.asarray(item.crowd, bool)
+        boxes = to_letterbox(item.boxes[keep], letterbox(item.width, item.height, spec.input_size))
+        out = Rows()
+        location_rows(rows, side, side, boxes, np.asarray(classes)[keep], spec.input_size, rng, out, 0,
+                      all_rows=not sample)
+        X, y, codes, _ = out.arrays()
+        return X, y, codes
+
+    def solve_extra_heads(self, X: np.ndarray, y: np.ndarray, targets: np.ndarray) -> dict[str, tuple]:
+        """The box head solved again on every row with a box (exact ridge regression)."""
+        from edgetl.tasks.detection.rows import solve_box_head
+
+        pos = y > 0
+        order = np.random.default_rng(0).permutation(np.flatnonzero(pos))
+        k = len(order) // 5  # a fifth of the rows chooses the penalty
+        W, b, _ = solve_box_head(X[order[k:]], targets[order[k:]], X[order[:k]], targets[order[:k]])
+        return {"box_head": (W, b)}
+
+    def score_heads(self, predictor: Any, items: list, classes: list, head: tuple, extra: dict,
+                    labels: list[str]) -> float:
+        """mAP@.5 of the heads ``head`` (W, b) and ``extra`` (box head) on annotated items."""
+        from edgetl.tasks.detection.metric import coco_evaluate
+
+        W, b = head
+        Wb, bb = extra["box_head"]
+        preds, truth = [], []
+        for indices, x, _ in predictor.batches([it.path for it in items], strict=False):
+            z = predictor.backbone.run(x)
+            for i, rows in zip(indices, self.item_rows(z, x)):
+                side = int(round(np.sqrt(len(rows))))
+                boxes, scores, cls = decode(rows @ W.T + b, rows @ Wb.T + bb, (side, side), predictor.spec.input_size,
+                                            x["image_size"][indices.index(i)])
+                preds.append({"boxes": boxes, "scores": scores, "classes": cls})
+                truth.append({"boxes": items[i].boxes, "classes": classes[i], "crowd": items[i].crowd})
+        value = coco_evaluate(preds, truth, labels)["map50"]
+        return float(value) if value is not None else 0.0
 
     def evaluate(self, predictor: Any, data: str | os.PathLike, *, batch_size: int | None = None) -> "DetectionEvaluation":
         """COCO mAP of ``predictor`` on annotated images (COCO JSON, YOLO or VOC); every class

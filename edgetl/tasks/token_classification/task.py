@@ -151,6 +151,13 @@ def word_rows(predictor: Any, examples: Sequence[Any], tags: Sequence[str] | Non
     return np.concatenate(X), np.concatenate(y), np.concatenate(item)
 
 
+def _backbone_chunks(predictor: Any, texts: Sequence[str]):
+    """``(indices, token features, model inputs)`` per chunk of readable texts."""
+    for indices, x, _ in predictor.batches(texts, strict=False):
+        if indices:
+            yield indices, predictor.backbone.run(x), x
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float32) - np.max(logits, axis=-1, keepdims=True)
     np.exp(z, out=z)
@@ -176,6 +183,10 @@ class TokenClassificationTask:
     modalities = ("text",)
     noun = "sentence"
     pooled = False
+    feature_axis = -1  # token features [N, T, F]
+    extra_heads: tuple[str, ...] = ()
+    guard_budget = (0.02, 0.90)  # the quantization guard's: entity F1 drop, exact-entity agreement
+    metric_name = "f1"  # entity F1, strict IOB2: what on-device retraining is gated on
 
     def recognises(self, data: Any) -> bool:
         try:
@@ -195,6 +206,63 @@ class TokenClassificationTask:
         ``inputs["attention_mask"]`` says which are real)."""
         f = output.shape[-1]
         return np.ascontiguousarray(output.reshape(-1, f))
+
+    def item_rows(self, output: np.ndarray, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Each text's real tokens' features [T_i, F] (padding left out)."""
+        lengths = np.asarray(inputs["attention_mask"]).sum(axis=1)
+        return [np.ascontiguousarray(z[: int(n)]) for z, n in zip(output, lengths)]
+
+    # --- retraining on the device (edgetl.device.row_retraining) -------------------------------
+
+    def item_source(self, item: Any) -> str:
+        """What the predictor reads for an annotated example: its text."""
+        return item.text
+
+    def item_classes(self, item: Any, labels: Sequence[str]) -> np.ndarray:
+        """The example's entities' types as indices into ``labels`` (entity types), in order."""
+        index = {t: i for i, t in enumerate(labels)}
+        return np.asarray([index[s.label] for s in item.entities], np.int64)
+
+    def training_rows(self, rows: np.ndarray, item: Any, classes: np.ndarray, spec: Any,
+                      rng: np.random.Generator, *, sample: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One text's token rows [T, F] -> the rows to learn from: each labelled word's first
+        subword (as the workstation trains), its tag's index in the head (type ``c`` of the
+        labels: ``B-`` is ``1 + 2c``, ``I-`` is ``2 + 2c``; ``O`` is 0), no extra targets.
+        ``classes``: the example's entities' types as the head's labels index them."""
+        from edgetl.modalities import get_modality
+        from edgetl.tasks.token_classification.align import IGNORE, encode, token_labels
+
+        index = {"O": 0}
+        for span, c in zip(item.entities, np.asarray(classes, np.int64)):
+            index[f"B-{span.label}"], index[f"I-{span.label}"] = 1 + 2 * int(c), 2 + 2 * int(c)
+        enc = encode(item.text, get_modality("text").tokenizer(spec), spec.max_length)
+        if len(enc) != len(rows):
+            raise ConfigError(f"{item.where or 'a text'}: {len(enc)} tokens encoded but {len(rows)} run; "
+                              "this is a bug in edgetl, please report it")
+        labels = token_labels(item, enc, index)
+        keep = np.flatnonzero(labels != IGNORE)
+        return (np.asarray(rows[keep], np.float32), labels[keep].astype(np.int64),
+                np.zeros((len(keep), 0), np.float32))
+
+    def solve_extra_heads(self, X: np.ndarray, y: np.ndarray, targets: np.ndarray) -> dict[str, tuple]:
+        return {}  # one head: the tags
+
+    def score_heads(self, predictor: Any, items: list, classes: list, head: tuple, extra: dict,
+                    labels: list[str]) -> float:
+        """Entity F1 (strict IOB2) of the tag head ``head`` (W, b) over the tags of ``labels``
+        on annotated examples, decoded as :meth:`predict` decodes."""
+        W, b = (np.asarray(a, np.float32) for a in head)
+        tags = tags_of(labels)
+        tokenizer = predictor.modality.tokenizer(predictor.spec)
+        texts = [it.text for it in items]
+        truth, preds, kept = [], [], []
+        for indices, z, x in _backbone_chunks(predictor, texts):
+            encodings = encode_batch([texts[i] for i in indices], tokenizer, predictor.spec.max_length)
+            for i, rows, enc in zip(indices, self.item_rows(z, x), encodings):
+                found = decode(enc.text, enc, _softmax(rows @ W.T + b), tags)
+                kept.append(texts[i]), truth.append(items[i].entities)
+                preds.append([(e["start"], e["end"], e["label"]) for e in found])
+        return float(score_spans(kept, truth, preds).f1) if kept else 0.0
 
     def outputs(self, predictor: Any, z: np.ndarray, inputs: Mapping[str, np.ndarray], head: Any,
                 extra: Mapping[str, Any]) -> dict[str, np.ndarray]:

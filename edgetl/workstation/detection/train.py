@@ -1,7 +1,7 @@
 """Training a detector on a frozen backbone (``edgetl train DATA --task detection``).
 
 ``linear-probe``: every training image (and its mirror image) through the frozen backbone once;
-the class head solved exactly on the rows (edgetl.workstation.detection.rows), as the
+the class head solved exactly on the rows (edgetl.tasks.detection.rows), as the
 classification probe is (multinomial logistic regression, C chosen on the validation images'
 rows; edgetl.workstation.probe_solver), its background logit corrected for the sampled
 background; the box head solved exactly too (ridge regression of the FCOS box codes on the
@@ -21,10 +21,9 @@ import numpy as np
 from edgetl.core import ui as _ui
 from edgetl.errors import ConfigError, DataError
 
-__all__ = ["train_detection", "split_images", "solve_box_head", "DEFAULT_SIZE"]
+__all__ = ["train_detection", "split_images", "DEFAULT_SIZE"]
 
 DEFAULT_SIZE = 320  # a 40 x 40 map at stride 8: objects down to about 16 pixels
-RIDGE = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # box-head penalties tried (on standardised rows)
 
 
 def split_images(data: Any, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,32 +43,6 @@ def split_images(data: Any, val_fraction: float, seed: int) -> tuple[np.ndarray,
     return np.sort(train), np.sort(val)
 
 
-def solve_box_head(X: np.ndarray, T: np.ndarray, X_val: np.ndarray, T_val: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Ridge regression of box codes ``T`` [n, 4] on rows ``X`` [n, F], exact: the rows
-    standardised, the penalty chosen by mean absolute error on the validation rows, then refit on
-    all rows; returned as a Linear layer (W [4, F], b [4]) on the raw rows."""
-    X64 = np.concatenate([X, X_val]).astype(np.float64) if len(X_val) else X.astype(np.float64)
-    mu, sd = X64.mean(0), X64.std(0) + 1e-6
-
-    def fit(A: np.ndarray, B: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
-        Z = (A - mu) / sd
-        t0 = B.mean(0)
-        beta = np.linalg.solve(Z.T @ Z + lam * len(Z) * np.eye(Z.shape[1]), Z.T @ (B - t0))
-        return beta, t0
-
-    best = RIDGE[0]
-    if len(X_val):
-        errors = []
-        for lam in RIDGE:
-            beta, t0 = fit(X.astype(np.float64), T, lam)
-            errors.append(float(np.abs((X_val - mu) / sd @ beta + t0 - T_val).mean()))
-        best = RIDGE[int(np.argmin(errors))]
-    beta, t0 = fit(X64, np.concatenate([T, T_val]) if len(T_val) else T, best)
-    W = (beta / sd[:, None]).T  # [4, F]
-    b = t0 - W @ mu
-    return W.astype(np.float32), b.astype(np.float32), best
-
-
 def train_detection(data, out: Path, cfg, backbone, device, overwrite: bool, dist) -> Any:
     """Write a detection RUN (model.pt, run.json) trained on annotated images ``data``."""
     import torch
@@ -77,7 +50,7 @@ def train_detection(data, out: Path, cfg, backbone, device, overwrite: bool, dis
     from edgetl.core.run import RUN_FORMAT, package_versions, write_run_json
     from edgetl.tasks.detection.data import read_detection_data
     from edgetl.workstation.detection.model import DetectionModel, FeatureMap
-    from edgetl.workstation.detection.rows import Rows, embed_items, image_rows
+    from edgetl.tasks.detection.rows import Rows, embed_items, image_rows, solve_box_head
     from edgetl.workstation.probe_solver import solve_probe
     from edgetl.workstation.training.config import Strategy, TrainReport
     from edgetl.workstation.training.outputs import prepare_out
@@ -170,29 +143,37 @@ def _pct(v: float | None) -> str:
 
 def _val_metrics(model, found, val_idx: np.ndarray, maps: dict[int, np.ndarray], spec) -> dict[str, Any]:
     """COCO mAP of the model on the validation images, decoded as the device decodes."""
+    if not len(val_idx):
+        return {"map": None, "map50": None, "per_class": {}}
+    items = [found.items[j] for j in val_idx]
+    known = {i: maps[int(j)] for i, j in enumerate(val_idx) if int(j) in maps}
+    return evaluate_items(model, items, found.labels, spec, known)
+
+
+def evaluate_items(model, items: list, labels, spec, maps: dict[int, np.ndarray] | None = None) -> dict[str, Any]:
+    """COCO mAP of the PyTorch model on annotated items (their feature maps computed here unless
+    given), decoded as the device decodes (edgetl.tasks.detection.task.decode)."""
     import torch
 
     from edgetl.tasks.detection.metric import coco_evaluate
     from edgetl.tasks.detection.task import decode
-    from edgetl.workstation.detection.rows import embed_items
+    from edgetl.tasks.detection.rows import embed_items
 
-    if not len(val_idx):
-        return {"map": None, "map50": None, "per_class": {}}
+    maps = dict(maps or {})
     W, b = model.head.weight.detach().numpy(), model.head.bias.detach().numpy()
     Wb, bb = model.box_head.weight.detach().numpy(), model.box_head.bias.detach().numpy()
-    items = [found.items[j] for j in val_idx]
-    if len(maps) < len(items):
+    todo = [i for i in range(len(items)) if i not in maps]
+    if todo:
         with torch.no_grad():
-            for i, z, _, _ in embed_items(items, spec, lambda x: model.forward_features(torch.from_numpy(x["images"])).numpy(),
-                                          progress="scoring validation images"):
-                maps[int(val_idx[i])] = z
-    preds, truth = [], []
-    for j, item in zip(val_idx, items):
-        z = maps[int(j)]
+            forward = lambda x: model.forward_features(torch.from_numpy(x["images"])).numpy()  # noqa: E731
+            for k, z, _, _ in embed_items([items[i] for i in todo], spec, forward, progress="scoring images"):
+                maps[todo[k]] = z
+    preds = []
+    for i, item in enumerate(items):
+        z = maps[i]
         f, h, w = z.shape
         rows = np.moveaxis(z, 0, -1).reshape(-1, f)
         boxes, scores, classes = decode(rows @ W.T + b, rows @ Wb.T + bb, (h, w), spec.input_size,
                                         (item.width, item.height))
         preds.append({"boxes": boxes, "scores": scores, "classes": classes})
-        truth.append(item)
-    return coco_evaluate(preds, truth, found.labels)
+    return coco_evaluate(preds, list(items), labels)

@@ -30,12 +30,12 @@ from edgetl.workstation.quantization.config import ActivationType, Calibration, 
 from edgetl.core.run import deployed_accuracy  # noqa: F401 - part of this stage's API; the bundle reads it torch-free
 
 __all__ = ["Engine", "Method", "Calibration", "ActivationType", "QuantizeConfig", "QuantizeReport", "quantize",
-           "deployed_accuracy"]
+           "deployed_accuracy", "stratum"]
 
 
 # --- data ------------------------------------------------------------------------------------
 
-def _stratum(target: Any) -> int:
+def stratum(target: Any) -> int:
     """The class an item is stratified by: its label, or (an image's boxes) its first box's class."""
     if isinstance(target, (int, np.integer)):
         return int(target)
@@ -46,7 +46,7 @@ def _stratum(target: Any) -> int:
 def _stratified(paths: list[Path], targets: list[Any], n: int, seed: int) -> list[Path]:
     """Up to ``n`` paths, round-robin over classes in a seeded order."""
     rng = np.random.default_rng(seed)
-    t = np.asarray([_stratum(x) for x in targets])
+    t = np.asarray([stratum(x) for x in targets])
     pools = [list(rng.permutation(np.flatnonzero(t == c))) for c in np.unique(t)]
     picked: list[int] = []
     while len(picked) < n and any(pools):
@@ -129,6 +129,9 @@ def quantize(run_dir: str | os.PathLike, config: QuantizeConfig | None = None) -
     info = read_run_json(root)
     _check_exported(root, cfg)
     run = Run(root, info, None)  # split paths only: no torch model needed
+    from edgetl.tasks import get_task
+
+    cfg = cfg.for_task(get_task(run.task))  # the budget in the task's metric
     modality = get_modality(run.modality)
     spec = run.spec
     try:

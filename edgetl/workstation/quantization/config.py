@@ -48,8 +48,10 @@ class QuantizeConfig:
     calibration: Calibration = Calibration.MINMAX  # ONNX Runtime's calibrator; NNCF uses its own min-max
     calib: str | None = None  # image folder; default: a stratified sample of the training split
     calib_size: int = 128
-    max_drop: float = 0.01
-    min_agreement: float = 0.97  # top-1 agreement with fp32 on the held-out split: at most 3 in 100 changed
+    # the budget, in the task's metric (top-1 accuracy, mAP@.5, entity F1) and its agreement with
+    # fp32; None: the task's own (Task.guard_budget: classification 1 point and 0.97)
+    max_drop: float | None = None
+    min_agreement: float | None = None
     per_channel: bool = True
     # ONNX Runtime static int8: correct each convolution's bias for the mean error its int8
     # weights add (ort_qdq.correct_bias); 7-bit weights then agree with fp32 like 8-bit ones
@@ -70,15 +72,23 @@ class QuantizeConfig:
                 raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}") from None
         if self.method is Method.DYNAMIC and self.engine is not Engine.ORT:
             raise ConfigError("dynamic quantization exists for ONNX Runtime only; use --engine ort with --method dynamic")
-        if not 0.0 <= self.max_drop < 1.0:
+        if self.max_drop is not None and not 0.0 <= self.max_drop < 1.0:
             raise ConfigError(f"max_drop must be a fraction in [0, 1) (0.01 = 1 point), got {self.max_drop}")
-        if not 0.0 <= self.min_agreement <= 1.0:
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
             raise ConfigError(f"min_agreement must be in [0, 1], got {self.min_agreement}")
         for name in ("calib_size", "max_fp32_nodes", "ranking_images"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_steps < 0:
             raise ConfigError(f"max_steps must be >= 0 (0: no fallback), got {self.max_steps}")
+
+    def for_task(self, task: Any) -> "QuantizeConfig":
+        """The budget filled in from the task's own where it was left to it."""
+        from dataclasses import replace
+
+        max_drop, min_agreement = task.guard_budget
+        return replace(self, max_drop=max_drop if self.max_drop is None else self.max_drop,
+                       min_agreement=min_agreement if self.min_agreement is None else self.min_agreement)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -156,6 +156,7 @@ def _fit_and_write(fit: FitData, out: Path, backbone: Backbone, modality: str, s
     with scratch_folder(out):  # frozen-backbone embeddings stream to a store inside the RUN (an unnamed file)
         fitted = STRATEGIES.get(cfg.strategy.value)(fit)
     history, stop, extra = fitted.history, fitted.stop, fitted.extra
+    skipped += len((extra.get("embedding") or {}).get("failed") or [])  # scanned, but did not decode
     model.load_state_dict(stop.state)
     model.eval().cpu()
     seconds = time.perf_counter() - t0

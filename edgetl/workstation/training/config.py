@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgetl.core.data import check_number, check_seed
 from edgetl.errors import ConfigError
 
 __all__ = ["Strategy", "TrainConfig", "TrainReport", "TrainResult"]
@@ -84,10 +85,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if self.unfreeze is not None and (not isinstance(self.unfreeze, int) or self.unfreeze < 0):
             raise ConfigError(f"unfreeze must be a number of blocks >= 0 or None (all), got {self.unfreeze!r}")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if not 0.0 < self.val_split < 1.0:
-            raise ConfigError(f"val_split must be in (0, 1), got {self.val_split}")
+        if self.lr is not None:
+            check_number("lr", self.lr, 0.0, 10.0, lo_open=True)
+        check_number("val_split", self.val_split, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_number("weight_decay", self.weight_decay, 0.0, 10.0)
+        check_number("adapt_weight", self.adapt_weight, 0.0, 1000.0, lo_open=True)
+        check_number("backbone_lr_scale", self.backbone_lr_scale, 0.0, 1.0, lo_open=True)
+        check_seed(self.seed)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0.0 <= self.dropout < 1.0:

@@ -54,15 +54,17 @@ def make_loader(ds: torch.utils.data.Dataset, batch_size: int, shuffle: bool, se
 
 def embed_images(backbone, paths: Sequence[Path], spec: PreprocessSpec, device: torch.device,
                  batch_size: int = 64, description: str = "embedding", options=None,
-                 report: dict | None = None) -> torch.Tensor:
+                 report: dict | None = None, skip_unreadable: bool = False) -> torch.Tensor:
     """Embeddings of images through a frozen backbone (a module, or a
     :class:`~edgetl.workstation.backbones.Backbone`), once each, in eval mode. Without
     ``options`` PyTorch computes them, uncached; with :class:`~edgetl.workstation.embedding.
-    EmbedOptions` the runtime and the cache may (``report`` receives what happened)."""
+    EmbedOptions` the runtime and the cache may (``report`` receives what happened). With
+    ``skip_unreadable`` an image that does not decode gets a row of zeros and is listed in
+    ``report["failed"]``."""
     from edgetl.workstation.embedding import EmbedOptions, embed_paths
 
     options = options or EmbedOptions(engine="torch", cache=False, batch_size=batch_size)
-    z, info = embed_paths(backbone, paths, spec, device, options, description)
+    z, info = embed_paths(backbone, paths, spec, device, options, description, skip_unreadable=skip_unreadable)
     if report is not None:
         report.update(info)
     return torch.from_numpy(z)
@@ -119,12 +121,14 @@ def as_inputs(x, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 @torch.no_grad()
 def embed_items(backbone, items: Sequence, spec, device: torch.device, batch_size: int = 64,
-                description: str = "embedding", options=None, report: dict | None = None) -> torch.Tensor:
+                description: str = "embedding", options=None, report: dict | None = None,
+                skip_unreadable: bool = False) -> torch.Tensor:
     """Embeddings of items of any modality through a frozen backbone (a module, or a
     :class:`~edgetl.workstation.backbones.Backbone`), once each (texts in order of length,
-    so batches pad little)."""
+    so batches pad little). ``skip_unreadable``: see :func:`embed_images` (texts always load)."""
     if isinstance(spec, PreprocessSpec):
-        return embed_images(backbone, items, spec, device, batch_size, description, options=options, report=report)
+        return embed_images(backbone, items, spec, device, batch_size, description, options=options, report=report,
+                            skip_unreadable=skip_unreadable)
     import numpy as np
 
     modality = modality_for(spec)
@@ -144,5 +148,5 @@ def embed_items(backbone, items: Sequence, spec, device: torch.device, batch_siz
         seconds = time.perf_counter() - t0
         report.update(engine="torch", why="text backbone", images=len(items), computed=len(items), cached=0,
                       seconds=round(seconds, 3), images_per_s=round(len(items) / seconds, 1) if seconds else None,
-                      workers=1, cache=None)
+                      workers=1, cache=None, **({"failed": []} if skip_unreadable else {}))
     return torch.stack(out) if out else torch.zeros(0)

@@ -80,14 +80,31 @@ def solve_head(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val_pat
     items = [*train_paths, *val_paths]  # one pass: one export, one weights digest, one report
     mine = distributed.shard(len(items), d)
     seen: dict = {}
+    # an image the scan passed may still not decode (sound headers and checksums, a broken
+    # compressed stream): skipped and counted, as the scan does, not the end of the run
     z = embed_items(backbone or model.backbone, [items[i] for i in mine], spec, device, description="embedding",
-                    options=cfg.embed_options(), report=seen).numpy()
+                    options=cfg.embed_options(), report=seen, skip_unreadable=True).numpy()
+    failed_here = np.zeros((len(mine), 1), np.float32)
+    for f in seen.get("failed") or []:
+        failed_here[f["index"]] = 1.0
+        f["index"] = mine[f["index"]]
     if d.active:  # counts of the whole job; seconds and images/s stay this rank's
         seen["images"], seen["computed"], seen["cached"] = (int(v) for v in distributed.all_sum(
             [seen["images"], seen["computed"], seen["cached"]], d))
         seen["ranks"] = d.world
     z = distributed.gather_rows(z, len(items), d)
+    usable = distributed.gather_rows(failed_here, len(items), d)[:, 0] == 0
+    if not usable.all():
+        bad = [items[i] for i in np.flatnonzero(~usable)]
+        why = next((f["error"] for f in seen.get("failed") or []), "")
+        _ui.warn(f"skipped {len(bad)} image(s) that do not decode, e.g. {why or bad[0]}")
     z_train, z_val = z[:len(train_paths)], z[len(train_paths):]
+    if not usable.all():  # (only then: a mask copies the rows out of their memory-mapped store)
+        keep_train, keep_val = usable[:len(train_paths)], usable[len(train_paths):]
+        z_train, z_val = z_train[keep_train], z_val[keep_val]
+        train_y = [y for y, ok in zip(train_y, keep_train) if ok]
+        val_y = [y for y, ok in zip(val_y, keep_val) if ok]
+    seen["failed"] = [str(items[i]) for i in np.flatnonzero(~usable)]
     n_classes = model.head.out_features
     sol = None
     if d.main:
@@ -187,7 +204,13 @@ def train_finetune(model: EdgeModel, cfg: TrainConfig, train_paths, train_y, val
     replaces ``model.forward_features`` during training (adaptation embeds target images in
     the same pass). The best epoch is kept by validation loss."""
     if cfg.lp_ft or (cfg.lp_ft is None and cfg.strategy.value == "finetune"):
-        solve_head(model, cfg, train_paths, train_y, val_paths, val_y, spec, device, refit=False)
+        seen = solve_head(model, cfg, train_paths, train_y, val_paths, val_y, spec, device, refit=False)[3]
+        failed = set(seen.get("failed") or [])
+        if failed:  # what does not decode for the probe does not for the loaders either
+            train_y = [y for p, y in zip(train_paths, train_y) if str(p) not in failed]
+            train_paths = [p for p in train_paths if str(p) not in failed]
+            val_y = [y for p, y in zip(val_paths, val_y) if str(p) not in failed]
+            val_paths = [p for p in val_paths if str(p) not in failed]
     features = features or model.forward_features
     frozen = set_trainable(model, cfg.unfreeze)
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]

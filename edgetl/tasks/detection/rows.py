@@ -7,7 +7,8 @@ inside a box without being assigned to it (neither object nor background).
 Sampling the background changes the class prior the solver sees: the background logit is then
 corrected by log(background rows in the images / background rows sampled), the intercept shift
 that undoes case-control sampling for a logistic model (King and Zeng 2001), so scores keep their
-meaning. Torch-free except for the backbone call, which is given as a function.
+meaning. Torch-free (the backbone call is given as a function): the workstation's training
+and the device's retraining make their rows here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["Rows", "image_rows", "NEGATIVES", "MIN_NEGATIVES"]
+__all__ = ["Rows", "image_rows", "location_rows", "embed_items", "solve_box_head", "NEGATIVES", "MIN_NEGATIVES",
+           "RIDGE"]
 
 NEGATIVES = 4  # background rows sampled per positive location
 MIN_NEGATIVES = 64  # at least this many per image (an image without objects still teaches background)
@@ -61,12 +63,20 @@ def image_rows(features: np.ndarray, boxes: np.ndarray, classes: np.ndarray, inp
                min_negatives: int = MIN_NEGATIVES, all_rows: bool = False) -> None:
     """Add one image's rows: ``features`` [F, H, W]; ``boxes`` [k, 4] in the letterboxed input's
     pixels; ``classes`` [k]. ``all_rows``: every location (validation scored on whole maps)."""
+    f, h, w = features.shape
+    X = np.ascontiguousarray(np.moveaxis(features, 0, -1).reshape(-1, f))
+    location_rows(X, h, w, boxes, classes, input_size, rng, rows, image, negatives=negatives,
+                  min_negatives=min_negatives, all_rows=all_rows)
+
+
+def location_rows(X: np.ndarray, h: int, w: int, boxes: np.ndarray, classes: np.ndarray, input_size: int,
+                  rng: np.random.Generator, rows: Rows, image: int, *, negatives: int = NEGATIVES,
+                  min_negatives: int = MIN_NEGATIVES, all_rows: bool = False) -> None:
+    """:func:`image_rows` for an image whose locations are already rows ``X`` [h * w, F]."""
     from edgetl.tasks.detection.boxes import assign_targets, cell_centers
 
-    f, h, w = features.shape
     stride = input_size / w
     assigned = assign_targets(boxes, classes, h, w, stride)
-    X = np.ascontiguousarray(np.moveaxis(features, 0, -1).reshape(-1, f))
     positive = np.flatnonzero(assigned.labels > 0)
     rows.unassigned += len(assigned.unassigned)
     if all_rows:
@@ -113,3 +123,32 @@ def embed_items(items: Sequence[Any], spec: Any, forward: Callable[[dict], np.nd
                     flipped[:, [0, 2]] = size - boxes[:, [2, 0]]
                     yield i, mirrored[row], flipped, classes
             advance(len(indices))
+
+
+RIDGE = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # box-head penalties tried (on standardised rows)
+
+
+def solve_box_head(X: np.ndarray, T: np.ndarray, X_val: np.ndarray, T_val: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ridge regression of box codes ``T`` [n, 4] on rows ``X`` [n, F], exact: the rows
+    standardised, the penalty chosen by mean absolute error on the validation rows, then refit on
+    all rows; returned as a Linear layer (W [4, F], b [4]) on the raw rows."""
+    X64 = np.concatenate([X, X_val]).astype(np.float64) if len(X_val) else X.astype(np.float64)
+    mu, sd = X64.mean(0), X64.std(0) + 1e-6
+
+    def fit(A: np.ndarray, B: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        Z = (A - mu) / sd
+        t0 = B.mean(0)
+        beta = np.linalg.solve(Z.T @ Z + lam * len(Z) * np.eye(Z.shape[1]), Z.T @ (B - t0))
+        return beta, t0
+
+    best = RIDGE[0]
+    if len(X_val):
+        errors = []
+        for lam in RIDGE:
+            beta, t0 = fit(X.astype(np.float64), T, lam)
+            errors.append(float(np.abs((X_val - mu) / sd @ beta + t0 - T_val).mean()))
+        best = RIDGE[int(np.argmin(errors))]
+    beta, t0 = fit(X64, np.concatenate([T, T_val]) if len(T_val) else T, best)
+    W = (beta / sd[:, None]).T  # [4, F]
+    b = t0 - W @ mu
+    return W.astype(np.float32), b.astype(np.float32), best
