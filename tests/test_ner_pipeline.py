@@ -1,13 +1,16 @@
-"""Named-entity recognition through the task seam, end to end on the shipped silver reviews
-(spaCy en_core_web_sm's entities on Rotten Tomatoes sentences: figures are agreement with it) and
-the built-in all-MiniLM-L6-v2: ``edgetl train`` infers the task from JSONL spans and solves the
-per-token head exactly; export (validated on ORT and OpenVINO f32, a text alone unpadded vs padded
-in a batch); quantize (ort-dynamic, the guard scoring entity F1); a bundle written by hand
-(packaging is another stage's) -> predict (offsets into the original text), evaluate (= seqeval,
-strict IOB2), the CLI's --json contracts, and the device side with torch and transformers blocked.
+"""Named-entity recognition through the task seam, end to end on the shipped silver reviews (spaCy
+en_core_web_sm's entities on Rotten Tomatoes sentences: figures are agreement with it) and the
+built-in all-MiniLM-L6-v2: ``edgetl train`` infers the task from JSONL spans and solves the per-
+token head exactly; export (validated on ORT and OpenVINO f32, a text alone unpadded vs padded in a
+batch); quantize (ort-dynamic, the guard scoring entity F1); ``package`` (int8, a replay memory of
+token rows) -> predict (offsets into the original text), evaluate (= seqeval, strict IOB2), the
+CLI's --json contracts, the device side with torch and transformers blocked, and on-device
+retraining that learns an entity type the workstation never saw annotated (GPE) from 100 newly
+annotated sentences.
 
-Small on purpose: 300 training sentences, 150 held-out ones from other movies, the TorchScript
-exporter (several times faster to run than dynamo; dynamo is checked by benchmarks/ner_bench.py)."""
+Small on purpose: 300 training sentences (GPE left unannotated), 400 held-out ones from other
+movies, the TorchScript exporter (several times faster to run than dynamo; dynamo is checked by
+benchmarks/ner_bench.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,9 @@ import pytest
 from edgetl.errors import DataError
 
 N_TRAIN = 300
-N_TEST = 150
+N_TEST = 400
+NEW_TYPE = "GPE"  # left out of the workstation's training; the device learns it (test_retrain_...)
+N_ANNOTATED = 100  # newly annotated sentences the device learns it from
 
 
 # --------------------------------------------------------------------------- the real pipeline
@@ -53,9 +59,18 @@ def ner_files(tmp_path_factory) -> dict[str, Path]:
     groups = sorted({e.group for e in examples})
     order = np.random.default_rng(0).permutation(len(groups))
     test_groups = {groups[i] for i in order[: len(groups) // 4]}
-    train = [e for e in examples if e.group not in test_groups][:N_TRAIN]
+    rest = [e for e in examples if e.group not in test_groups]
+    train, later = rest[:N_TRAIN], rest[N_TRAIN:]
     test = [e for e in examples if e.group in test_groups][:N_TEST]
-    return {"train": _write(root / "train.jsonl", train), "test": _write(root / "test.jsonl", test), "root": root}
+    # the workstation never sees NEW_TYPE annotated (its words are O, as unannotated data has them);
+    # the device later gets N_ANNOTATED fully annotated sentences, most holding NEW_TYPE
+    without = [replace(e, entities=tuple(s for s in e.entities if s.label != NEW_TYPE)) for e in train]
+    has = [e for e in later if any(s.label == NEW_TYPE for s in e.entities)]
+    lacks = [e for e in later if not any(s.label == NEW_TYPE for s in e.entities)]
+    annotated = has[: N_ANNOTATED * 3 // 4] + lacks[: N_ANNOTATED - N_ANNOTATED * 3 // 4]
+    return {"train": _write(root / "train.jsonl", without), "train_full": _write(root / "train_full.jsonl", train),
+            "annotated": _write(root / "annotated.jsonl", annotated), "test": _write(root / "test.jsonl", test),
+            "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -86,39 +101,16 @@ def ner_quantized(ner_exported) -> Path:
     return ner_exported
 
 
-def _write_bundle(run: Path, out: Path, backbone: str = "backbone.int8.onnx") -> Path:
-    """A bundle laid out as docs/INTERNALS.md says, written by hand (as tests/_device_models.py
-    does): the task in the manifest, the head's tags as its labels."""
-    from edgetl.core.files import sha256_file
-    from edgetl.core.targets import Target
-
-    info = json.loads((run / "run.json").read_text())
-    v = out / "v1"
-    v.mkdir(parents=True)
-    for src in (run / "onnx" / backbone, run / "onnx" / "head.onnx", run / "tokenizer.json"):
-        shutil.copy(src, v / src.name)
-    precision = "int8" if "int8" in backbone else "fp32"
-    target = Target(name=f"test-ner-{precision}", runtime="onnxruntime", precision=precision, threads=2,
-                    batch_size=8, latency_budget_ms=1000.0, memory_budget_mb=2000.0, description="NER tests").to_dict()
-    now = time.strftime("%Y-%m-%dT%H:%M:%S")
-    manifest = {
-        "format_version": 1, "version": 1, "created": now, "labels": info["tags"], "modality": "text",
-        "task": "token-classification", "preprocess": info["preprocess"], "num_features": info["num_features"],
-        "target": target, "runtime": "onnxruntime", "precision": precision,
-        "models": {"backbone": f"v1/{backbone}", "head": "v1/head.onnx"}, "training": None, "memory": None,
-        "adapter": None, "artifacts": {"tokenizer": "v1/tokenizer.json"},
-        "files": {p.relative_to(out).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                  for p in sorted(v.iterdir())},
-        "onnx": {"ir_version": 10, "opset": 17}, "versions": {}, "accuracy": {},
-        "history": [{"version": 1, "event": "package", "time": now}],
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out
-
-
 @pytest.fixture(scope="module")
 def ner_bundle(ner_quantized, tmp_path_factory) -> Path:
-    return _write_bundle(ner_quantized, tmp_path_factory.mktemp("ner-bundle") / "bundle")
+    """``edgetl package``: the int8 backbone, the tag head, a conformance set and a replay memory
+    of token rows (the target retrains)."""
+    from edgetl.core.targets import Target
+    from edgetl.workstation.packaging import package
+
+    target = Target(name="test-ner-int8", runtime="onnxruntime", precision="int8", threads=2, batch_size=8,
+                    latency_budget_ms=1000.0, memory_budget_mb=2000.0, retraining=True, description="NER tests")
+    return package(ner_quantized, target, tmp_path_factory.mktemp("ner-bundle") / "bundle").bundle
 
 
 def test_train_writes_an_ner_run(ner_run, ner_files):
@@ -163,7 +155,7 @@ def test_probe_matches_sklearn_logistic_regression(ner_run, ner_files):
     data = read_ner_data(ner_files["train"])
     fit = [data.examples[i] for i in run.info["split"]["train"] + run.info["split"]["val"]]
     X, y = word_rows(fit, encode_examples(fit, tok, run.spec.max_length), index, forward).arrays()
-    test = list(read_ner_data(ner_files["test"]).examples)
+    test = list(read_ner_data(ner_files["test"]).without_types([NEW_TYPE]).examples)  # the RUN lacks it
     rows = word_rows(test, encode_examples(test, tok, run.spec.max_length), index, forward)
     W, b = model.head.weight.detach().numpy(), model.head.bias.detach().numpy()
     ours = val_scores(rows, W, b, test, tags)
@@ -294,6 +286,11 @@ def test_cli_json_contracts(ner_bundle, ner_run, ner_files, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [o["text"] for o in out] == ["Paris is lovely in May.", "x"]
     assert all(set(o) >= {"text", "entities", "error"} for o in out) and out[0]["where"] == "--text:1"
+    text = "Tom Hanks starred in two Spielberg films in 1998."
+    assert main(["predict", str(ner_bundle), "--text", text, "--json"]) == 0
+    entities = json.loads(capsys.readouterr().out)[0]["entities"]
+    assert entities and all(set(e) == {"start", "end", "label", "score", "text"} for e in entities)
+    assert all(text[e["start"]:e["end"]] == e["text"] and 0 < e["score"] <= 1 for e in entities)
     assert main(["predict", str(ner_bundle), "--text", "Tom Hanks in Philadelphia."]) == 0
     table = capsys.readouterr().out
     assert "entities in 1 text" in table
@@ -305,6 +302,20 @@ def test_cli_json_contracts(ner_bundle, ner_run, ner_files, capsys):
     assert run_scores["runtime"] == "torch" and abs(run_scores["f1"] - bundle_scores["f1"]) < 0.05
     assert main(["evaluate", str(ner_bundle), str(ner_files["test"])]) == 0
     assert "entity F1" in capsys.readouterr().out
+
+
+def test_bad_retrain_annotations_are_one_line(ner_bundle, tmp_path, capsys):
+    """retrain with a malformed annotation (--strict) or none usable: one line, the bundle unchanged."""
+    from edgetl.cli import main
+
+    before = (ner_bundle / "manifest.json").read_bytes()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "Paris", "entities": [{"start": 0, "end": 50, "label": "GPE"}]}) + "\n")
+    for extra in (["--strict"], []):
+        code = main(["retrain", str(ner_bundle), str(bad), *extra])
+        err = capsys.readouterr().err
+        assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert (ner_bundle / "manifest.json").read_bytes() == before
 
 
 def test_bad_ner_data_is_one_line(tmp_path, capsys):
@@ -354,7 +365,7 @@ def test_word_rows_are_the_first_subwords_the_decoder_reads(ner_bundle, ner_file
     from edgetl.tasks.token_classification.task import extend_tags, tag_probabilities, word_rows
 
     p = Predictor.from_bundle(ner_bundle)
-    examples = list(read_ner_data(ner_files["test"]).examples[:20])
+    examples = list(read_ner_data(ner_files["test"]).without_types([NEW_TYPE]).examples[:20])
     X, y, item = word_rows(p, examples, batch_size=8)
     assert X.shape == (len(y), p.head.input_shape[-1]) and len(item) == len(y)
     assert set(np.unique(item)) == set(range(20))
@@ -370,3 +381,86 @@ def test_word_rows_are_the_first_subwords_the_decoder_reads(ner_bundle, ner_file
     grown = extend_tags(p.labels, ["EVENT"])
     X2, y2, _ = word_rows(p, examples, grown, batch_size=8)
     assert np.array_equal(y2, y) and grown[-2:] == ("B-EVENT", "I-EVENT")
+
+
+def _type_scores(ev: dict, types) -> dict:
+    """Micro precision/recall/F1 over ``types`` from an evaluation's per-type counts."""
+    rows = [ev["per_type"][t] for t in types if t in ev["per_type"]]
+    correct, pred, true = (sum(r[k] for r in rows) for k in ("correct", "predicted", "support"))
+    p, r = correct / max(pred, 1), correct / max(true, 1)
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": true}
+
+
+def _joint_reference(run_dir: Path, files) -> dict:
+    """What training on everything reaches on the workstation: the RUN's features (PyTorch, fp32)
+    of the training sentences fully annotated plus the annotated ones, the probe solver at the
+    RUN's C, all types; scored on the test sentences as the device decodes."""
+    import torch
+
+    from edgetl.modalities import get_modality
+    from edgetl.tasks.token_classification import read_ner_data, tag_set
+    from edgetl.workstation.probe_solver import fit_logreg
+    from edgetl.workstation.run import load_run
+    from edgetl.workstation.token_classification.rows import encode_examples, val_scores, word_rows
+
+    run = load_run(run_dir)
+    tok = get_modality("text").tokenizer(run.spec)
+
+    @torch.no_grad()
+    def forward(x):
+        return run.model.forward_features(torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"])).numpy()
+
+    fit = list(read_ner_data(files["train_full"]).examples) + list(read_ner_data(files["annotated"]).examples)
+    tags = tag_set(sorted({s.label for e in fit for s in e.entities}))
+    index = {t: i for i, t in enumerate(tags)}
+    X, y = word_rows(fit, encode_examples(fit, tok, run.spec.max_length), index, forward).arrays()
+    W, b = fit_logreg(X, y, len(tags), run.info["metrics"]["probe"]["C"])
+    test = list(read_ner_data(files["test"]).examples)
+    rows = word_rows(test, encode_examples(test, tok, run.spec.max_length), index, forward)
+    return val_scores(rows, W, b, test, tags).to_dict()
+
+
+@pytest.mark.slow
+def test_retrain_learns_a_new_entity_type_on_the_device(ner_bundle, ner_run, ner_files, tmp_path):
+    """A bundle trained without NEW_TYPE learns it on the device, torch and transformers blocked,
+    from N_ANNOTATED newly annotated sentences (the head grows B-/I- rows, the old tags' rows kept
+    exactly, a replay memory of token rows): the new type reaches >= 80% of the F1 that training on
+    everything reaches on the workstation, the old types keep >= 90% of theirs; atomic (v2 with v1
+    kept, rollback returns to v1)."""
+    import edgetl
+    from edgetl.device.bundle import open_bundle
+    from edgetl.device.evaluation import evaluate_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ner_bundle, bundle)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert NEW_TYPE not in m["labels"] and m["artifacts"].get("row_memory")
+    repo = Path(edgetl.__file__).resolve().parent.parent
+    site = tmp_path / "block"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\nsys.modules['transformers'] = None\n")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{repo}", "EDGETL_NO_PROGRESS": "1"}
+    out = subprocess.run([sys.executable, "-m", "edgetl.cli", "retrain", str(bundle), str(ner_files["annotated"]),
+                          "--json"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["switched"] and report["new_classes"] == [NEW_TYPE] and report["metric"] == "f1"
+    assert report["memory_after"] >= 0.9 * report["memory_before"]
+    assert open_bundle(bundle).version == 2 and NEW_TYPE in open_bundle(bundle).labels
+
+    before = evaluate_bundle(ner_bundle, ner_files["test"]).to_dict()
+    after = evaluate_bundle(bundle, ner_files["test"]).to_dict()
+    joint = _joint_reference(ner_run, ner_files)
+    old_types = [t for t in m["labels"]]
+    new_f1, joint_f1 = after["per_type"][NEW_TYPE]["f1"], joint["per_type"][NEW_TYPE]["f1"]
+    kept = _type_scores(after, old_types)["f1"] / _type_scores(before, old_types)["f1"]
+    print(f"\n{NEW_TYPE}: device F1 {new_f1:.3f} vs joint {joint_f1:.3f} ({new_f1 / joint_f1:.1%}); old types "
+          f"F1 {_type_scores(before, old_types)['f1']:.3f} -> {_type_scores(after, old_types)['f1']:.3f} ({kept:.1%}); "
+          f"joint overall {joint['f1']:.3f}, device overall {after['f1']:.3f}; retrain {report['seconds']}")
+    assert new_f1 >= 0.80 * joint_f1
+    assert kept >= 0.90
+
+    from edgetl.cli import main
+
+    assert main(["rollback", str(bundle)]) == 0
+    assert open_bundle(bundle).version == 1 and NEW_TYPE not in open_bundle(bundle).labels

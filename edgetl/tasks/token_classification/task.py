@@ -252,7 +252,7 @@ class TokenClassificationTask:
         """Entity F1 (strict IOB2) of the tag head ``head`` (W, b) over the tags of ``labels``
         on annotated examples, decoded as :meth:`predict` decodes."""
         W, b = (np.asarray(a, np.float32) for a in head)
-        tags = tags_of(labels)
+        tags = tags_of(labels)[: len(W)]  # an old head answers its own tags (new ones are appended)
         tokenizer = predictor.modality.tokenizer(predictor.spec)
         texts = [it.text for it in items]
         truth, preds, kept = [], [], []
