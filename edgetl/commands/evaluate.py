@@ -14,12 +14,18 @@ target's runtime and precision, torch-free; a RUN directory (run.json + model.pt
 PyTorch (needs edgetl[train]).
 
 --json prints {"accuracy", "n", "per_class": {label: accuracy}, "confusion", ...}.
+
+An entity tagger (--task token-classification) is scored on a CoNLL file or JSONL with
+character spans: entity-level precision, recall and F1, strict IOB2 (equal to seqeval), per
+type; --json prints {"f1", "precision", "recall", "per_type": {type: {"precision", "recall",
+"f1", "support", ...}}, "n", ...}. Types the model does not know count as missed.
 --plot F writes the confusion matrix as a PNG (needs matplotlib; skipped without it).
 
 Examples:
   edgetl evaluate bundle/ test_photos/
   edgetl evaluate runs/probe test_photos/ --json
   edgetl evaluate bundle/ test_photos/ --plot confusion.png
+  edgetl evaluate ner-bundle/ test.conll --json
 """
 
 
@@ -46,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _ui.quiet()
     model = Path(args.model)
+    if _task(model) == "token-classification":
+        return _run_entities(args, model)
     if (model / "run.json").is_file():
         from edgetl.workstation.evaluation import evaluate_run  # workstation side: torch
 
@@ -118,3 +126,61 @@ def _plot(report, labels: list[str], path: str) -> None:
 
     plot_confusion(report, labels, path)
     _ui.info(f"confusion matrix written to {path}")
+
+
+def _task(model) -> str | None:
+    """The task of a RUN (run.json) or a bundle (its manifest, read unverified: evaluating
+    verifies it); None when MODEL is neither (the classification path says why)."""
+    from edgetl.errors import EdgeTLError
+
+    try:
+        if (model / "run.json").is_file():
+            from edgetl.core.run import read_run_json
+
+            return read_run_json(model).get("task")
+        if (model / "manifest.json").is_file() or model.is_file():  # a bundle folder or its .tar.gz
+            from edgetl.device.bundle import open_bundle
+
+            return open_bundle(model, verify=False, warn=False).task
+    except EdgeTLError:
+        return None
+    return None
+
+
+def _run_entities(args: argparse.Namespace, model) -> int:
+    """An entity tagger's scores: --json prints {"f1", "precision", "recall", "per_type", "n",
+    ...}; else a table per entity type."""
+    from edgetl.core import ui as _ui
+    from edgetl.errors import ConfigError, RunDirError
+
+    if args.plot:
+        raise ConfigError("--plot draws a confusion matrix of classes; an entity tagger has none (use --json for "
+                          "its per-type scores)")
+    if (model / "run.json").is_file():
+        from edgetl.workstation.token_classification.evaluation import evaluate_run  # workstation side: torch
+
+        if args.trust:
+            raise RunDirError(f"{model}: --trust checks a bundle's signature; a RUN directory has none")
+        report = evaluate_run(model, args.data, batch_size=args.batch_size)
+    else:
+        from edgetl.device.evaluation import EvaluateConfig, evaluate_bundle
+
+        require_trust(args, args.model)
+        report = evaluate_bundle(model, args.data, EvaluateConfig(batch_size=args.batch_size, verify=args.verify,
+                                                                  runtime=args.runtime,
+                                                                  allow_nonconforming=args.allow_nonconforming))
+    d = report.to_dict()
+    for item in d.get("errors", []):
+        _ui.warn(f"{item['file']}: {item['error']}")
+    if d.get("unknown_types"):
+        _ui.warn(f"entity type(s) {', '.join(d['unknown_types'])} in DATA are not among the model's; "
+                 "they count as missed (retrain the model with them)")
+    if args.json:
+        _ui.print_json(d)
+        return 0
+    rows = [(t, s["support"], s["predicted"], s["correct"], s["precision"], s["recall"], s["f1"])
+            for t, s in d["per_type"].items()]
+    rows.append(("all", d["n_true"], d["n_pred"], d["n_correct"], d["precision"], d["recall"], d["f1"]))
+    _ui.print_table(f"entity F1 (strict IOB2) on {d['n']} text(s), {d.get('runtime')} {d.get('precision_executed')}",
+                    ["type", "entities", "predicted", "correct", "precision", "recall", "F1"], rows)
+    return 0

@@ -20,6 +20,10 @@ prediction names where its text came from (file:line, --text:N, <stdin>:N).
 
 --json prints a list of {"file", "label", "score", "top_k": [{"label", "score"}], "error"}.
 
+An entity tagger (a token-classification bundle) finds entities in each text: a table of
+them, or with --json [{"text", "entities": [{"start", "end", "label", "score", "text"}],
+"error", "where"}] (start and end index the original text's characters).
+
 A detection bundle finds objects: --json prints a list of {"file", "detections": [{"label",
 "score", "box": [x1, y1, x2, y2]}], "error"}, boxes in each image's own pixels, the
 detections scoring at least --score-threshold (default 0.3), after per-class NMS; --draw
@@ -32,6 +36,7 @@ Examples:
   edgetl predict reviews-bundle/ --text "a triumph" --text "two hours I will never get back"
   edgetl predict reviews-bundle/ reviews.txt --json
   cat reviews.txt | edgetl predict reviews-bundle/ -
+  edgetl predict ner-bundle/ --text "Tom Hanks shines in Philadelphia" --json
   edgetl predict trees-bundle/ tile.png --score-threshold 0.5 --draw out/
 """
 
@@ -72,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
                            verify=args.verify, allow_nonconforming=args.allow_nonconforming,
                            score_threshold=args.score_threshold)
     texts = _texts(args)
+    if texts is not None and _task(args) == "token-classification":
+        return _run_entities(args, config, texts)
     if texts is not None:
         import dataclasses
 
@@ -170,3 +177,40 @@ def _texts(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     if not texts:
         raise DataError("no text to classify: pass --text TEXT, a .txt/.csv/.jsonl FILE, or - for standard input")
     return texts
+
+
+def _task(args: argparse.Namespace) -> str:
+    """The bundle's task (from its manifest, read unverified; predict verifies the bundle)."""
+    from edgetl.device.bundle import open_bundle
+
+    return open_bundle(args.bundle, verify=False, warn=False).task
+
+
+def _run_entities(args: argparse.Namespace, config, texts: list[tuple[str, str]]) -> int:
+    """An entity tagger's predictions: --json prints [{"text", "entities": [{"start", "end",
+    "label", "score", "text"}], "error", "where"}]; else one table row per entity."""
+    import dataclasses
+
+    from edgetl.core import ui as _ui
+    from edgetl.device.predictor import predict
+
+    report = predict(args.bundle, [t for _, t in texts], config)
+    predictions = [dataclasses.replace(p, where=where) for (where, _), p in zip(texts, report.predictions)]
+    failed = [p for p in predictions if not p.ok]
+    if args.json:
+        _ui.print_json([p.to_dict() for p in predictions])
+    else:
+        rows = []
+        for p in predictions:
+            if not p.ok:
+                rows.append((p.where, "(error)", "", None, ""))
+            elif not p.entities:
+                rows.append((p.where, "(no entity)", "", None, ""))
+            for e in p.entities:
+                rows.append((p.where, e.text, e.label, e.score, f"{e.start}-{e.end}"))
+        n = sum(len(p.entities) for p in predictions)
+        _ui.print_table(f"{n} entities in {len(predictions)} text(s), {report.runtime} {report.precision_executed}",
+                        ["text", "entity", "type", "score", "characters"], rows)
+    for p in failed:
+        print(f"edgetl predict: {p.where}: {p.error}", file=sys.stderr)
+    return 1 if failed else 0

@@ -55,6 +55,12 @@ Tasks (--task, inferred from DATA where it says so):
                         Boxes outside their image are clipped and counted; degenerate boxes,
                         unknown categories and missing images are skipped and counted (--strict
                         refuses them).
+  token-classification  entities in texts (named-entity recognition) with a text backbone: DATA is a
+                        CoNLL file (token per line, tag in the last column; IOB1/IOB2/BIOES) or JSONL
+                        {"text", "entities": [{"start", "end", "label"}]} (an optional "group", e.g.
+                        the document, keeps a group's texts on one side of the split); the head
+                        tags each word's first subword (O, B-TYPE, I-TYPE), solved exactly on the
+                        frozen encoder's token features; --unfreeze N fine-tunes the last N layers.
 
 Examples:
   edgetl train photos/ --out runs/probe
@@ -64,6 +70,7 @@ Examples:
   edgetl train reviews.csv --out runs/text --backbone all_minilm_l6_v2
   edgetl train reviews.csv --out runs/text-ft --backbone all_minilm_l6_v2 --strategy finetune --unfreeze 2
   edgetl train trees/train.json --out runs/trees --task detection --image-size 320
+  edgetl train entities.jsonl --out runs/ner --backbone all_minilm_l6_v2   (task inferred: token-classification)
 
 A linear probe embeds each image once, on ONNX Runtime (the backbone exported and checked
 against PyTorch) with decoding in worker threads, and caches the embeddings on disk keyed
@@ -204,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _ui.print_json({"run": str(result.run_dir), **result.metrics})
         return 0
-    if "val_map50" in result.metrics:  # a detector: its validation mAP was printed as it trained
+    if "val_map50" in result.metrics or "val_f1" in result.metrics:  # a detector's mAP, a tagger's F1: printed
         _ui.info(f"wrote {result.run_dir}")
         return 0
     probe = result.metrics.get("probe")

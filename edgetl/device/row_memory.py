@@ -139,7 +139,7 @@ def task_rows(predictor: Any, items: list, classes: list[np.ndarray], rng: np.ra
     item's number of rows before sampling (see :func:`background_shift`)."""
     task = predictor.task
     out_X, out_y, out_t = [], [], []
-    sources = [it.path for it in items]
+    sources = [task.item_source(it) for it in items]
     for indices, x, errors in predictor.batches(sources, strict=False):
         if not indices:
             continue

@@ -95,7 +95,8 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
     head_labels = task.head_labels(labels)
     old_outputs = len(task.head_labels(live.labels))
     items = list(found.items)
-    classes = [to_all[np.asarray(it.classes, np.int64)] if len(it.classes) else np.zeros(0, np.int64) for it in items]
+    classes = [to_all[c] if len(c) else np.zeros(0, np.int64)
+               for c in (task.item_classes(it, found.labels) for it in items)]
     train_idx, hold_idx = _split(len(items), cfg.holdout, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
@@ -107,7 +108,7 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
                if not np.isin(y_new, [head_labels.index(o) for o in task.head_labels([c])[1:]]).any()]
     if missing:
         raise DataError(f"{data}: new class(es) {', '.join(missing)} have no usable annotation in the training part "
-                        "(boxes too small for the feature map, or only in held-out images); add more examples")
+                        f"(e.g. boxes too small for the feature map, or only in held-out {task.noun}s); add more examples")
     memory_path = live.optional_path("row_memory")
     memory = RowMemory.load(memory_path).grown(head_labels) if memory_path else None
     X = np.concatenate([memory.rows, X_new]) if memory is not None else X_new

@@ -40,6 +40,13 @@ class Task(Protocol):
         """The same rows, item by item: one [r_i, F] array per item of the batch (its locations,
         its tokens; padding left out)."""
 
+    # On-device learning of a task that is not pooled (edgetl.device.row_retraining) also asks:
+    # metric_name (what retraining is gated on), item_source(item) (what the predictor reads),
+    # item_classes(item, labels) (the item's annotations' classes as indices into labels),
+    # training_rows(rows, item, classes, spec, rng, sample=) -> (X, y, targets),
+    # solve_extra_heads(X, y, targets) -> {name: (W, b)}, and
+    # score_heads(predictor, items, classes, head, extra, labels) -> the metric.
+
     def outputs(self, predictor: Any, z: np.ndarray, inputs: Mapping[str, np.ndarray], head: Any,
                 extra: Mapping[str, Any]) -> Any:
         """A chunk's backbone outputs ``z`` (for its model ``inputs``) through the head (and the

@@ -365,7 +365,8 @@ def _add_row_memory(tmp: Path, manifest: dict[str, Any], run_dir: Path, info: Ma
     try:
         items_paths, items = Run(run_dir, dict(info), None).split_items("train")
         with _bundle_predictor(tmp, manifest, reference=reference) as predictor:
-            X, y, T = task_rows(predictor, list(items), [np.asarray(it.classes) for it in items],
+            task = predictor.task
+            X, y, T = task_rows(predictor, list(items), [task.item_classes(it, info["labels"]) for it in items],
                                 np.random.default_rng(0), sample=True)
             head_labels = predictor.task.head_labels(predictor.labels)
     except EdgeTLError as exc:

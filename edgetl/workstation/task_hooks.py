@@ -27,7 +27,8 @@ class TaskHooks:
 
 
 HOOKS: Registry[TaskHooks] = Registry("task", ConfigError)
-_MODULES = {"detection": "edgetl.workstation.detection"}
+_MODULES = {"detection": "edgetl.workstation.detection",
+            "token-classification": "edgetl.workstation.token_classification"}
 
 
 def hooks(task: str) -> TaskHooks | None:

@@ -174,6 +174,14 @@ class DetectionTask:
 
     metric_name = "map50"
 
+    def item_source(self, item: Any) -> Any:
+        """What the predictor reads for an annotated item: its image's path."""
+        return item.path
+
+    def item_classes(self, item: Any, labels: Sequence[str]) -> np.ndarray:
+        """The item's boxes' classes, indices into ``labels`` (its data's labels) as read."""
+        return np.asarray(item.classes, np.int64)
+
     def training_rows(self, rows: np.ndarray, item: Any, classes: np.ndarray, spec: Any,
                       rng: np.random.Generator, *, sample: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image's rows [H*W, F] -> the rows to learn from (its positive locations and sampled

@@ -80,6 +80,16 @@ class NerData:
     def texts(self) -> tuple[str, ...]:
         return tuple(e.text for e in self.examples)
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The entity types (the class names, as other tasks' data name them)."""
+        return self.types
+
+    @property
+    def items(self) -> tuple[NerExample, ...]:
+        """The examples (the annotated items, as other tasks' data name them)."""
+        return self.examples
+
     def subset(self, indices: Sequence[int]) -> "NerData":
         """These examples, in this order; ``types`` stay (a split keeps the label space)."""
         ex = tuple(self.examples[int(i)] for i in indices)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgetl.core.formats import META_INT8
 from edgetl.workstation.quantization.engines import (ENGINES, Context, EngineInfo, EngineResult, _check_fused,
-                                                     _mb, _onnx_meta, _row, _silenced, ort_measure, scorer)
+                                                     _mb, _onnx_meta, _pooled, _row, _silenced, ort_measure, scorer)
 
 __all__ = ["ort_dynamic_engine"]
 
@@ -69,9 +69,13 @@ def ort_dynamic_engine(ctx: Context) -> EngineResult:
         return EngineResult(rows, guard, None, {})
     meta, ir_version = _onnx_meta(fp32_path)
     qort.finish(best, meta + [(META_INT8, json.dumps(ctx.int8_facts()))], ir_version)
-    fused = ctx.work / "model.int8.onnx"
-    qort.fuse_head(best, ctx.head, fused)
-    extra = {"fused_check": _check_fused(fused, best, ctx)}
+    files = {"onnx/backbone.int8.onnx": ctx.work / "backbone.int8.onnx"}
+    extra = {}
+    if _pooled(ctx):  # head(backbone) as one file where the backbone's output is the head's input
+        fused = ctx.work / "model.int8.onnx"
+        qort.fuse_head(best, ctx.head, fused)
+        extra["fused_check"] = _check_fused(fused, best, ctx)
+        files["onnx/model.int8.onnx"] = fused
     last = guard["steps"][-1]
     rows.append(_row("onnxruntime", "int8", "int8-dynamic", last, score.fp32_accuracy, "onnx/backbone.int8.onnx",
                      _mb(best), fp32_mb, fp32_nodes=last["fp32_nodes"], method="dynamic",
@@ -79,8 +83,7 @@ def ort_dynamic_engine(ctx: Context) -> EngineResult:
                      **ctx.int8_facts(),
                      latency_ms=qort.latency_ms(best, ctx.xv)))
     shutil.move(str(best), str(ctx.work / "backbone.int8.onnx"))
-    return EngineResult(rows, guard, {"onnx/backbone.int8.onnx": ctx.work / "backbone.int8.onnx",
-                                      "onnx/model.int8.onnx": fused}, extra)
+    return EngineResult(rows, guard, files, extra)
 
 
 ENGINES.register("ort-dynamic", EngineInfo("ort-dynamic", "onnxruntime", ort_dynamic_engine,
