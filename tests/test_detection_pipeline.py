@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 OLD = ["face", "cat", "shuttle"]
-NEW = ["horse"]
+NEW = ["coffee"]
 HAS_PYCOCOTOOLS = importlib.util.find_spec("pycocotools") is not None
 
 
@@ -95,7 +95,8 @@ def test_predict_json_and_draw_without_torch(scenes, bundle, no_torch):
     for det in found:
         x1, y1, x2, y2 = det["box"]
         assert det["label"] in OLD and 0 < det["score"] <= 1 and 0 <= x1 < x2 <= 256 and 0 <= y1 < y2 <= 256
-    assert sorted(p.name for p in (scenes / "drawn").iterdir()) == sorted(p.name for p in images)
+    drawn = sorted(p.name for p in (scenes / "drawn").iterdir())  # numbered: two inputs may share a name
+    assert len(drawn) == len(images) and all(d.endswith(p.name) for d, p in zip(drawn, images)), drawn
 
 
 @pytest.mark.skipif(not HAS_PYCOCOTOOLS, reason="pycocotools is the reference (pip install pycocotools)")
@@ -105,7 +106,7 @@ def test_bundle_evaluation_equals_pycocotools_on_the_same_predictions(scenes, bu
 
     from edgetl.device.predictor import Predictor
     from edgetl.tasks import get_task
-    from edgetl.tasks.detection import EVAL_THRESHOLD
+    from edgetl.tasks.detection.task import EVAL_THRESHOLD
 
     predictor = Predictor.from_bundle(bundle)
     task = get_task("detection")
@@ -148,11 +149,11 @@ def test_the_device_learns_a_new_object_class_and_rolls_back(scenes, bundle, no_
     assert report["learner"]["name"] == "exact" and report["conformance"]["passed"]
     after_old = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, no_torch)).stdout)
     after = json.loads(_ok(_cli(["evaluate", device, "test", "--json"], scenes, no_torch)).stdout)
-    assert after["per_class"]["horse"]["map50"] > 0.3, after["per_class"]
+    assert after["per_class"]["coffee"]["map50"] > 0.3, after["per_class"]
     assert after_old["map50"] >= 0.85 * before["map50"], (after_old["map50"], before["map50"])
     listed = json.loads(_ok(_cli(["predict", device, *sorted((scenes / "new" / "images").iterdir())[:2], "--json"],
                                  scenes, no_torch)).stdout)
-    assert any(d["label"] == "horse" for item in listed for d in item["detections"])
+    assert any(d["label"] == "coffee" for item in listed for d in item["detections"])
     _ok(_cli(["rollback", device], scenes, no_torch))
     rolled = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, no_torch)).stdout)
     assert rolled["map50"] == before["map50"]

@@ -253,6 +253,9 @@ def _check_writable(root: Path) -> None:
 
 
 def _scan(data: str | os.PathLike, modality: Any, strict: bool):
+    from edgetl.tasks import DEFAULT_TASK, check_data_for
+
+    check_data_for(DEFAULT_TASK, data, modality.name)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         return modality.scan(data, strict=strict, min_classes=1)

@@ -103,7 +103,7 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
     locations: list[int] = []
     X_new, y_new, t_new = task_rows(predictor, [items[i] for i in train_idx], [classes[i] for i in train_idx],
                                    rng, sample=True, locations=locations)
-    shift = background_shift(y_new, sum(locations))
+    shift = background_shift(y_new, sum(locations)) if task.background_sampled else 0.0
     missing = [c for c in new_classes
                if not np.isin(y_new, [head_labels.index(o) for o in task.head_labels([c])[1:]]).any()]
     if missing:
@@ -122,7 +122,7 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
     b_rows = b_old.copy()
     b_rows[0] -= shift
     if new_classes:
-        grown = add_classes(X, y, W_old, b_rows, len(head_labels), balanced=False)  # rows carry their prior
+        grown = add_classes(X, y, W_old, b_rows, len(head_labels), balanced=not task.background_sampled)
         W, b = grown.W, grown.b.copy()
         b[0] = b_old[0]  # the old outputs exactly as they were
         learner = {"name": "exact", "classes": "added", "C": grown.C, "background_shift": shift}

@@ -24,7 +24,7 @@ from edgetl.core.registry import Registry
 from edgetl.errors import ConfigError
 from edgetl.tasks.base import Task
 
-__all__ = ["Task", "TASKS", "DEFAULT_TASK", "get_task", "task_names", "infer_task"]
+__all__ = ["Task", "TASKS", "DEFAULT_TASK", "get_task", "task_names", "infer_task", "check_data_for"]
 
 DEFAULT_TASK = "classification"  # what RUNs and bundles made before tasks hold
 
@@ -59,3 +59,14 @@ def infer_task(data: Any, modality: str) -> str:
         if name != DEFAULT_TASK and modality in task.modalities and task.recognises(data):
             return name
     return DEFAULT_TASK
+
+
+def check_data_for(task: str, data: Any, modality: str) -> None:
+    """One clear line when DATA is another task's (a detection dataset given to a classifier's
+    command): without it, a COCO folder reads as one class called 'images'."""
+    from edgetl.errors import DataError
+
+    found = infer_task(data, modality)
+    if found != task:
+        raise DataError(f"{data}: holds {found} annotations, and this model is for {task}; use a {task} dataset "
+                        f"(or a {found} bundle for this data)")

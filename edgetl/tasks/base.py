@@ -44,8 +44,9 @@ class Task(Protocol):
     # metric_name (what retraining is gated on), item_source(item) (what the predictor reads),
     # item_classes(item, labels) (the item's annotations' classes as indices into labels),
     # training_rows(rows, item, classes, spec, rng, sample=) -> (X, y, targets),
-    # solve_extra_heads(X, y, targets) -> {name: (W, b)}, and
-    # score_heads(predictor, items, classes, head, extra, labels) -> the metric.
+    # solve_extra_heads(X, y, targets, old) -> {name: (W, b)} (``old``: the live extra heads),
+    # score_heads(predictor, items, classes, head, extra, labels) -> the metric, and
+    # background_sampled (True where training_rows samples output 0's rows: detection).
 
     def outputs(self, predictor: Any, z: np.ndarray, inputs: Mapping[str, np.ndarray], head: Any,
                 extra: Mapping[str, Any]) -> Any:

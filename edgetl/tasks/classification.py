@@ -152,6 +152,9 @@ class ClassificationTask:
     def evaluate(self, predictor: Any, data: str | os.PathLike, *, batch_size: int | None = None) -> Evaluation:
         """Accuracy of ``predictor`` on an image folder (one subfolder per class, named by
         label). Every class in ``data`` must be one of the model's labels."""
+        from edgetl.tasks import check_data_for
+
+        check_data_for(self.name, data, predictor.modality.name)
         if predictor.modality.name == "image":
             from edgetl.modalities.image import scan_folder
 

@@ -105,6 +105,9 @@ class DetectionTask:
     feature_axis = 1  # where the backbone output's features are: [N, F, H, W]
     extra_heads = ("box_head",)
     guard_budget = (0.02, 0.90)  # the quantization guard's: mAP@.5 drop, boxes found again (guard.py)
+    # training rows sample the background (rows.py): the device learns in their space, rows weighed
+    # alike, and gives the background output its bias for all locations back (row_retraining)
+    background_sampled = True
 
     def recognises(self, data: Any) -> bool:
         from edgetl.tasks.detection.data import detect_format

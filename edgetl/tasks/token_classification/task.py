@@ -187,6 +187,7 @@ class TokenClassificationTask:
     extra_heads: tuple[str, ...] = ()
     guard_budget = (0.02, 0.90)  # the quantization guard's: entity F1 drop, exact-entity agreement
     metric_name = "f1"  # entity F1, strict IOB2: what on-device retraining is gated on
+    background_sampled = False  # every first-subword token is a row, O included
 
     def recognises(self, data: Any) -> bool:
         try:
@@ -244,7 +245,8 @@ class TokenClassificationTask:
         return (np.asarray(rows[keep], np.float32), labels[keep].astype(np.int64),
                 np.zeros((len(keep), 0), np.float32))
 
-    def solve_extra_heads(self, X: np.ndarray, y: np.ndarray, targets: np.ndarray) -> dict[str, tuple]:
+    def solve_extra_heads(self, X: np.ndarray, y: np.ndarray, targets: np.ndarray,
+                          old: Mapping[str, tuple] | None = None) -> dict[str, tuple]:
         return {}  # one head: the tags
 
     def score_heads(self, predictor: Any, items: list, classes: list, head: tuple, extra: dict,
