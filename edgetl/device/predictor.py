@@ -329,6 +329,8 @@ class Predictor:
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {n!r}")
         fixed = self.backbone.input_shape[0]
+        if getattr(self.backbone, "batch_dependent", False):
+            return 1  # an item's answer must not depend on its neighbours (OrtSession.batch_dependent)
         return fixed if isinstance(fixed, int) else n
 
     def _explain(self, sources: Sequence[Any], errors: dict[int, str]) -> dict[int, str]:

@@ -20,13 +20,17 @@ _INT8_OPS = frozenset({
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
-def is_quantized(path: Path) -> bool:
+def _ops(path: Path) -> set[str]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     ops = {node.op_type for node in model.graph.node}
     ops.update(node.op_type for f in model.functions for node in f.node)
-    return bool(ops & _INT8_OPS)
+    return ops
+
+
+def is_quantized(path: Path) -> bool:
+    return bool(_ops(path) & _INT8_OPS)
 
 
 class OrtSession:
@@ -100,6 +104,15 @@ class OrtSession:
             quantized = is_quantized(self.path)
             self._precision = ("int8-reference" if self.reference else "int8") if quantized else "fp32"
         return self._precision
+
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether one item's outputs depend on the others in its batch: dynamic int8
+        (DynamicQuantizeLinear) takes each activation's scale over the whole batch, padding
+        included (measured: a text's entity scored 0.790 alone and 0.720 among eight)."""
+        if getattr(self, "_batch_dependent", None) is None:
+            self._batch_dependent = "DynamicQuantizeLinear" in _ops(self.path)
+        return self._batch_dependent
 
     def run(self, x) -> np.ndarray:
         return self._session.run(self._outputs, feeds(self, x))[0]
