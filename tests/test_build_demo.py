@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,22 @@ def test_demo_quick(tmp_path, capsys):
     assert t_after["old"] >= t_before["old"] - 0.05 and text["retrain"]["new_classes"] == ["plot"]
     m = json.loads((out / "text_bundle" / "manifest.json").read_text())
     assert m["modality"] == "text" and m["labels"] == ["fresh", "rotten", "plot"]
+    # the text bundle is benchmarked like the image bundle: a latency row next to PyTorch eager
+    assert (out / "text_bench.json").is_file()
+    t_summary = text["build"]["summary"]
+    assert t_summary["p50_ms"] > 0 and t_summary["torch_p50_ms"] > 0, t_summary
+    bench_rows = json.loads((out / "text_bench.json").read_text())["results"]
+    assert {r["runtime"] for r in bench_rows if r["status"] == "ok"} >= {"torch", "onnxruntime"}
+
+
+def test_demo_steps_numbered_in_order():
+    """The demo prints its steps as "== N." and its --help lists them as "  N ": both 1, 2, 3, ...
+    (they once went 1, 2, 3, 4, 6)."""
+    import edgetl.commands.demo as command
+    import edgetl.workstation.demo as demo
+
+    # the text step is printed from its own function, above run_demo: compare as sets of numbers
+    printed = sorted(int(n) for n in re.findall(r'"== (\d+)\.', Path(demo.__file__).read_text()))
+    listed = [int(n) for n in re.findall(r"^  (\d+) ", command.DESCRIPTION, re.M)]
+    assert printed == list(range(1, len(printed) + 1)) and len(printed) >= 5, printed
+    assert listed == printed, (listed, printed)
