@@ -168,3 +168,12 @@ def test_a_bundle_for_another_architecture_says_so(models, sources, tmp_path, ca
     predictor = Predictor.from_bundle(bundle)
     assert "this bundle was made for" in capsys.readouterr().err
     assert predictor.conformance.passed and not predictor.conformance.fits_target
+
+
+def test_a_small_set_allows_one_change_and_no_more_than_its_share():
+    # one flipped item on a 43-item set (0.977) is a boundary item, not saturation (which flips a fifth)
+    assert conf.allowed_changes(43, 0.98) == 1 and conf.conforms(42 / 43, 43, 0.98)
+    assert not conf.conforms(41 / 43, 43, 0.98)
+    assert conf.allowed_changes(64, 0.98) == 1 and conf.allowed_changes(200, 0.98) == 4
+    assert conf.conforms(196 / 200, 200, 0.98) and not conf.conforms(195 / 200, 200, 0.98)
+    assert not conf.conforms(0.77, 43, 0.98) and conf.conforms(1.0, 43, 0.98)
