@@ -77,6 +77,25 @@ def test_demo_quick(tmp_path, capsys):
     assert t_summary["p50_ms"] > 0 and t_summary["torch_p50_ms"] > 0, t_summary
     bench_rows = json.loads((out / "text_bench.json").read_text())["results"]
     assert {r["runtime"] for r in bench_rows if r["status"] == "ok"} >= {"torch", "onnxruntime"}
+    # the closing note says what each picture shows, with the figures drawn in it
+    notes = summary["pictures"]
+    assert {"bench.png", "retrain.png", "text_bench.png"} <= set(notes), notes
+    assert "linear axis from zero" in notes["bench.png"] and f"{after['new']:.2f}" in notes["retrain.png"]
+
+
+def test_demo_closing_note_describes_the_pictures():
+    """Fast: the note is built from the summary alone; a missing bench gives no figures, not a crash."""
+    from edgetl.workstation.demo import pictures
+
+    summary = {"plots": ["o/run/curves.png", "o/retrain.png", "o/bench.png"],
+               "build": {"summary": {"p50_ms": 20.0, "torch_p50_ms": 200.0}},
+               "test_accuracy": {"before_retrain": {"new": 0.0, "old": 0.96}, "after_retrain": {"new": 0.925, "old": 0.94}}}
+    notes = pictures(summary)
+    assert set(notes) == {"run/curves.png", "retrain.png", "bench.png"}
+    assert "10.0x shorter because it is 10.0x faster" in notes["bench.png"]
+    assert "0.00 -> 0.93" in notes["retrain.png"] and "0.96 -> 0.94" in notes["retrain.png"]
+    summary["build"] = {"summary": {"p50_ms": None, "torch_p50_ms": None}}
+    assert "ms" not in pictures(summary)["bench.png"].split("of ")[0]
 
 
 def test_demo_steps_numbered_in_order():
