@@ -31,6 +31,27 @@ def _edgetl(*argv: str) -> str:
     return result.stdout
 
 
+def _decode_ms(bundle: Path, test: Path) -> dict:
+    """Decoding and NMS alone (numpy), per held-out tile, from the bundle's own head outputs."""
+    import statistics
+    import time
+
+    from edgetl.device.predictor import Predictor
+    from edgetl.tasks.detection.data import read_detection_data
+    from edgetl.tasks.detection.task import SCORE_THRESHOLD, decode
+
+    predictor = Predictor.from_bundle(bundle)
+    times = []
+    for indices, out, _ in predictor.run_chunks([it.path for it in read_detection_data(test).items], 1):
+        for row in range(len(indices)):
+            for _ in range(20):
+                t = time.perf_counter()
+                decode(out["logits"][row], out["boxes"][row], out["grid"], predictor.spec.input_size,
+                       out["image_size"][row], score_threshold=SCORE_THRESHOLD)
+                times.append((time.perf_counter() - t) * 1e3)
+    return {"median": statistics.median(times), "p90": sorted(times)[int(0.9 * len(times))], "n": len(times)}
+
+
 def main() -> int:
     from edgetl.core.isa import this_cpu
     from edgetl.core.isa import fitting_isas
@@ -71,6 +92,8 @@ def main() -> int:
                                 "map50_drop_vs_run": doc["run"]["map50"] - report["map50"],
                                 "conformance": doctor.get("conformance", doctor)}
         bundles.append(bundle)
+    doc["decode_ms"] = _decode_ms(work / "bundle-x86-ort-fp32" if (work / "bundle-x86-ort-fp32").is_dir() else bundles[0],
+                                  split.test)
     bench_json = work / "bench.json"
     _edgetl("bench", *bundles, "--run", run, "--json", bench_json, "--plot", work / "bench.png", "--repeats", "3")
     doc["bench"] = json.loads(bench_json.read_text())

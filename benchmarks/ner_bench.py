@@ -88,12 +88,9 @@ print("ROW " + json.dumps({"p50": float(np.median(lat)), "n": len(lat)}))
 
 
 def _write(path: Path, examples) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for e in examples:
-            f.write(json.dumps({"text": e.text, "group": e.group,
-                                "entities": [{"start": s.start, "end": s.end, "label": s.label} for s in e.entities]})
-                    + "\n")
-    return path
+    from edgetl.tasks.token_classification import write_ner_jsonl
+
+    return write_ner_jsonl(path, examples)
 
 
 def data(work: Path, n_train: int, n_test: int) -> tuple[Path, Path]:

