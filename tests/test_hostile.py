@@ -385,7 +385,7 @@ def test_malformed_manifest_fields_are_named(capsys, bundle, image, path, value,
 
 
 @pytest.mark.parametrize("payload, needle", [
-    (os.urandom(64) + b"\xff\xfe", "not UTF-8"),
+    (random.Random(388).randbytes(64) + b"\xff\xfe", "not UTF-8"),
     ('{"a": 1}'.encode("utf-16"), "not UTF-8"),
     (b"[" * 100_000, "nested too deeply"),
     (b'{"format_version": 1, "version": ' + b"9" * 5000 + b"}", "not valid JSON"),

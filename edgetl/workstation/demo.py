@@ -22,10 +22,6 @@ Everything lands in one output folder: bundle, RUN, plots, ``summary.json``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +33,10 @@ from edgetl.core import ui as _ui
 from edgetl.errors import EdgeTLError
 
 __all__ = ["DemoConfig", "run_demo", "split_digits"]
+
+from edgetl.workstation.demo_tasks import bench_config as _bench_config  # noqa: E402
+from edgetl.workstation.demo_tasks import device_process as _device_process  # noqa: E402
+from edgetl.workstation.demo_tasks import write_bench as _write_bench  # noqa: E402
 
 OLD = tuple(str(d) for d in range(8))
 NEW = ("8", "9")
@@ -94,19 +94,6 @@ def split_digits(root: Path, cfg: DemoConfig) -> dict[str, Path]:
     return folders
 
 
-def _device_process(args: list[str]) -> dict[str, Any]:
-    """Run ``edgetl ARGS --json`` in a fresh process where ``import torch`` (and
-    ``transformers``) fails, as on a device with only ``pip install edgetl``."""
-    with tempfile.TemporaryDirectory() as block:
-        Path(block, "sitecustomize.py").write_text(
-            "import sys\nsys.modules['torch'] = None\nsys.modules['transformers'] = None\n")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([block, *filter(None, [os.environ.get("PYTHONPATH")])]))
-        proc = subprocess.run([sys.executable, "-m", "edgetl.cli", *args, "--json"], capture_output=True, text=True,
-                              env=env)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EdgeTLError(f"device step 'edgetl {args[0]}' failed: {last}")
-    return json.loads(proc.stdout)
 
 
 def _test_accuracy(bundle: Path, test: Path) -> dict[str, Any]:
@@ -164,18 +151,8 @@ def _text_accuracy(bundle: Path, rows: list[tuple[str, str]]) -> dict[str, Any]:
             "all": float(hits.mean()), "n": len(rows)}
 
 
-def _bench_config(cfg: DemoConfig) -> Any:
-    from edgetl.benchmarking import BenchConfig
-
-    return BenchConfig(duration=cfg.bench_seconds, repeats=2, warmup=5) if cfg.bench else None
 
 
-def _write_bench(report: Any, out: Path, name: str, title: str) -> list[str]:
-    """``name``.json and, where matplotlib draws it, ``name``.png; the plots written."""
-    if report is None:
-        return []
-    report.write_json(out / f"{name}.json")
-    return [str(out / f"{name}.png")] if report.write_plot(out / f"{name}.png", title=title) else []
 
 
 def _text_part(out: Path, cfg: DemoConfig) -> dict[str, Any]:

@@ -14,6 +14,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,19 +26,47 @@ from typing import Any
 import numpy as np
 
 from edgetl.core import ui as _ui
+from edgetl.errors import EdgeTLError
 
-__all__ = ["detection_part", "ner_part"]
+__all__ = ["detection_part", "ner_part", "device_process", "bench_config", "write_bench"]
 
 NER_NEW_TYPE = "GPE"
+
+
+def device_process(args: list[str]) -> dict[str, Any]:
+    """Run ``edgetl ARGS --json`` in a fresh process where ``import torch`` (and
+    ``transformers``) fails, as on a device with only ``pip install edgetl``."""
+    with tempfile.TemporaryDirectory() as block:
+        Path(block, "sitecustomize.py").write_text(
+            "import sys\nsys.modules['torch'] = None\nsys.modules['transformers'] = None\n")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([block, *filter(None, [os.environ.get("PYTHONPATH")])]))
+        proc = subprocess.run([sys.executable, "-m", "edgetl.cli", *args, "--json"], capture_output=True, text=True,
+                              env=env)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgeTLError(f"device step 'edgetl {args[0]}' failed: {last}")
+    return json.loads(proc.stdout)
+
+
+def bench_config(cfg: Any) -> Any:
+    from edgetl.benchmarking import BenchConfig
+
+    return BenchConfig(duration=cfg.bench_seconds, repeats=2, warmup=5) if cfg.bench else None
+
+
+def write_bench(report: Any, out: Path, name: str, title: str) -> list[str]:
+    """``name``.json and, where matplotlib draws it, ``name``.png; the plots written."""
+    if report is None:
+        return []
+    report.write_json(out / f"{name}.json")
+    return [str(out / f"{name}.png")] if report.write_plot(out / f"{name}.png", title=title) else []
 
 
 def _build(data: Path, out: Path, name: str, cfg: Any, train: Any, **extra: Any):
     from edgetl.workstation.pipeline import BuildConfig, build, summary_rows
 
-    from edgetl.workstation.demo import _bench_config
-
     result = build(data, cfg.target, out / f"{name}_bundle", BuildConfig(
-        run_dir=out / f"{name}_run", train=train, bench=_bench_config(cfg), run_bench=cfg.bench, **extra))
+        run_dir=out / f"{name}_run", train=train, bench=bench_config(cfg), run_bench=cfg.bench, **extra))
     _ui.print_table(f"build: {name}", ["", "value"], summary_rows(result.summary))
     return result
 
@@ -43,7 +76,6 @@ def detection_part(out: Path, cfg: Any) -> dict[str, Any]:
     from edgetl.device.evaluation import evaluate_bundle
     from edgetl.tasks.detection.data import read_detection_data
     from edgetl.tasks.detection.draw import draw_detections
-    from edgetl.workstation.demo import _write_bench
     from edgetl.workstation.detection_data import write_deepforest_split
     from edgetl.workstation.evaluation import evaluate_run
     from edgetl.workstation.training import TrainConfig
@@ -63,7 +95,7 @@ def detection_part(out: Path, cfg: Any) -> dict[str, Any]:
     found = Predictor.from_bundle(bundle).predict([tile])[0]
     draw_detections(tile, found.detections, out / "detections.png")
     plots = [str(out / "detections.png")]
-    plots += _write_bench(result.bench, out, "detection_bench", "deployed int8 detector (decoding and NMS included) "
+    plots += write_bench(result.bench, out, "detection_bench", "deployed int8 detector (decoding and NMS included) "
                                                                 "vs PyTorch eager")
     return {"bundle": str(bundle), "build": result.to_dict(), "test_scene": split.test_scene,
             "map50": {"run": run_map["map50"], "bundle": deployed["map50"]},
@@ -94,7 +126,6 @@ def split_ner(root: Path, cfg: Any) -> dict[str, Path]:
 
 def ner_part(out: Path, cfg: Any) -> dict[str, Any]:
     from edgetl.device.evaluation import evaluate_bundle
-    from edgetl.workstation.demo import _device_process, _write_bench
     from edgetl.workstation.onnx_export import ExportConfig
     from edgetl.workstation.training import TrainConfig
 
@@ -108,7 +139,7 @@ def ner_part(out: Path, cfg: Any) -> dict[str, Any]:
     bundle = out / "ner_bundle"
     before = evaluate_bundle(bundle, data["test"]).to_dict()
     _ui.info(f"   on the device (no torch, no transformers): retrain learns {NER_NEW_TYPE} from 100 annotated sentences")
-    retrain = _device_process(["retrain", str(bundle), str(data["device"])])
+    retrain = device_process(["retrain", str(bundle), str(data["device"])])
     after = evaluate_bundle(bundle, data["test"]).to_dict()
 
     def f1(report: dict, label: str | None) -> float | None:
@@ -122,6 +153,6 @@ def ner_part(out: Path, cfg: Any) -> dict[str, Any]:
                     [(f"new: {NER_NEW_TYPE}", f1(before, NER_NEW_TYPE), f1(after, NER_NEW_TYPE)),
                      *[(t, f1(before, t), f1(after, t)) for t in old],
                      ("all", f1(before, None), f1(after, None))])
-    plots = _write_bench(result.bench, out, "ner_bench", "deployed int8 entity tagger vs PyTorch eager")
+    plots = write_bench(result.bench, out, "ner_bench", "deployed int8 entity tagger vs PyTorch eager")
     return {"bundle": str(bundle), "build": result.to_dict(), "retrain": retrain,
             "f1": {"before_retrain": before, "after_retrain": after}, "plots": plots}
