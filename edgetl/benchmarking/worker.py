@@ -67,13 +67,14 @@ def _torch_runner(spec: dict[str, Any]):
     names = [i.name for i in _modality(spec).inputs(_spec(spec))]
 
     task = _task(spec)
-    if not task.pooled:  # detection: the network, then the same numpy decoding and NMS as the device
-        size = int(_spec(spec).input_size)
+    if not task.pooled:  # detection, NER: the network, then the same numpy decoding as the device
+        pre = _spec(spec)
 
         def run(x):
             with torch.inference_mode():
                 raw = model(*(torch.from_numpy(x[n]) for n in names))
-            return task.bench_call(tuple(r.numpy() for r in raw), x, size)
+            raw = tuple(r.numpy() for r in raw) if isinstance(raw, (tuple, list)) else raw.numpy()
+            return task.bench_decode(task.bench_outputs(raw, x, pre), pre)
     else:
         def run(x):
             with torch.inference_mode():
@@ -110,7 +111,7 @@ def _predictor_runner(spec: dict[str, Any]):
     else:  # the head's outputs as the task makes them, decoded as `edgetl predict` does (NMS included)
         def run(x):
             out = predictor.task.outputs(predictor, predictor.backbone.run(x), x, predictor.head, predictor.extra_heads)
-            return predictor.task.bench_call((out["logits"], out["boxes"]), x, predictor.spec.input_size)
+            return predictor.task.bench_decode(out, predictor.spec)
 
     run.predictor = predictor  # type: ignore[attr-defined]
     return run, predictor.precision_executed

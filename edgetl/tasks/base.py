@@ -21,6 +21,7 @@ class Task(Protocol):
     pooled: bool  # the backbone's output is already the head's rows, one per item (classification)
     feature_axis: int  # the axis of the backbone's output that holds the features (the head's input width)
     extra_heads: tuple[str, ...]  # heads besides ``head`` over the same rows (detection: "box_head")
+    metric_label: str  # the metric as summaries name it: "accuracy", "mAP@.5", "entity F1"
     guard_budget: tuple[float, float]  # int8's default budget: largest drop of the metric, least agreement
 
     def recognises(self, data: Any) -> bool:

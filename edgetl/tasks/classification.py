@@ -105,6 +105,7 @@ class ClassificationTask:
     pooled = True
     feature_axis = -1  # where the backbone output's features are: [N, F]
     extra_heads: tuple[str, ...] = ()
+    metric_label = "accuracy"  # what its summaries call the metric
     guard_budget = (0.01, 0.97)  # the quantization guard's: top-1 accuracy drop, top-1 agreement
 
     def recognises(self, data: Any) -> bool:

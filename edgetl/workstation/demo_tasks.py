@@ -93,7 +93,7 @@ def detection_part(out: Path, cfg: Any) -> dict[str, Any]:
                      ("bundle, as deployed", deployed["map50"], deployed["map"])])
     tile = read_detection_data(split.test).items[0].path
     found = Predictor.from_bundle(bundle).predict([tile])[0]
-    draw_detections(tile, found.detections, out / "detections.png")
+    draw_detections(tile, [d.to_dict() for d in found.detections], out / "detections.png")
     plots = [str(out / "detections.png")]
     plots += write_bench(result.bench, out, "detection_bench", "deployed int8 detector (decoding and NMS included) "
                                                                 "vs PyTorch eager")

@@ -179,6 +179,7 @@ def _auto_train_config(train_config, report, follow_sweep: bool) -> tuple[Any, s
 
 def _summary(info: dict[str, Any], target: Target, bundle: Path, report) -> dict[str, Any]:
     from edgetl.device.bundle import open_bundle
+    from edgetl.tasks import get_task
 
     manifest = open_bundle(bundle).manifest
     accuracy = manifest.get("accuracy") or {}
@@ -188,6 +189,8 @@ def _summary(info: dict[str, Any], target: Target, bundle: Path, report) -> dict
         "input_size": (info.get("preprocess") or {}).get("input_size"),  # images: px; texts: None
         "runtime": target.runtime.value,
         "precision": target.precision.value,
+        # what accuracy_* measure: top-1 for classification, the task's metric otherwise
+        "metric": get_task(manifest.get("task")).metric_label,
         "accuracy_fp32": accuracy.get("fp32", info["metrics"].get("val_accuracy")),
         "accuracy_deployed": accuracy.get("deployed"),
         "precision_executed": accuracy.get("precision_executed"),
@@ -224,8 +227,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
         ("backbone", summary.get("backbone") + (f" at {summary['input_size']} px" if summary.get("input_size") else "")
          if summary.get("backbone") else None),
         ("precision executed", summary.get("precision_executed")),
-        ("accuracy fp32 (PyTorch, held-out)", summary.get("accuracy_fp32")),
-        ("accuracy deployed (held-out)", summary.get("accuracy_deployed")),
+        (f"{summary.get('metric') or 'accuracy'} fp32 (PyTorch, held-out)", summary.get("accuracy_fp32")),
+        (f"{summary.get('metric') or 'accuracy'} deployed (held-out)", summary.get("accuracy_deployed")),
         ("model size (MB)", summary.get("model_mb")),
         ("bundle size with training data (MB)", summary.get("bundle_mb")),
         ("p50 latency (ms)", summary.get("p50_ms")),

@@ -104,6 +104,7 @@ class DetectionTask:
     pooled = False
     feature_axis = 1  # where the backbone output's features are: [N, F, H, W]
     extra_heads = ("box_head",)
+    metric_label = "mAP@.5"  # what its summaries call the metric
     guard_budget = (0.02, 0.90)  # the quantization guard's: mAP@.5 drop, boxes found again (guard.py)
     # training rows sample the background (rows.py): the device learns in their space, rows weighed
     # alike, and gives the background output its bias for all locations back (row_retraining)
@@ -143,7 +144,9 @@ class DetectionTask:
         n, _, h, w = z.shape
         rows = self.rows(z, inputs)
         return {"logits": head.run(rows).reshape(n, h * w, -1), "boxes": extra["box_head"].run(rows).reshape(n, h * w, 4),
-                "image_size": inputs["image_size"], "grid": (h, w)}
+                # example inputs (bench) carry no original size: the letterboxed input is the image
+                "image_size": inputs.get("image_size", np.full((n, 2), predictor.spec.input_size, np.int64)),
+                "grid": (h, w)}
 
     def predict(self, predictor: Any, sources: Sequence[Any], *, top_k: int = 1, batch_size: int | None = None,
                 score_threshold: float | None = None) -> list[Detections]:
@@ -161,17 +164,26 @@ class DetectionTask:
                 results[i] = Detections(predictor._describe(sources[i]), found)
         return results  # type: ignore[return-value]
 
-    def bench_call(self, raw: tuple[np.ndarray, np.ndarray], x: Mapping[str, np.ndarray], input_size: int) -> np.ndarray:
-        """What ``edgetl bench`` times after the network: raw outputs (class logits [N, L, K+1],
-        box codes [N, L, 4]) -> each image's decoded, NMS-filtered detections at the default
-        score threshold; returns their count per image (an array of N)."""
-        logits, codes = raw
+    # --- what ``edgetl bench`` times after the network (edgetl.benchmarking.worker) ------------
+
+    def bench_outputs(self, raw: Any, x: Mapping[str, np.ndarray], spec: Any) -> dict[str, Any]:
+        """The PyTorch model's outputs (class logits [N, L, K+1], box codes [N, L, 4]) as
+        :meth:`outputs` gives the device's."""
+        logits, codes = (np.asarray(r) for r in raw)
         side = int(round(np.sqrt(logits.shape[1])))
         sizes = x.get("image_size")
+        if sizes is None:  # example inputs: the letterboxed input is the image
+            sizes = np.full((len(logits), 2), spec.input_size, np.int64)
+        return {"logits": logits, "boxes": codes, "image_size": sizes, "grid": (side, side)}
+
+    def bench_decode(self, out: Mapping[str, Any], spec: Any) -> np.ndarray:
+        """Each image's detections decoded and NMS-filtered at the default score threshold, as
+        ``edgetl predict`` does; returns their count per image."""
+        sizes = out.get("image_size")
         if sizes is None:
-            sizes = np.full((len(logits), 2), input_size, np.int64)
-        return np.asarray([len(decode(logits[i], codes[i], (side, side), input_size, sizes[i],
-                                      score_threshold=SCORE_THRESHOLD)[0]) for i in range(len(logits))])
+            sizes = np.full((len(out["logits"]), 2), spec.input_size, np.int64)
+        return np.asarray([len(decode(out["logits"][i], out["boxes"][i], out["grid"], spec.input_size, sizes[i],
+                                      score_threshold=SCORE_THRESHOLD)[0]) for i in range(len(out["logits"]))])
 
     # --- retraining on the device (edgetl.device.row_retraining) -------------------------------
 

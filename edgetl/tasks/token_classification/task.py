@@ -185,6 +185,7 @@ class TokenClassificationTask:
     pooled = False
     feature_axis = -1  # token features [N, T, F]
     extra_heads: tuple[str, ...] = ()
+    metric_label = "entity F1"  # what its summaries call the metric
     guard_budget = (0.02, 0.90)  # the quantization guard's: entity F1 drop, exact-entity agreement
     metric_name = "f1"  # entity F1, strict IOB2: what on-device retraining is gated on
     background_sampled = False  # every first-subword token is a row, O included
@@ -279,6 +280,23 @@ class TokenClassificationTask:
             rows = predictor.apply_adapter(rows)
         logits = head.run(rows).reshape(n, t, -1)
         return {"probs": _softmax(logits), "lengths": np.asarray(inputs["attention_mask"]).sum(axis=1)}
+
+    # --- what ``edgetl bench`` times after the network (edgetl.benchmarking.worker) ------------
+
+    def bench_outputs(self, raw: Any, x: Mapping[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
+        """The PyTorch model's tag logits [N, T, K] as :meth:`outputs` gives the device's."""
+        return {"probs": _softmax(np.asarray(raw, np.float32)),
+                "lengths": np.asarray(x["attention_mask"]).sum(axis=1)}
+
+    def bench_decode(self, out: Mapping[str, np.ndarray], spec: Any) -> np.ndarray:
+        """Each text's best tags over its real tokens, turned into strict IOB2 entities (what
+        decoding costs before character offsets); returns their count per text."""
+        from edgetl.tasks.token_classification.tags import strict_entities
+
+        names = tags_of([str(c) for c in range((out["probs"].shape[-1] - 1) // 2)])  # the head's tag layout
+        best = out["probs"].argmax(axis=-1)
+        return np.asarray([len(strict_entities([names[int(k)] for k in row[: int(n)]]))
+                           for row, n in zip(best, out["lengths"])])
 
     def predict(self, predictor: Any, sources: Sequence[Any], *, top_k: int = 1,
                 batch_size: int | None = None) -> list[TokenPrediction]:
