@@ -71,7 +71,7 @@ def bundle(scenes) -> Path:
     _ok(_cli(["train", "old", "--task", "detection", "--out", run, "--backbone", "efficientnet_lite0",
               "--image-size", "256"], scenes))
     _ok(_cli(["export", run], scenes))
-    _ok(_cli(["quantize", run, "--engine", "ort"], scenes))
+    _ok(_cli(["quantize", run, "--engine", "ort", "--calib", "old"], scenes))  # calibration in the task's format
     fitting = [t.name for t in targets_for(this_cpu()) if t.runtime == "onnxruntime" and t.precision == "int8"]
     assert fitting, "no shipped ONNX Runtime int8 target fits this CPU"
     _ok(_cli(["package", run, "--target", fitting[0], "--out", scenes / "bundle"], scenes))

@@ -58,7 +58,16 @@ def _stratified(paths: list[Path], targets: list[Any], n: int, seed: int) -> lis
 
 def _calibration_paths(run, cfg: QuantizeConfig) -> tuple[list[Path], str]:
     from edgetl.modalities import get_modality
+    from edgetl.tasks import get_task
 
+    if cfg.calib is not None and not get_task(run.task).pooled:
+        # detection, NER: calibration images or texts in the task's own annotated format
+        task, modality = get_task(run.task), get_modality(run.modality)
+        found = task.read(cfg.calib, modality)
+        sources = [task.item_source(it) for it in found.items]
+        if not sources:
+            raise QuantizationError(f"{cfg.calib}: no items to calibrate on")
+        return _stratified(sources, [0] * len(sources), cfg.calib_size, cfg.seed), str(cfg.calib)
     if cfg.calib is not None:
         folder = get_modality(run.modality).scan(cfg.calib, min_classes=1)
         return _stratified(list(folder.items), folder.targets.tolist(), cfg.calib_size, cfg.seed), str(cfg.calib)
