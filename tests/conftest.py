@@ -84,3 +84,17 @@ def quantized_run(exported_run) -> Path:
 
     quantize(exported_run)
     return exported_run
+
+
+@pytest.fixture(scope="module")
+def blocked_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of a process where ``import torch`` fails, as on a device with only
+    ``pip install edgetl`` (a sitecustomize first on PYTHONPATH, then this checkout)."""
+    import edgetl
+
+    site = tmp_path_factory.mktemp("no_torch")
+    (site / "sitecustomize.py").write_text('import sys\nsys.modules["torch"] = None  # "import torch" now fails\n')
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(Path(edgetl.__file__).resolve().parent.parent)])
+    env["EDGETL_NO_PROGRESS"] = "1"
+    return env

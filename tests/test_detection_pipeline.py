@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,6 @@ from edgetl.workstation.detection_data import write_composite_scenes
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 OLD = ["face", "cat", "shuttle"]
 NEW = ["coffee"]
 HAS_PYCOCOTOOLS = importlib.util.find_spec("pycocotools") is not None
@@ -38,16 +36,6 @@ def _cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpr
 def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-@pytest.fixture(scope="module")
-def no_torch(tmp_path_factory) -> dict[str, str]:
-    site = tmp_path_factory.mktemp("no_torch")
-    (site / "sitecustomize.py").write_text('import sys\nsys.modules["torch"] = None  # "import torch" now fails\n')
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO)])
-    env["EDGETL_NO_PROGRESS"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +73,9 @@ def test_run_json_and_bundle_record_the_task(scenes, bundle):
     assert manifest["conformance"]["items"] > 0
 
 
-def test_predict_json_and_draw_without_torch(scenes, bundle, no_torch):
+def test_predict_json_and_draw_without_torch(scenes, bundle, blocked_env):
     images = sorted((scenes / "test" / "images").iterdir())[:3]
-    out = _ok(_cli(["predict", bundle, *images, "--json", "--draw", scenes / "drawn"], scenes, no_torch))
+    out = _ok(_cli(["predict", bundle, *images, "--json", "--draw", scenes / "drawn"], scenes, blocked_env))
     doc = json.loads(out.stdout)
     assert [Path(d["file"]).name for d in doc] == [p.name for p in images]
     found = [det for d in doc for det in d["detections"]]
@@ -138,24 +126,24 @@ def test_bundle_agrees_with_the_run(scenes, bundle):
     assert deployed["map50"] >= run["map50"] - 0.05, (deployed["map50"], run["map50"])
 
 
-def test_the_device_learns_a_new_object_class_and_rolls_back(scenes, bundle, no_torch, tmp_path):
+def test_the_device_learns_a_new_object_class_and_rolls_back(scenes, bundle, blocked_env, tmp_path):
     import shutil
 
     device = tmp_path / "bundle"
     shutil.copytree(bundle, device)
-    before = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, no_torch)).stdout)
-    report = json.loads(_ok(_cli(["retrain", device, "new", "--json"], scenes, no_torch)).stdout)
+    before = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, blocked_env)).stdout)
+    report = json.loads(_ok(_cli(["retrain", device, "new", "--json"], scenes, blocked_env)).stdout)
     assert report["switched"] and report["new_classes"] == NEW and report["metric"] == "map50"
     assert report["learner"]["name"] == "exact" and report["conformance"]["passed"]
-    after_old = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, no_torch)).stdout)
-    after = json.loads(_ok(_cli(["evaluate", device, "test", "--json"], scenes, no_torch)).stdout)
+    after_old = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, blocked_env)).stdout)
+    after = json.loads(_ok(_cli(["evaluate", device, "test", "--json"], scenes, blocked_env)).stdout)
     assert after["per_class"]["coffee"]["map50"] > 0.3, after["per_class"]
     assert after_old["map50"] >= 0.85 * before["map50"], (after_old["map50"], before["map50"])
     listed = json.loads(_ok(_cli(["predict", device, *sorted((scenes / "new" / "images").iterdir())[:2], "--json"],
-                                 scenes, no_torch)).stdout)
+                                 scenes, blocked_env)).stdout)
     assert any(d["label"] == "coffee" for item in listed for d in item["detections"])
-    _ok(_cli(["rollback", device], scenes, no_torch))
-    rolled = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, no_torch)).stdout)
+    _ok(_cli(["rollback", device], scenes, blocked_env))
+    rolled = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, blocked_env)).stdout)
     assert rolled["map50"] == before["map50"]
 
 

@@ -515,13 +515,6 @@ def test_kill_9_at_random_moments_never_breaks_the_bundle(tmp_path, tiny, digits
 # --------------------------------------------------------------------------- CLI, torch-free
 
 
-@pytest.fixture(scope="module")
-def blocked_env(tmp_path_factory) -> dict[str, str]:
-    site = tmp_path_factory.mktemp("no_torch")
-    (site / "sitecustomize.py").write_text('import sys\nsys.modules["torch"] = None  # "import torch" now fails\n')
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]), EDGETL_NO_PROGRESS="1")
-
-
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgetl.cli", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=300)

@@ -29,16 +29,6 @@ def _exists(module: str) -> bool:
     return (REPO / rel.with_suffix(".py")).is_file() or (REPO / rel / "__init__.py").is_file()
 
 
-@pytest.fixture(scope="module")
-def blocked_env(tmp_path_factory) -> dict[str, str]:
-    site = tmp_path_factory.mktemp("no_torch")
-    (site / "sitecustomize.py").write_text('import sys\nsys.modules["torch"] = None  # "import torch" now fails\n')
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO)])
-    env["EDGETL_NO_PROGRESS"] = "1"
-    return env
-
-
 def _python(code: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
 
