@@ -170,6 +170,39 @@ def to_openvino(onnx_path: Path, out_dir: Path) -> Path:
     return xml
 
 
+def write_files(plan: Sequence[tuple[str, Any]], onnx_dir: Path, ov_dir: Path, metadata: dict[str, str],
+                cfg: ExportConfig) -> tuple[dict, dict, Path]:
+    """Write each ``(name, write(path))`` of ``plan`` as ``onnx_dir/<name>.onnx`` with the
+    RUN's metadata, then the backbone's OpenVINO IR; returns (files, seconds, the IR's .xml)."""
+    files, seconds = {}, {}
+    for name, write in _ui.progress(plan, f"exporting ({cfg.exporter.value})"):
+        t0 = time.perf_counter()
+        path = onnx_dir / f"{name}.onnx"
+        write(path)
+        files[name] = finish_file(path, metadata)
+        seconds[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    xml = to_openvino(onnx_dir / "backbone.onnx", ov_dir)
+    seconds["openvino"] = time.perf_counter() - t0
+    return files, seconds, xml
+
+
+def run_checks(checks: Sequence[tuple], cfg: ExportConfig, noise: dict[str, float]) -> tuple[dict, list[str]]:
+    """Run each ``(name, run(), expected, logits_like, noise kind)`` check against PyTorch's
+    outputs (compare_outputs); a runtime refusing a file is a failed check, not a crash."""
+    results: dict[str, Any] = {"float32_rounding": noise}
+    failures: list[str] = []
+    for name, run_fn, ref, logits, kind in _ui.progress(checks, "validating"):
+        try:
+            got = run_fn()
+        except Exception as exc:  # noqa: BLE001 - a runtime refusing the file is a failed check
+            failures.append(f"{name}: runtime error {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
+        results[name], fails = compare_outputs(name, got, ref, cfg, logits, noise[kind] if kind else 0.0)
+        failures += fails
+    return results, failures
+
+
 def _run(path: Path, runtime: str, x: Inputs | np.ndarray) -> np.ndarray:
     """One batch through a file on a runtime, loaded as the device loads it (OpenVINO
     pinned to f32: on CPUs with AMX it would otherwise run this model in bf16)."""
@@ -253,8 +286,6 @@ def _validation_inputs(run, modality: Modality, spec: Any, n: int) -> Inputs:
 
 def _validate(onnx_dir: Path, ov_xml: Path, torch_out: dict[str, np.ndarray], x: Inputs,
               cfg: ExportConfig, noise: dict[str, float]) -> tuple[dict, list[str]]:
-    results: dict[str, Any] = {"float32_rounding": noise}
-    failures: list[str] = []
     z_ref = torch_out["embedding"]
     # (the head alone, on PyTorch's own embeddings, is a Gemm: only its own sum's rounding)
     checks = [
@@ -266,14 +297,7 @@ def _validate(onnx_dir: Path, ov_xml: Path, torch_out: dict[str, np.ndarray], x:
         ("openvino-f32/backbone", lambda: ov_run(ov_xml, x), z_ref, False, "embedding"),
         ("openvino-f32/model", lambda: ov_run(onnx_dir / "model.onnx", x), torch_out["logits"], True, "logits"),
     ]
-    for name, run_fn, ref, logits, kind in _ui.progress(checks, "validating"):
-        try:
-            got = run_fn()
-        except Exception as exc:  # noqa: BLE001 - a runtime refusing the file is a failed check
-            failures.append(f"{name}: runtime error {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
-            continue
-        results[name], fails = compare_outputs(name, got, ref, cfg, logits, noise[kind] if kind else 0.0)
-        failures += fails
+    results, failures = run_checks(checks, cfg, noise)
     # Dynamic batch: one image alone gives the same output as inside a batch.
     single = ort_run(onnx_dir / "model.onnx", _rows(x, 1))
     results["dynamic_batch_max_abs_diff"] = float(np.abs(single - ort_run(onnx_dir / "model.onnx", x)[:1]).max())
@@ -345,21 +369,14 @@ def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> Ex
     example = _rows(x, 2)
     inputs = modality.inputs(spec)
 
-    files, seconds = {}, {}
-    for name in _ui.progress(FILES, f"exporting ({cfg.exporter.value})"):
-        t0 = time.perf_counter()
-        path = onnx_dir / f"{name}.onnx"
-        if name == "head":  # one Gemm, written directly: the format the device retrains
-            make_head_onnx(model.head.weight.detach().numpy(), model.head.bias.detach().numpy(), run.labels, path,
-                           metadata={k: v for k, v in metadata.items() if k != META_LABELS})
-        else:
-            module = model.backbone if name == "backbone" else model
-            export_module(module, example, path, inputs, EMBEDDING if name == "backbone" else LOGITS, cfg)
-        files[name] = finish_file(path, metadata)
-        seconds[name] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    xml = to_openvino(onnx_dir / "backbone.onnx", ov_dir)
-    seconds["openvino"] = time.perf_counter() - t0
+    plan = {
+        "backbone": lambda p: export_module(model.backbone, example, p, inputs, EMBEDDING, cfg),
+        # one Gemm, written directly: the format the device retrains
+        "head": lambda p: make_head_onnx(model.head.weight.detach().numpy(), model.head.bias.detach().numpy(),
+                                         run.labels, p, metadata={k: v for k, v in metadata.items() if k != META_LABELS}),
+        "model": lambda p: export_module(model, example, p, inputs, LOGITS, cfg),
+    }
+    files, seconds, xml = write_files([(name, plan[name]) for name in FILES], onnx_dir, ov_dir, metadata, cfg)
 
     failures: list[str] = []
     validation = None

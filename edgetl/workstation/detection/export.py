@@ -7,13 +7,11 @@ class must agree."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgetl.core import ui as _ui
 
 __all__ = ["export_detection", "FEATURES", "BOXES"]
 
@@ -35,13 +33,12 @@ def export_detection(run, model, onnx_dir: Path, ov_dir: Path, metadata: dict[st
     from edgetl.device.learn import make_head_onnx
     from edgetl.modalities import get_modality
     from edgetl.tasks import get_task
-    from edgetl.workstation.onnx_export import compare_outputs, export_module, finish_file, ov_run, ort_run, to_openvino
+    from edgetl.workstation.onnx_export import export_module, ort_run, ov_run, run_checks, write_files
 
     inputs = get_modality("image").inputs(run.spec)
     example = {"images": x["images"][:2]}
     head_labels = get_task("detection").head_labels(run.labels)
     head_meta = {k: v for k, v in metadata.items() if k != META_LABELS}
-    files, seconds = {}, {}
     plan = [
         ("backbone", lambda p: export_module(model.backbone, example, p, inputs, FEATURES, cfg)),
         ("head", lambda p: make_head_onnx(model.head.weight.detach().numpy(), model.head.bias.detach().numpy(),
@@ -51,15 +48,7 @@ def export_detection(run, model, onnx_dir: Path, ov_dir: Path, metadata: dict[st
                                               metadata={**head_meta, "edgetl.outputs": "box codes"})),
         ("model", lambda p: export_module(model, example, p, inputs, [LOGITS, BOXES], cfg)),
     ]
-    for name, write in _ui.progress(plan, f"exporting ({cfg.exporter.value})"):
-        t0 = time.perf_counter()
-        path = onnx_dir / f"{name}.onnx"
-        write(path)
-        files[name] = finish_file(path, metadata)
-        seconds[name] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    xml = to_openvino(onnx_dir / "backbone.onnx", ov_dir)
-    seconds["openvino"] = time.perf_counter() - t0
+    files, seconds, xml = write_files(plan, onnx_dir, ov_dir, metadata, cfg)
     if not cfg.validate:
         return files, seconds, xml, None, None
     with torch.no_grad():
@@ -82,16 +71,7 @@ def export_detection(run, model, onnx_dir: Path, ov_dir: Path, metadata: dict[st
          ref["boxes"].reshape(-1, 4), False, "boxes"),
         ("openvino-f32/backbone", lambda: ov_run(xml, feed), ref["features"], False, "features"),
     ]
-    results: dict[str, Any] = {"float32_rounding": noise}
-    failures: list[str] = []
-    for name, run_fn, expected, logits_like, kind in _ui.progress(checks, "validating"):
-        try:
-            got = run_fn()
-        except Exception as exc:  # noqa: BLE001 - a runtime refusing the file is a failed check
-            failures.append(f"{name}: runtime error {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
-            continue
-        results[name], fails = compare_outputs(name, got, expected, cfg, logits_like, noise[kind] if kind else 0.0)
-        failures += fails
+    results, failures = run_checks(checks, cfg, noise)
     results["samples"] = n
     results["passed"] = not failures
     results["failures"] = failures

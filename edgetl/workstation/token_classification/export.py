@@ -8,13 +8,11 @@ unpadded, must give what it gives padded inside the batch, and batch 1 what batc
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgetl.core import ui as _ui
 
 __all__ = ["export_token_classification", "FEATURES"]
 
@@ -49,14 +47,13 @@ def export_token_classification(run, model, onnx_dir: Path, ov_dir: Path, metada
     from edgetl.device.learn import make_head_onnx
     from edgetl.modalities import get_modality
     from edgetl.tasks import get_task
-    from edgetl.workstation.onnx_export import export_module, finish_file, to_openvino
+    from edgetl.workstation.onnx_export import export_module, write_files
 
     inputs = get_modality("text").inputs(run.spec)
     width = int(x["attention_mask"][:2].sum(1).max())
     example = {k: v[:2, :width] for k, v in x.items()}
     tags = get_task("token-classification").head_labels(run.info.get("tags") or run.labels)
     head_meta = {k: v for k, v in metadata.items() if k != META_LABELS}
-    files, seconds = {}, {}
 
     def traced(module, path: Path, out: str) -> None:
         export_module(module, example, path, inputs, out, cfg)
@@ -68,15 +65,7 @@ def export_token_classification(run, model, onnx_dir: Path, ov_dir: Path, metada
                                           tags, p, metadata=head_meta)),
         ("model", lambda p: traced(model, p, LOGITS)),
     ]
-    for name, write in _ui.progress(plan, f"exporting ({cfg.exporter.value})"):
-        t0 = time.perf_counter()
-        path = onnx_dir / f"{name}.onnx"
-        write(path)
-        files[name] = finish_file(path, metadata)
-        seconds[name] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    xml = to_openvino(onnx_dir / "backbone.onnx", ov_dir)
-    seconds["openvino"] = time.perf_counter() - t0
+    files, seconds, xml = write_files(plan, onnx_dir, ov_dir, metadata, cfg)
     if not cfg.validate:
         return files, seconds, xml, None, None
     results, failures = _validate(model, onnx_dir, xml, x, cfg, len(tags))
@@ -86,7 +75,7 @@ def export_token_classification(run, model, onnx_dir: Path, ov_dir: Path, metada
 def _validate(model, onnx_dir: Path, xml: Path, x: dict[str, np.ndarray], cfg, n_tags: int) -> tuple[dict, list[str]]:
     import torch
 
-    from edgetl.workstation.onnx_export import compare_outputs, ort_run, ov_run
+    from edgetl.workstation.onnx_export import ort_run, ov_run, run_checks
 
     with torch.no_grad():
         z = model.forward_features(torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"]))
@@ -112,16 +101,7 @@ def _validate(model, onnx_dir: Path, xml: Path, x: dict[str, np.ndarray], cfg, n
         ("openvino-f32/backbone", lambda: ov_run(xml, x)[real], ref["features"][real], False, "features"),
         ("openvino-f32/model", lambda: ov_run(files["model"], x)[real], ref["logits"][real], True, "logits"),
     ]
-    results: dict[str, Any] = {"float32_rounding": noise}
-    failures: list[str] = []
-    for name, run_fn, expected, logits_like, kind in _ui.progress(checks, "validating"):
-        try:
-            got = run_fn()
-        except Exception as exc:  # noqa: BLE001 - a runtime refusing the file is a failed check
-            failures.append(f"{name}: runtime error {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
-            continue
-        results[name], fails = compare_outputs(name, got, expected, cfg, logits_like, noise[kind] if kind else 0.0)
-        failures += fails
+    results, failures = run_checks(checks, cfg, noise)
     limit = max(cfg.atol, cfg.rounding_factor * noise["logits"])  # another batch, another summation order
     try:
         batch = ort_model()
