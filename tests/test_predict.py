@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -245,31 +244,16 @@ def test_evaluate_folder(predictor, digits_dir, tmp_path):
         evaluate_folder(predictor, subset)
 
 
-def test_prediction_is_cheap_per_call(predictor, models, digit_files):
-    """Predictor.logits adds almost nothing to calling the runtime directly."""
+def test_predictor_logits_equal_calling_the_runtime_directly(predictor, models, digit_files):
+    """Predictor.logits is the two sessions called in turn, nothing added (its per-call overhead
+    is measured, not asserted: benchmarks/bench_readme.py, "edgetl's own overhead")."""
     import onnxruntime as ort
 
-    x = preprocess_batch(digit_files[0][:1], models.spec)
+    x = preprocess_batch(digit_files[0][:4], models.spec)
     backbone = ort.InferenceSession(str(models.backbone), providers=["CPUExecutionProvider"])
     head = ort.InferenceSession(str(models.head), providers=["CPUExecutionProvider"])
-
-    def direct():
-        head.run(None, {"embedding": backbone.run(None, {"images": x})[0]})
-
-    def ours():
-        predictor.logits(x)
-
-    def best(fn, n=200):
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    best(direct, 20), best(ours, 20)
-    overhead = best(ours) - best(direct)
-    assert overhead < 50e-6, f"{overhead * 1e6:.1f} us per call"
+    direct = head.run(None, {"embedding": backbone.run(None, {"images": x})[0]})[0]
+    np.testing.assert_allclose(predictor.logits(x), direct, rtol=1e-5, atol=1e-5)
 
 
 # -- the command line ----------------------------------------------------------------------------

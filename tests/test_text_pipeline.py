@@ -120,7 +120,8 @@ def test_hf_hub_name_offline_is_one_line(monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(BackboneError, match="offline") as info:
         create_backbone("hf:edgetl-tests/no-such-model")
-    assert time.perf_counter() - t0 < 5 and "\n" not in str(info.value)
+    # a hang detector, not a speed check: offline must not wait out the hub's retries
+    assert time.perf_counter() - t0 < 60 and "\n" not in str(info.value)
     with pytest.raises(BackboneError, match="no such model folder"):
         create_backbone("hf:/no/such/folder/model.bin")
 
