@@ -137,3 +137,22 @@ def test_missing_runtime_says_what_to_install(models, monkeypatch, runtime, pack
     monkeypatch.setitem(sys.modules, package, None)  # as if not installed
     with pytest.raises(RuntimeUnavailableError, match="pip install"):
         load_session(models.backbone, runtime)
+
+
+def test_onnxruntime_loads_without_torch_where_torch_is_installed():
+    """onnxruntime-training's start-up check imports torch (seconds per device command on a
+    workstation install); edgetl's import skips it, and torch and the training API still load."""
+    import subprocess
+
+    pytest.importorskip("torch")
+    code = ("import sys\n"
+            "from edgetl.runtimes.ort import import_onnxruntime\n"
+            "ort = import_onnxruntime()\n"
+            "assert 'torch' not in sys.modules and ort.InferenceSession, sorted(sys.modules)\n"
+            "from edgetl.device.learn.ort_shim import training_api\n"
+            "assert training_api().CheckpointState and 'torch' not in sys.modules\n"
+            "import torch\n"
+            "assert float(torch.ones(2).sum()) == 2.0\n"
+            "from onnxruntime.quantization import QuantType\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

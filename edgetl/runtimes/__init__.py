@@ -1,8 +1,8 @@
 """Inference runtimes behind one small protocol.
 
 Each runtime lives in its own module, imported only when a session is loaded, so
-``import edgetl.device`` stays cheap and never pulls in torch (``import onnxruntime``
-does, when torch is installed).
+``import edgetl.device`` stays cheap and never pulls in torch (a plain ``import onnxruntime``
+does, when torch is installed: :func:`edgetl.runtimes.ort.import_onnxruntime` does not).
 
 ``Session.precision_executed`` says what actually runs, not what was asked for:
 

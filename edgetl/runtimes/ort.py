@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,29 @@ _INT8_OPS = frozenset({
     "QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
     "MatMulInteger", "QLinearAdd", "QLinearMul", "QGemm",
 })
+
+
+def import_onnxruntime() -> types.ModuleType:
+    """``import onnxruntime`` without the torch its training build imports at start-up.
+
+    onnxruntime-training-cpu's import-time check (``capi/onnxruntime_validation.py``) imports
+    ``onnxruntime.training.ortmodule``, and with it torch, wherever torch is installed: 3.4 s
+    of the 4.8 s an ``edgetl predict`` of one image took on a workstation install. Inference
+    uses none of it, and on-device training loads its torch-free parts through
+    :mod:`edgetl.device.learn.ort_shim`, so torch is hidden for that one import (as on a device,
+    where it is absent) unless this process has already loaded it; it imports normally after.
+    """
+    if "onnxruntime" in sys.modules or "torch" in sys.modules:
+        import onnxruntime
+
+        return onnxruntime
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+        import onnxruntime
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+    return onnxruntime
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
@@ -42,7 +67,7 @@ class OrtSession:
                  spinning: bool = True, reference: bool = False):
         info = RUNTIMES.get(self.runtime)
         try:
-            import onnxruntime as ort
+            ort = import_onnxruntime()
         except ImportError as exc:
             raise unavailable(info, exc) from None
         providers = ["CPUExecutionProvider"]

@@ -51,8 +51,10 @@ _LOCK = threading.Lock()
 
 def _install_stand_in() -> None:
     """Make ``onnxruntime.training`` importable as a namespace without its ``__init__``."""
+    from edgetl.runtimes.ort import import_onnxruntime
+
     try:
-        import onnxruntime
+        onnxruntime = import_onnxruntime()
     except ImportError as exc:
         raise RetrainError(f"on-device retraining needs ONNX Runtime with training: {_INSTALL_HINT}") from exc
     if _PACKAGE in sys.modules:
@@ -101,8 +103,9 @@ def onnxblock_api() -> types.ModuleType:
 
 def ort_version() -> str:
     """The installed ONNX Runtime version (for manifests and error messages)."""
-    import onnxruntime
+    from edgetl.runtimes.ort import import_onnxruntime
 
+    onnxruntime = import_onnxruntime()
     return str(onnxruntime.__version__)
 
 
