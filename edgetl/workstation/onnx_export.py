@@ -112,6 +112,27 @@ def export_module(module, example: Inputs, path: Path, inputs: tuple[InputSpec, 
 _TMP_OUTPUT = "edgetl_graph_output"
 
 
+def fuse(backbone: Path, head: Path, out: Path) -> Path:
+    """The fused model: the backbone's graph, then the head's Gemm on its ``embedding``, from
+    the two files already written (``onnx.compose``) rather than a second trace of the whole
+    model, which took as long as the first (28 s for efficientnet_lite0 with the dynamo
+    exporter). Validated against PyTorch like the other files."""
+    import onnx
+    from onnx import compose
+
+    b, h = onnx.load(str(backbone)), onnx.load(str(head))
+    opset = next(o.version for o in b.opset_import if o.domain in ("", "ai.onnx"))
+    for o in h.opset_import:  # one Gemm, whose definition is the same from opset 13 on
+        if o.domain in ("", "ai.onnx"):
+            o.version = opset
+    h.ir_version = b.ir_version
+    del h.metadata_props[:]  # the backbone's (the RUN's) are the fused model's
+    h = compose.add_prefix(h, "edgetl_head/", rename_inputs=False, rename_outputs=False)
+    fused = compose.merge_models(b, h, io_map=[(EMBEDDING, EMBEDDING)], producer_name="edgetl")
+    onnx.save(fused, str(out))
+    return out
+
+
 def _rename_output(path: Path, tmp: str, out: str) -> None:
     """Rename graph output ``tmp`` to ``out``, first renaming any inner value called ``out``."""
     import onnx
@@ -374,7 +395,7 @@ def export(run_dir: str | os.PathLike, config: ExportConfig | None = None) -> Ex
         # one Gemm, written directly: the format the device retrains
         "head": lambda p: make_head_onnx(model.head.weight.detach().numpy(), model.head.bias.detach().numpy(),
                                          run.labels, p, metadata={k: v for k, v in metadata.items() if k != META_LABELS}),
-        "model": lambda p: export_module(model, example, p, inputs, LOGITS, cfg),
+        "model": lambda p: fuse(onnx_dir / "backbone.onnx", onnx_dir / "head.onnx", p),
     }
     files, seconds, xml = write_files([(name, plan[name]) for name in FILES], onnx_dir, ov_dir, metadata, cfg)
 
