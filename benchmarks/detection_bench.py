@@ -7,6 +7,10 @@ scene, each bundle's conformance check here, and one `edgetl bench` run of the b
 side with PyTorch eager (decoding and NMS included on both sides, preprocessing excluded).
 
     python benchmarks/detection_bench.py [--work DIR] [--out benchmarks/results/detection_<isa>.json]
+    python benchmarks/detection_bench.py --strategy finetune   # -> detection_finetune_<isa>.json
+
+``--strategy finetune`` trains the last ``--unfreeze`` stages with the heads for ``--epochs``
+(edgetl.workstation.detection.finetune) instead of only solving the heads on frozen features.
 """
 
 from __future__ import annotations
@@ -61,8 +65,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=None, help="keep the RUN and bundles here")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--image-size", type=int, default=416)
+    parser.add_argument("--image-size", type=int, default=320)
+    parser.add_argument("--strategy", choices=("linear-probe", "finetune"), default="linear-probe")
+    parser.add_argument("--unfreeze", type=int, default=2, help="finetune: the last N stages train")
+    parser.add_argument("--epochs", type=int, default=8, help="finetune: epochs")
     args = parser.parse_args()
+    tuning = ["--unfreeze", args.unfreeze, "--epochs", args.epochs] if args.strategy == "finetune" else []
     cpu = this_cpu()
     work = args.work or Path(tempfile.mkdtemp(prefix="edgetl-detection-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -70,10 +78,12 @@ def main() -> int:
     run = work / "run"
     if not (run / "onnx" / "backbone.int8.onnx").is_file():
         _edgetl("train", split.train, "--task", "detection", "--out", run, "--backbone", "efficientnet_lite0",
-                "--image-size", args.image_size, "--force")
+                "--image-size", args.image_size, "--strategy", args.strategy, *tuning, "--force")
         _edgetl("export", run)
         _edgetl("quantize", run, "--engine", "both")  # calibrated on the RUN's own training images
-    doc = {"cpu": cpu.to_dict(), "data": split.to_dict(), "image_size": args.image_size,
+    run_info = json.loads((run / "run.json").read_text())
+    doc = {"cpu": cpu.to_dict(), "data": split.to_dict(), "image_size": args.image_size, "strategy": args.strategy,
+           "train": {k: run_info["metrics"].get(k) for k in ("val_map50", "val_map", "train_seconds", "probe", "finetune")},
            "construction": "deepforest 2.1.0's four annotated scenes; the held-out scene is "
                            f"{split.test_scene} (its annotations are partial: not every crown is boxed)",
            "run": json.loads(_edgetl("evaluate", run, split.test, "--json")), "bundles": {}}
@@ -97,7 +107,8 @@ def main() -> int:
     bench_json = work / "bench.json"
     _edgetl("bench", *bundles, "--run", run, "--json", bench_json, "--plot", work / "bench.png", "--repeats", "3")
     doc["bench"] = json.loads(bench_json.read_text())
-    out = args.out or ROOT / "benchmarks" / "results" / f"detection_{fitting_isas(cpu)[0].value if fitting_isas(cpu) else cpu.arch}.json"
+    kind = "detection" if args.strategy == "linear-probe" else "detection_finetune"
+    out = args.out or ROOT / "benchmarks" / "results" / f"{kind}_{fitting_isas(cpu)[0].value if fitting_isas(cpu) else cpu.arch}.json"
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"RUN (PyTorch fp32) mAP@.5 {doc['run']['map50']:.3f}")
     for name, row in doc["bundles"].items():

@@ -147,6 +147,29 @@ def test_the_device_learns_a_new_object_class_and_rolls_back(scenes, bundle, blo
     assert rolled["map50"] == before["map50"]
 
 
+def test_finetune_moves_only_the_unfrozen_stages_and_keeps_the_best_epoch(scenes, bundle, tmp_path):
+    """--strategy finetune starts from the probe's exact heads (epoch 0 of its history), trains the
+    last --unfreeze stages with them, keeps the epoch with the best validation mAP@.5, and the
+    RUN exports with its validation passing."""
+    import torch
+
+    run = tmp_path / "finetuned"
+    _ok(_cli(["train", "old", "--task", "detection", "--strategy", "finetune", "--unfreeze", "1", "--epochs", "2",
+              "--out", run, "--backbone", "efficientnet_lite0", "--image-size", "256"], scenes))
+    metrics = json.loads((run / "run.json").read_text())["metrics"]
+    ft = metrics["finetune"]
+    history = ft["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2] and ft["trainable_stages"] == 1 and ft["cached"]
+    assert metrics["val_map50"] == pytest.approx(history[ft["best_epoch"]]["val_map50"], abs=1e-9)
+    assert metrics["val_map50"] >= max(h["val_map50"] for h in history) - 1e-9
+    tuned = torch.load(run / "model.pt", weights_only=True)
+    probe = torch.load(scenes / "run" / "model.pt", weights_only=True)
+    last = max(int(k.split(".")[2]) for k in tuned if k.startswith("backbone.late."))
+    moved = {k for k in tuned if not torch.equal(tuned[k], probe[k])}
+    assert moved and all(k.startswith(f"backbone.late.{last}.") or k.startswith(("head.", "box_head.")) for k in moved), moved
+    _ok(_cli(["export", run, "--exporter", "torchscript"], scenes))  # fails on a mismatch with PyTorch
+
+
 def test_a_detection_bundle_given_images_in_class_folders_is_one_line(scenes, bundle, digits_dir):
     result = _cli(["evaluate", bundle, digits_dir], scenes)
     assert result.returncode != 0 and "Traceback" not in result.stderr

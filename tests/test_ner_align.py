@@ -19,7 +19,7 @@ from edgetl.tasks.token_classification import align as A
 from edgetl.tasks.token_classification.data import NerExample
 from edgetl.tasks.token_classification.metric import entity_scores, score_spans
 from edgetl.tasks.token_classification.tags import Span, strict_entities, tag_set
-from edgetl.tasks.token_classification.words import char_class, split_words
+from edgetl.tasks.token_classification.words import char_class
 
 
 @pytest.fixture(scope="module")

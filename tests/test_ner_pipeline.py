@@ -290,6 +290,10 @@ def test_cli_json_contracts(ner_bundle, ner_run, ner_files, capsys):
     assert main(["predict", str(ner_bundle), "--text", "Tom Hanks in Philadelphia."]) == 0
     table = capsys.readouterr().out
     assert "entities in 1 text" in table
+    # an unusable text among good ones: the others are tagged, the bad one is one line, exit 1
+    assert main(["predict", str(ner_bundle), "--text", "Tom Hanks in Philadelphia.", "--text", " "]) == 1
+    captured = capsys.readouterr()
+    assert "entities in 2 text" in captured.out and captured.err.strip() == "edgetl predict: --text:2: empty text"
     assert main(["evaluate", str(ner_bundle), str(ner_files["test"]), "--json"]) == 0
     bundle_scores = json.loads(capsys.readouterr().out)
     assert {"f1", "precision", "recall", "per_type", "n"} <= set(bundle_scores) and bundle_scores["n"] == N_TEST

@@ -300,6 +300,7 @@ def test_peak_memory_does_not_grow_with_rows(emb, tmp_path, monkeypatch):
     from edgetl.core import rowstore
 
     monkeypatch.setattr(rowstore, "CHUNK_BYTES", 2 * 1024**2)
+    monkeypatch.setattr("edgetl.workstation.probe_solver.RESIDENT_CHUNKS", 4)  # 3,000 rows (31 MB) are read in chunks too
     X, y = emb["digits_train"]  # 200 real rows of 1,280 features, repeated with a little noise
     rng, peaks = np.random.default_rng(0), {}
     for n in (3000, 12000):

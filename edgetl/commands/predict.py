@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from edgetl.commands._args import (NO_VERIFY_HELP, Number, add_allow_nonconforming, add_trust, batch_size, path_arg,
                                    require_trust, thread_count, top_k)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgetl.core.report import Report
-from edgetl.errors import ConfigError, DataError
+from edgetl.errors import ConfigError
 from edgetl.device.predictor import Predictor
 from edgetl.tasks.classification import Evaluation
 

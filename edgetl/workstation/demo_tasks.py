@@ -51,7 +51,7 @@ def device_process(args: list[str]) -> dict[str, Any]:
 def bench_config(cfg: Any) -> Any:
     from edgetl.benchmarking import BenchConfig
 
-    return BenchConfig(duration=cfg.bench_seconds, repeats=2, warmup=5) if cfg.bench else None
+    return BenchConfig(duration=cfg.bench_seconds, repeats=cfg.bench_repeats, warmup=5) if cfg.bench else None
 
 
 def write_bench(report: Any, out: Path, name: str, title: str) -> list[str]:

@@ -59,7 +59,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, *, batch_s
 def _evaluate_detection_run(run, data):
     from edgetl.device.evaluation import TaskEvaluateReport
     from edgetl.tasks.detection.data import read_detection_data
-    from edgetl.workstation.detection.train import evaluate_items
+    from edgetl.workstation.detection.evaluation import evaluate_items
 
     found = read_detection_data(data)
     unknown = [name for name in found.labels if name not in run.labels]

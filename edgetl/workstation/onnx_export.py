@@ -22,7 +22,7 @@ import numpy as np
 
 from edgetl.core import ui as _ui
 from edgetl.errors import ConfigError, ExportMismatchError, RunDirError
-from edgetl.core.formats import (EMBEDDING, LOGITS, MAX_IR_VERSION, MAX_OPSET, META_ARTIFACTS, META_BACKBONE, META_LABELS,
+from edgetl.core.formats import (EMBEDDING, MAX_IR_VERSION, MAX_OPSET, META_ARTIFACTS, META_BACKBONE, META_LABELS,
                                  META_MODALITY, META_NUM_FEATURES, META_PREPROCESS, META_TASK)
 from edgetl.core.report import Report
 from edgetl.core.run import package_versions, update_run_json

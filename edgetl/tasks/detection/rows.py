@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["Rows", "image_rows", "location_rows", "embed_items", "solve_box_head", "NEGATIVES", "MIN_NEGATIVES",
+__all__ = ["Rows", "image_rows", "location_rows", "location_targets", "embed_items", "solve_box_head", "NEGATIVES", "MIN_NEGATIVES",
            "RIDGE"]
 
 NEGATIVES = 4  # background rows sampled per positive location
@@ -73,19 +73,12 @@ def location_rows(X: np.ndarray, h: int, w: int, boxes: np.ndarray, classes: np.
                   rng: np.random.Generator, rows: Rows, image: int, *, negatives: int = NEGATIVES,
                   min_negatives: int = MIN_NEGATIVES, all_rows: bool = False) -> None:
     """:func:`image_rows` for an image whose locations are already rows ``X`` [h * w, F]."""
-    from edgetl.tasks.detection.boxes import assign_targets, cell_centers
-
-    stride = input_size / w
-    assigned = assign_targets(boxes, classes, h, w, stride)
+    assigned, inside = location_targets(boxes, classes, h, w, input_size)
     positive = np.flatnonzero(assigned.labels > 0)
     rows.unassigned += len(assigned.unassigned)
     if all_rows:
         rows.add(X, assigned.labels, assigned.targets, image)
         return
-    centers = cell_centers(h, w, stride)
-    inside = np.zeros(h * w, bool)
-    for b in np.asarray(boxes, np.float32).reshape(-1, 4):
-        inside |= (centers[:, 0] > b[0]) & (centers[:, 0] < b[2]) & (centers[:, 1] > b[1]) & (centers[:, 1] < b[3])
     background = np.flatnonzero((assigned.labels == 0) & ~inside)
     take = min(len(background), max(min_negatives, negatives * len(positive)))
     sampled = np.sort(rng.choice(background, take, replace=False)) if take < len(background) else background
@@ -93,6 +86,21 @@ def location_rows(X: np.ndarray, h: int, w: int, boxes: np.ndarray, classes: np.
     rows.background_sampled += len(sampled)
     keep = np.concatenate([positive, sampled])
     rows.add(X[keep], assigned.labels[keep], assigned.targets[keep], image)
+
+
+def location_targets(boxes: np.ndarray, classes: np.ndarray, h: int, w: int, input_size: int) -> tuple[Any, np.ndarray]:
+    """The FCOS assignment of an ``h`` x ``w`` map's locations (edgetl.tasks.detection.boxes.
+    assign_targets) and which locations lie inside some box: those not assigned to it are
+    neither object nor background, and no row is made of them."""
+    from edgetl.tasks.detection.boxes import assign_targets, cell_centers
+
+    stride = input_size / w
+    assigned = assign_targets(boxes, classes, h, w, stride)
+    centers = cell_centers(h, w, stride)
+    inside = np.zeros(h * w, bool)
+    for b in np.asarray(boxes, np.float32).reshape(-1, 4):
+        inside |= (centers[:, 0] > b[0]) & (centers[:, 0] < b[2]) & (centers[:, 1] > b[1]) & (centers[:, 1] < b[3])
+    return assigned, inside
 
 
 def embed_items(items: Sequence[Any], spec: Any, forward: Callable[[dict], np.ndarray], *, batch_size: int = 8,

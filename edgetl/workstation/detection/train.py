@@ -114,7 +114,8 @@ def train_detection(data, out: Path, cfg, backbone, device, overwrite: bool, dis
     if cfg.strategy is Strategy.FINETUNE:
         from edgetl.workstation.detection.finetune import finetune
 
-        history, extra["finetune"] = finetune(model, found, train_idx, val_idx, spec, cfg, device)
+        history, extra["finetune"] = finetune(model, found, train_idx, val_idx, spec, cfg, device,
+                                                train_rows.prior_shift)
         val_maps = {}
     val = _val_metrics(model, found, val_idx, val_maps, spec)
     seconds = time.perf_counter() - t0
@@ -147,33 +148,6 @@ def _val_metrics(model, found, val_idx: np.ndarray, maps: dict[int, np.ndarray],
         return {"map": None, "map50": None, "per_class": {}}
     items = [found.items[j] for j in val_idx]
     known = {i: maps[int(j)] for i, j in enumerate(val_idx) if int(j) in maps}
+    from edgetl.workstation.detection.evaluation import evaluate_items
+
     return evaluate_items(model, items, found.labels, spec, known)
-
-
-def evaluate_items(model, items: list, labels, spec, maps: dict[int, np.ndarray] | None = None) -> dict[str, Any]:
-    """COCO mAP of the PyTorch model on annotated items (their feature maps computed here unless
-    given), decoded as the device decodes (edgetl.tasks.detection.task.decode)."""
-    import torch
-
-    from edgetl.tasks.detection.metric import coco_evaluate
-    from edgetl.tasks.detection.task import decode
-    from edgetl.tasks.detection.rows import embed_items
-
-    maps = dict(maps or {})
-    W, b = model.head.weight.detach().numpy(), model.head.bias.detach().numpy()
-    Wb, bb = model.box_head.weight.detach().numpy(), model.box_head.bias.detach().numpy()
-    todo = [i for i in range(len(items)) if i not in maps]
-    if todo:
-        with torch.no_grad():
-            forward = lambda x: model.forward_features(torch.from_numpy(x["images"])).numpy()  # noqa: E731
-            for k, z, _, _ in embed_items([items[i] for i in todo], spec, forward, progress="scoring images"):
-                maps[todo[k]] = z
-    preds = []
-    for i, item in enumerate(items):
-        z = maps[i]
-        f, h, w = z.shape
-        rows = np.moveaxis(z, 0, -1).reshape(-1, f)
-        boxes, scores, classes = decode(rows @ W.T + b, rows @ Wb.T + bb, (h, w), spec.input_size,
-                                        (item.width, item.height))
-        preds.append({"boxes": boxes, "scores": scores, "classes": classes})
-    return coco_evaluate(preds, list(items), labels)
