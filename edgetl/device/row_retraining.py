@@ -11,7 +11,9 @@ the class-balanced solve anchored at the old head (:func:`edgetl.device.learn.so
 The task's other heads (detection's box head) are solved again on every row that has a target
 (ridge regression, exact). The new version goes live only if the task's metric on held-out new
 items (detection: mAP@.5) does not fall and the old outputs keep at least ``MIN_KEPT`` of their
-row accuracy on the replay memory, unless ``force``.
+row accuracy on the replay memory, unless ``force``; the version that then goes live is solved
+again on all the items, the held-out ones included (as the workstation refits on train +
+validation), and the replay memory offered all their rows.
 """
 
 from __future__ import annotations
@@ -100,10 +102,15 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
     train_idx, hold_idx = _split(len(items), cfg.holdout, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
-    locations: list[int] = []
-    X_new, y_new, t_new = task_rows(predictor, [items[i] for i in train_idx], [classes[i] for i in train_idx],
-                                   rng, sample=True, locations=locations)
-    shift = background_shift(y_new, sum(locations)) if task.background_sampled else 0.0
+
+    def rows_of(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """The rows of these items (sampled as the workstation samples them) and their locations."""
+        locations: list[int] = []
+        X_, y_, t_ = task_rows(predictor, [items[i] for i in indices], [classes[i] for i in indices], rng,
+                               sample=True, locations=locations)
+        return X_, y_, t_, sum(locations)
+
+    X_new, y_new, t_new, n_locations = rows_of(train_idx)
     missing = [c for c in new_classes
                if not np.isin(y_new, [head_labels.index(o) for o in task.head_labels([c])[1:]]).any()]
     if missing:
@@ -111,28 +118,36 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
                         f"(e.g. boxes too small for the feature map, or only in held-out {task.noun}s); add more examples")
     memory_path = live.optional_path("row_memory")
     memory = RowMemory.load(memory_path).grown(head_labels) if memory_path else None
-    X = np.concatenate([memory.rows, X_new]) if memory is not None else X_new
-    y = np.concatenate([memory.labels, y_new]) if memory is not None else y_new
-    T = np.concatenate([memory.targets, t_new]) if memory is not None else t_new
     embed_seconds = time.perf_counter() - t0
     W_old, b_old, _ = read_head(live.model_path("head"))
-    t1 = time.perf_counter()
-    # the rows sample the background: solve in their space (background bias less the shift), then
-    # give the background its bias for all locations back (background_shift)
-    b_rows = b_old.copy()
-    b_rows[0] -= shift
-    if new_classes:
-        grown = add_classes(X, y, W_old, b_rows, len(head_labels), balanced=not task.background_sampled)
-        W, b = grown.W, grown.b.copy()
-        b[0] = b_old[0]  # the old outputs exactly as they were
-        learner = {"name": "exact", "classes": "added", "C": grown.C, "background_shift": shift}
-    else:
-        W64, b64 = solve_head(X, y, len(head_labels), 1.0, anchor=(W_old, b_rows))
-        W, b = W64.astype(np.float32), b64.astype(np.float32)
-        b[0] += shift
-        learner = {"name": "exact", "classes": "refit, anchored at the old head", "C": 1.0, "background_shift": shift}
     old_extra = {name: read_head(live.model_path(name))[:2] for name in task.extra_heads}
-    extra = task.solve_extra_heads(X, y, T, old_extra)  # {name: (W, b)}: detection's box head, anchored at the old
+
+    def solve(X_new, y_new, t_new, n_locations):
+        """Every head solved on the memory's rows and these new ones."""
+        shift = background_shift(y_new, n_locations) if task.background_sampled else 0.0
+        X = np.concatenate([memory.rows, X_new]) if memory is not None else X_new
+        y = np.concatenate([memory.labels, y_new]) if memory is not None else y_new
+        T = np.concatenate([memory.targets, t_new]) if memory is not None else t_new
+        # the rows sample the background: solve in their space (background bias less the shift), then
+        # give the background its bias for all locations back (background_shift)
+        b_rows = b_old.copy()
+        b_rows[0] -= shift
+        if new_classes:
+            grown = add_classes(X, y, W_old, b_rows, len(head_labels), balanced=not task.background_sampled)
+            W, b = grown.W, grown.b.copy()
+            b[0] = b_old[0]  # the old outputs exactly as they were
+            learner = {"name": "exact", "classes": "added", "C": grown.C, "background_shift": shift}
+        else:
+            W64, b64 = solve_head(X, y, len(head_labels), 1.0, anchor=(W_old, b_rows))
+            W, b = W64.astype(np.float32), b64.astype(np.float32)
+            b[0] += shift
+            learner = {"name": "exact", "classes": "refit, anchored at the old head", "C": 1.0,
+                       "background_shift": shift}
+        extra = task.solve_extra_heads(X, y, T, old_extra)  # {name: (W, b)}: detection's box head, anchored
+        return W, b, extra, learner, len(y)
+
+    t1 = time.perf_counter()
+    W, b, extra, learner, n_rows = solve(X_new, y_new, t_new, n_locations)
     train_seconds = time.perf_counter() - t1
     # the gate: the task's metric on held-out items, and the old outputs on the memory's rows
     hold = [items[i] for i in hold_idx]
@@ -154,12 +169,25 @@ def retrain_rows(bundle: str | os.PathLike, data: str | os.PathLike, cfg: Any) -
         reason = (f"the old classes kept {mem_after / mem_before:.1%} of their accuracy on the replay memory "
                   f"(needs {MIN_KEPT:.0%})")
     common = dict(bundle=str(root), labels=labels, new_classes=new_classes, n_items=len(items),
-                  n_train=len(train_idx), n_holdout=len(hold_idx), n_rows=int(len(y)), metric=task.metric_name,
+                  n_train=len(train_idx), n_holdout=len(hold_idx), n_rows=int(n_rows), metric=task.metric_name,
                   before=before, after=after, memory_before=mem_before, memory_after=mem_after, learner=learner)
     if reason is not None and not cfg.force:
         return RowRetrainReport(switched=False, version=live.version, previous_version=live.version,
                                 seconds=_seconds(embed_seconds, train_seconds, started),
                                 reason=f"{reason}; nothing changed (--force switches anyway)", **common)
+    if len(hold_idx):
+        # The gate judged the learner on items it did not see; the version that goes live is solved
+        # on all of them, as the workstation refits on train + validation once C is chosen.
+        t0 = time.perf_counter()
+        X_hold, y_hold, t_hold, hold_locations = rows_of(hold_idx)
+        X_new, y_new, t_new = (np.concatenate([X_new, X_hold]), np.concatenate([y_new, y_hold]),
+                               np.concatenate([t_new, t_hold]))
+        embed_seconds += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        W, b, extra, learner, n_rows = solve(X_new, y_new, t_new, n_locations + hold_locations)
+        train_seconds += time.perf_counter() - t1
+        learner = {**learner, "refit": "train and held-out items"}
+        common.update(learner=learner, n_rows=int(n_rows))
     new_memory = (memory.merge(X_new, y_new, t_new, seed=cfg.seed) if memory is not None
                   else RowMemory.sample(X_new, y_new, t_new, head_labels, seed=cfg.seed))
     import onnx
