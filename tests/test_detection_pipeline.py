@@ -135,6 +135,8 @@ def test_the_device_learns_a_new_object_class_and_rolls_back(scenes, bundle, blo
     report = json.loads(_ok(_cli(["retrain", device, "new", "--json"], scenes, blocked_env)).stdout)
     assert report["switched"] and report["new_classes"] == NEW and report["metric"] == "map50"
     assert report["learner"]["name"] == "exact" and report["conformance"]["passed"]
+    # judged on held-out scenes, then solved again on all of them for the version that goes live
+    assert report["n_holdout"] > 0 and report["learner"]["refit"] == "train and held-out items"
     after_old = json.loads(_ok(_cli(["evaluate", device, "test_old", "--json"], scenes, blocked_env)).stdout)
     after = json.loads(_ok(_cli(["evaluate", device, "test", "--json"], scenes, blocked_env)).stdout)
     assert after["per_class"]["coffee"]["map50"] > 0.3, after["per_class"]
