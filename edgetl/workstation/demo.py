@@ -71,8 +71,7 @@ class DemoConfig:
         Its held-out split has ~120 images, where one image is 0.8 points, so the int8
         budget is 2 points instead of 1."""
         return cls(out=out, image_size=128, per_class=100, device_per_class=30, bench_seconds=0.3, bench_repeats=1,
-                   max_drop=0.02,
-                   text_per_class=150, detection=False, ner=False)  # their own tests: test_*_pipeline.py
+                   max_drop=0.02, text_per_class=150, detection=False, ner=False)  # their own tests: test_*_pipeline.py
 
 
 def split_digits(root: Path, cfg: DemoConfig) -> dict[str, Path]:

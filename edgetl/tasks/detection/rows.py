@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["Rows", "image_rows", "location_rows", "location_targets", "embed_items", "solve_box_head", "NEGATIVES", "MIN_NEGATIVES",
-           "RIDGE"]
+__all__ = ["Rows", "image_rows", "location_rows", "location_targets", "embed_items", "item_boxes", "solve_box_head",
+           "NEGATIVES", "MIN_NEGATIVES", "RIDGE"]
 
 NEGATIVES = 4  # background rows sampled per positive location
 MIN_NEGATIVES = 64  # at least this many per image (an image without objects still teaches background)
@@ -110,7 +110,6 @@ def embed_items(items: Sequence[Any], spec: Any, forward: Callable[[dict], np.nd
     inputs to feature maps [N, F, H, W]."""
     from edgetl.core import ui
     from edgetl.modalities import batches, get_modality
-    from edgetl.tasks.detection.boxes import letterbox, to_letterbox
 
     modality = get_modality("image")
     size = spec.input_size
@@ -120,17 +119,23 @@ def embed_items(items: Sequence[Any], spec: Any, forward: Callable[[dict], np.nd
             maps = forward({"images": images})
             mirrored = forward({"images": np.ascontiguousarray(images[..., ::-1])}) if flip else None
             for row, i in enumerate(indices):
-                item = items[i]
-                keep = ~np.asarray(item.crowd, bool)
-                lb = letterbox(item.width, item.height, size)
-                boxes = to_letterbox(item.boxes[keep], lb)
-                classes = np.asarray(item.classes)[keep]
-                yield i, maps[row], boxes, classes
+                yield (i, maps[row], *item_boxes(items[i], size))
                 if mirrored is not None:
-                    flipped = boxes.copy()
-                    flipped[:, [0, 2]] = size - boxes[:, [2, 0]]
-                    yield i, mirrored[row], flipped, classes
+                    yield (i, mirrored[row], *item_boxes(items[i], size, flip=True))
             advance(len(indices))
+
+
+def item_boxes(item: Any, size: int, *, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """An annotated item's boxes in its ``size`` letterboxed input (mirrored left to right with
+    ``flip``) and their classes; crowd boxes left out."""
+    from edgetl.tasks.detection.boxes import letterbox, to_letterbox
+
+    keep = ~np.asarray(item.crowd, bool)
+    boxes = to_letterbox(item.boxes[keep], letterbox(item.width, item.height, size))
+    if flip:
+        boxes = boxes.copy()
+        boxes[:, [0, 2]] = size - boxes[:, [2, 0]]
+    return boxes, np.asarray(item.classes)[keep]
 
 
 RIDGE = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # box-head penalties tried (on standardised rows)

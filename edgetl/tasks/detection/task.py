@@ -95,6 +95,13 @@ def decode(logits: np.ndarray, codes: np.ndarray, grid: tuple[int, int], input_s
     return boxes[kept], scores[kept].astype(np.float32), classes[kept].astype(np.int64)
 
 
+def _image_sizes(inputs: Mapping[str, Any], n: int, input_size: int) -> np.ndarray:
+    """Each item's original (width, height); example inputs (``edgetl bench``) carry none, and
+    then the letterboxed input is the image."""
+    sizes = inputs.get("image_size")
+    return np.full((n, 2), input_size, np.int64) if sizes is None else sizes
+
+
 class DetectionTask:
     """Boxes and classes in images (see the module docstring)."""
 
@@ -144,8 +151,7 @@ class DetectionTask:
         n, _, h, w = z.shape
         rows = self.rows(z, inputs)
         return {"logits": head.run(rows).reshape(n, h * w, -1), "boxes": extra["box_head"].run(rows).reshape(n, h * w, 4),
-                # example inputs (bench) carry no original size: the letterboxed input is the image
-                "image_size": inputs.get("image_size", np.full((n, 2), predictor.spec.input_size, np.int64)),
+                "image_size": _image_sizes(inputs, n, predictor.spec.input_size),
                 "grid": (h, w)}
 
     def predict(self, predictor: Any, sources: Sequence[Any], *, top_k: int = 1, batch_size: int | None = None,
@@ -171,17 +177,13 @@ class DetectionTask:
         :meth:`outputs` gives the device's."""
         logits, codes = (np.asarray(r) for r in raw)
         side = int(round(np.sqrt(logits.shape[1])))
-        sizes = x.get("image_size")
-        if sizes is None:  # example inputs: the letterboxed input is the image
-            sizes = np.full((len(logits), 2), spec.input_size, np.int64)
-        return {"logits": logits, "boxes": codes, "image_size": sizes, "grid": (side, side)}
+        return {"logits": logits, "boxes": codes, "image_size": _image_sizes(x, len(logits), spec.input_size),
+                "grid": (side, side)}
 
     def bench_decode(self, out: Mapping[str, Any], spec: Any) -> np.ndarray:
         """Each image's detections decoded and NMS-filtered at the default score threshold, as
         ``edgetl predict`` does; returns their count per image."""
-        sizes = out.get("image_size")
-        if sizes is None:
-            sizes = np.full((len(out["logits"]), 2), spec.input_size, np.int64)
+        sizes = out["image_size"]  # outputs and bench_outputs both give it
         return np.asarray([len(decode(out["logits"][i], out["boxes"][i], out["grid"], spec.input_size, sizes[i],
                                       score_threshold=SCORE_THRESHOLD)[0]) for i in range(len(out["logits"]))])
 

@@ -36,15 +36,10 @@ BOX_WEIGHT = 1.0  # the box codes' squared error next to the class cross-entropy
 def _targets(item, size: int, grid: tuple[int, int], flip: bool, rate: float) -> tuple[np.ndarray, ...]:
     """(labels [L], box codes [L, 4], class weights [L]) of one image (mirrored with ``flip``)
     over the ``grid``'s locations, as the probe's rows assign them (edgetl.tasks.detection.rows)."""
-    from edgetl.tasks.detection.boxes import letterbox, to_letterbox
-    from edgetl.tasks.detection.rows import location_targets
+    from edgetl.tasks.detection.rows import item_boxes, location_targets
 
-    keep = ~np.asarray(item.crowd, bool)
-    boxes = to_letterbox(item.boxes[keep], letterbox(item.width, item.height, size))
-    if flip:
-        boxes = boxes.copy()
-        boxes[:, [0, 2]] = size - boxes[:, [2, 0]]
-    assigned, inside = location_targets(boxes, np.asarray(item.classes)[keep], grid[0], grid[1], size)
+    boxes, classes = item_boxes(item, size, flip=flip)
+    assigned, inside = location_targets(boxes, classes, grid[0], grid[1], size)
     weights = np.where(assigned.labels > 0, 1.0, np.where(inside, 0.0, rate)).astype(np.float32)
     return assigned.labels, assigned.targets.astype(np.float32), weights
 
@@ -121,10 +116,13 @@ def finetune(model, found, train_idx: np.ndarray, val_idx: np.ndarray, spec, cfg
     with torch.no_grad(), _ui.progress_bar("fine-tuning: frozen stages", len(items)) as advance:
         for indices, x, _ in batches(modality, [it.path for it in items], spec, 8, strict=True):
             for flip in flips:
+                for i in indices:
+                    targets[(i, flip)] = _targets(items[i], size, grid, flip, rate)
+                if not cache_on:  # past the cache's bound: the prefix is computed per batch instead
+                    continue
                 images = torch.from_numpy(np.ascontiguousarray(x["images"][..., ::-1] if flip else x["images"]))
                 f8, h = split.prefix(images)
                 for row, i in enumerate(indices):
-                    targets[(i, flip)] = _targets(items[i], size, grid, flip, rate)
                     if cache_on:
                         kept = (None if f8 is None else f8[row].clone(), h[row].clone())
                         cache_bytes += sum(t.numel() * 4 for t in kept if t is not None)

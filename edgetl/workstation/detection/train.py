@@ -144,10 +144,10 @@ def _pct(v: float | None) -> str:
 
 def _val_metrics(model, found, val_idx: np.ndarray, maps: dict[int, np.ndarray], spec) -> dict[str, Any]:
     """COCO mAP of the model on the validation images, decoded as the device decodes."""
+    from edgetl.workstation.detection.evaluation import evaluate_items
+
     if not len(val_idx):
         return {"map": None, "map50": None, "per_class": {}}
     items = [found.items[j] for j in val_idx]
     known = {i: maps[int(j)] for i, j in enumerate(val_idx) if int(j) in maps}
-    from edgetl.workstation.detection.evaluation import evaluate_items
-
     return evaluate_items(model, items, found.labels, spec, known)

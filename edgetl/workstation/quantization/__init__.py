@@ -60,10 +60,10 @@ def _calibration_paths(run, cfg: QuantizeConfig) -> tuple[list[Path], str]:
     from edgetl.modalities import get_modality
     from edgetl.tasks import get_task
 
-    if cfg.calib is not None and not get_task(run.task).pooled:
+    task = get_task(run.task)
+    if cfg.calib is not None and not task.pooled:
         # detection, NER: calibration images or texts in the task's own annotated format
-        task, modality = get_task(run.task), get_modality(run.modality)
-        found = task.read(cfg.calib, modality)
+        found = task.read(cfg.calib, get_modality(run.modality))
         sources = [task.item_source(it) for it in found.items]
         if not sources:
             raise QuantizationError(f"{cfg.calib}: no items to calibrate on")
