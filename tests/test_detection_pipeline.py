@@ -172,6 +172,17 @@ def test_finetune_moves_only_the_unfrozen_stages_and_keeps_the_best_epoch(scenes
     _ok(_cli(["export", run, "--exporter", "torchscript"], scenes))  # fails on a mismatch with PyTorch
 
 
+def test_bench_times_the_bundle_and_pytorch_with_decoding(scenes, bundle, tmp_path):
+    """`edgetl bench` on a detection bundle: the deployed row and PyTorch eager's, each with the
+    same numpy decoding and NMS after the network."""
+    out = tmp_path / "bench.json"
+    _ok(_cli(["bench", bundle, "--run", "run", "--duration", "0.1", "--warmup", "1", "--repeats", "1",
+              "--json", out], scenes))
+    rows = json.loads(out.read_text())["results"]
+    ok = {r["runtime"] for r in rows if r["status"] == "ok" and r["p50_ms"] > 0}
+    assert {"torch", "onnxruntime"} <= ok, [(r["runtime"], r["status"], r["reason"]) for r in rows]
+
+
 def test_a_detection_bundle_given_images_in_class_folders_is_one_line(scenes, bundle, digits_dir):
     result = _cli(["evaluate", bundle, digits_dir], scenes)
     assert result.returncode != 0 and "Traceback" not in result.stderr
