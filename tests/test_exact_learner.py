@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.device.learn.addition import add_classes, out_of_fold
+from edgetl.device.learn.addition import ADDITION_CS, add_classes, out_of_fold
 from edgetl.device.learn.solver import balanced_weights, lbfgs, solve_head
 from edgetl.errors import ConfigError, RetrainError
 
@@ -124,6 +124,26 @@ def test_adding_classes_keeps_the_old_rows_and_ignores_the_scale_and_the_seed(di
         add_classes(X[y < 9], y[y < 9], W_old, b_old, 10)
     with pytest.raises(ConfigError, match="exceed"):
         add_classes(X, y, W_old, b_old, 5)
+
+
+def test_row_weighted_addition_walks_below_c_1_to_the_old_rows_size(digits):
+    """Rows weighed alike (detection's locations) take C from 0.001: under an old head solved
+    strongly penalised, as the workstation's detection probe is, weight aligning chooses a C
+    below 1 whose new rows are nearer the old rows' size than the class-balanced floor's."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = digits
+    old = y < 5
+    sk = LogisticRegression(C=0.001, max_iter=5000).fit(X[old], y[old])
+    W_old, b_old = sk.coef_.astype(np.float32), sk.intercept_.astype(np.float32)
+    added = add_classes(X, y, W_old, b_old, 10, balanced=False)
+    gap = {C: abs(np.log(norm / added.old_norm)) for C, norm in added.table}
+    assert added.table[0][0] == pytest.approx(1e-3) and added.C < 1, added.table
+    assert gap[added.C] == min(gap.values())
+    floor = add_classes(X, y, W_old, b_old, 10, balanced=False, Cs=ADDITION_CS)
+    assert abs(np.log(floor.new_norm / floor.old_norm)) > gap[added.C]
+    assert np.array_equal(added.W[:5], W_old) and np.array_equal(added.b[:5], b_old)
+    assert add_classes(X, y, W_old, b_old, 10).table[0][0] == 1.0  # class-balanced: from 1, as before
 
 
 def test_lbfgs_minimises_a_quadratic():
