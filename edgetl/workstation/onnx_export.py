@@ -112,23 +112,24 @@ def export_module(module, example: Inputs, path: Path, inputs: tuple[InputSpec, 
 _TMP_OUTPUT = "edgetl_graph_output"
 
 
-def fuse(backbone: Path, head: Path, out: Path) -> Path:
-    """The fused model: the backbone's graph, then the head's Gemm on its ``embedding``, from
-    the two files already written (``onnx.compose``) rather than a second trace of the whole
-    model, which took as long as the first (28 s for efficientnet_lite0 with the dynamo
-    exporter). Validated against PyTorch like the other files."""
+def fuse(backbone: Path, head: Any, out: Path, io: str = EMBEDDING) -> Path:
+    """The fused model: the backbone's graph, then the ``head`` graph (a file or an ONNX model)
+    on its output ``io``, joined from what is already written (``onnx.compose``) rather than a
+    second trace of the whole model, which took as long as the first (28 s for
+    efficientnet_lite0 with the dynamo exporter). Validated against PyTorch like the other files."""
     import onnx
     from onnx import compose
 
-    b, h = onnx.load(str(backbone)), onnx.load(str(head))
+    b = onnx.load(str(backbone))
+    h = onnx.load(str(head)) if isinstance(head, (str, os.PathLike)) else head
     opset = next(o.version for o in b.opset_import if o.domain in ("", "ai.onnx"))
-    for o in h.opset_import:  # one Gemm, whose definition is the same from opset 13 on
+    for o in h.opset_import:  # head ops (Gemm, MatMul, Add, Transpose, Reshape) are the same from opset 14 on
         if o.domain in ("", "ai.onnx"):
             o.version = opset
     h.ir_version = b.ir_version
     del h.metadata_props[:]  # the backbone's (the RUN's) are the fused model's
     h = compose.add_prefix(h, "edgetl_head/", rename_inputs=False, rename_outputs=False)
-    fused = compose.merge_models(b, h, io_map=[(EMBEDDING, EMBEDDING)], producer_name="edgetl")
+    fused = compose.merge_models(b, h, io_map=[(io, io)], producer_name="edgetl")
     onnx.save(fused, str(out))
     return out
 

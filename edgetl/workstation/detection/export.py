@@ -23,17 +23,50 @@ def _rows(z: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(z, 1, -1).reshape(-1, z.shape[1]))
 
 
+def _heads_graph(model) -> Any:
+    """features [N, F, H, W] -> class logits [N, H*W, K+1] and box codes [N, H*W, 4], as
+    ``DetectionModel.forward_head``: the locations as rows in row-major (y, x) order, then both
+    Linear layers (MatMul + Add over the batch). The fused ``model.onnx`` is the backbone's graph
+    joined to this one (onnx_export.fuse), not a second trace."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetl.core.formats import LOGITS
+    from edgetl.device.learn.head import OPSET
+
+    def linear(name: str, layer) -> tuple[list, list]:
+        W = layer.weight.detach().numpy().astype(np.float32)
+        b = layer.bias.detach().numpy().astype(np.float32)
+        inits = [numpy_helper.from_array(np.ascontiguousarray(W.T), f"{name}_W"), numpy_helper.from_array(b, f"{name}_b")]
+        nodes = [helper.make_node("MatMul", ["rows", f"{name}_W"], [f"{name}_mm"]),
+                 helper.make_node("Add", [f"{name}_mm", f"{name}_b"], [LOGITS if name == "head" else BOXES])]
+        return nodes, inits
+
+    f = model.head.weight.shape[1]
+    head_nodes, head_inits = linear("head", model.head)
+    box_nodes, box_inits = linear("box_head", model.box_head)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", [FEATURES], ["nhwf"], perm=[0, 2, 3, 1]),
+         helper.make_node("Reshape", ["nhwf", "rows_shape"], ["rows"]), *head_nodes, *box_nodes],
+        "edgetl_detection_heads",
+        [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["N", f, "H", "W"])],
+        [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["N", "L", model.head.weight.shape[0]]),
+         helper.make_tensor_value_info(BOXES, TensorProto.FLOAT, ["N", "L", 4])],
+        [numpy_helper.from_array(np.asarray([0, -1, f], np.int64), "rows_shape"), *head_inits, *box_inits],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgetl")
+
+
 def export_detection(run, model, onnx_dir: Path, ov_dir: Path, metadata: dict[str, str], x: dict[str, np.ndarray],
                      cfg) -> tuple[dict, dict, Path, list[str] | None, Any]:
     """Write the files; return ``(files, seconds, xml, failures or None when not validated,
     validation record)``."""
     import torch
 
-    from edgetl.core.formats import LOGITS, META_LABELS
+    from edgetl.core.formats import META_LABELS
     from edgetl.device.learn import make_head_onnx
     from edgetl.modalities import get_modality
     from edgetl.tasks import get_task
-    from edgetl.workstation.onnx_export import export_module, ort_run, ov_run, run_checks, write_files
+    from edgetl.workstation.onnx_export import export_module, fuse, ort_run, ov_run, run_checks, write_files
 
     inputs = get_modality("image").inputs(run.spec)
     example = {"images": x["images"][:2]}
@@ -46,7 +79,7 @@ def export_detection(run, model, onnx_dir: Path, ov_dir: Path, metadata: dict[st
         ("box_head", lambda p: make_head_onnx(model.box_head.weight.detach().numpy(),
                                               model.box_head.bias.detach().numpy(), ["l", "t", "r", "b"], p,
                                               metadata={**head_meta, "edgetl.outputs": "box codes"})),
-        ("model", lambda p: export_module(model, example, p, inputs, [LOGITS, BOXES], cfg)),
+        ("model", lambda p: fuse(onnx_dir / "backbone.onnx", _heads_graph(model), p, io=FEATURES)),
     ]
     files, seconds, xml = write_files(plan, onnx_dir, ov_dir, metadata, cfg)
     if not cfg.validate:
