@@ -89,11 +89,13 @@ def ner_exported(ner_run) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ner_quantized(ner_exported) -> Path:
+def ner_quantized(ner_exported, ner_files) -> Path:
     from edgetl.workstation.quantization import QuantizeConfig, quantize
 
-    # 60 validation sentences hold ~90 entities, one of them ~1 point of F1: a budget for that
-    quantize(ner_exported, QuantizeConfig(engine="ort", max_drop=0.06, min_agreement=0.8))
+    # 60 validation sentences hold ~90 entities, one of them ~1 point of F1: a budget for that;
+    # --calib in the task's own format (JSONL spans), read by the task
+    quantize(ner_exported, QuantizeConfig(engine="ort", max_drop=0.06, min_agreement=0.8,
+                                          calib=str(ner_files["annotated"])))
     return ner_exported
 
 
@@ -204,6 +206,7 @@ def test_quantize_guard_scores_entity_f1(ner_quantized):
     info = json.loads((ner_quantized / "run.json").read_text())
     q = info["quantize"]
     assert q["passed"] and q["int8"]["isa"] == "x86-avx2" and q["int8"]["weight_bits"] == 7
+    assert q["calibration"]["source"].endswith("annotated.jsonl") and q["calibration"]["images"] == N_ANNOTATED
     assert (ner_quantized / "onnx" / "backbone.int8.onnx").is_file()
     assert not (ner_quantized / "onnx" / "model.int8.onnx").exists()  # no fused int8 for token features
     int8_row = next(r for r in q["report"] if r["precision"] == "int8")
