@@ -26,3 +26,58 @@ def test_every_cut_computes_the_same_feature_map():
             trainable = {id(p) for p in split.trainable()}
             expected = len(stages) if unfreeze is None else min(unfreeze, len(stages))
             assert trainable == {id(p) for s in stages[len(stages) - expected:] for p in s.parameters()}, unfreeze
+
+
+def test_augmented_views_move_the_boxes_with_the_pixels(tmp_path):
+    """Every training view (the image, its mirror, zoomed crops mirrored or not) of real
+    composite scenes: each box the view keeps frames the same pixels it framed in the image
+    (mean colour inside the box, per channel), boxes lie within the input, and a crop keeps
+    exactly the boxes whose centre it holds."""
+    import numpy as np
+
+    from edgetl.modalities import batches, get_modality
+    from edgetl.tasks.detection.data import read_detection_data
+    from edgetl.tasks.detection.rows import item_boxes
+    from edgetl.workstation.backbones import create_backbone
+    from edgetl.workstation.detection.finetune import CROPS, view_boxes, view_image, views_of
+    from edgetl.workstation.detection_data import write_composite_scenes
+
+    size = 160
+    write_composite_scenes(tmp_path / "scenes", ["face", "cat", "coffee"], per_class=6, seed=0, size=size,
+                           object_px=(32, 56))
+    items = read_detection_data(tmp_path / "scenes").items
+    spec = create_backbone("efficientnet_lite0", pretrained=False).preprocess.with_input_size(size).letterboxed()
+    views = views_of(len(items), size, True, np.random.default_rng(0))
+    assert len(views) == len(items) * (2 + CROPS) and views_of(len(items), size, False, None) == \
+        [(i, False, None) for i in range(len(items))]
+    crops = {v for v in views if v[2] is not None}
+    assert {v[1] for v in crops} == {False, True} and all(0.5 * size <= v[2][2] <= 0.9 * size for v in crops)
+
+    def box_means(image, boxes):
+        out = []
+        for x1, y1, x2, y2 in np.round(boxes).astype(int):
+            out.append(image[:, y1 + 3:y2 - 3, x1 + 3:x2 - 3].mean(axis=(1, 2)))  # clear of the edges' blending
+        return np.asarray(out)
+
+    compared = 0
+    for indices, x, _ in batches(get_modality("image"), [it.path for it in items], spec, 8, strict=True):
+        for row, i in enumerate(indices):
+            for view in (v for v in views if v[0] == i):
+                image = view_image(x["images"][row], view)
+                boxes, classes = view_boxes(items[i], size, view)
+                assert image.shape == x["images"][row].shape and np.all((boxes >= 0) & (boxes <= size))
+                seen, _ = item_boxes(items[i], size, flip=view[1])  # in the mirrored (or not) input
+                if view[2] is None:
+                    np.testing.assert_array_equal(boxes, seen)
+                    continue
+                x0, y0, side = view[2]
+                centres = (seen[:, :2] + seen[:, 2:]) / 2
+                held = np.all((centres >= (x0, y0)) & (centres < (x0 + side, y0 + side)), axis=1)
+                assert len(boxes) == held.sum()
+                whole = held & np.all((seen[:, :2] >= (x0, y0)) & (seen[:, 2:] <= (x0 + side, y0 + side)), axis=1)
+                if whole.any():
+                    before = box_means(x["images"][row][..., ::-1] if view[1] else x["images"][row], seen[whole])
+                    after = box_means(image, boxes[whole[held]])
+                    np.testing.assert_allclose(after, before, atol=0.08)
+                    compared += int(whole.sum())
+    assert compared >= 5

@@ -156,12 +156,15 @@ def test_finetune_moves_only_the_unfrozen_stages_and_keeps_the_best_epoch(scenes
     import torch
 
     run = tmp_path / "finetuned"
+    # six steps in all: at the default 1e-3 the probe (epoch 0) can stay the best and nothing moves
     _ok(_cli(["train", "old", "--task", "detection", "--strategy", "finetune", "--unfreeze", "1", "--epochs", "2",
-              "--out", run, "--backbone", "efficientnet_lite0", "--image-size", "256"], scenes))
+              "--lr", "3e-4", "--out", run, "--backbone", "efficientnet_lite0", "--image-size", "256"], scenes))
     metrics = json.loads((run / "run.json").read_text())["metrics"]
     ft = metrics["finetune"]
     history = ft["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2] and ft["trainable_stages"] == 1 and ft["cached"]
+    assert ft["views"] == {"per_image": 3, "kinds": ["image", "mirror", "zoomed crop"]}  # --augment's default
+    assert ft["best_epoch"] > 0, history  # else the probe is kept, and the check below has nothing to check
     assert metrics["val_map50"] == pytest.approx(history[ft["best_epoch"]]["val_map50"], abs=1e-9)
     assert metrics["val_map50"] >= max(h["val_map50"] for h in history) - 1e-9
     tuned = torch.load(run / "model.pt", weights_only=True)

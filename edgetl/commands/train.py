@@ -128,7 +128,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="label", metavar="NAME",
                    help="text data: the label column (default: label)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="finetune: random resized crop and flip (default: on)")
+                   help="finetune: random resized crop and flip; detection (probe and finetune): mirror images, "
+                        "and zoomed crops that keep their boxes for finetune (default: on)")
     p.add_argument("--batchnorm", choices=["frozen", "update"],
                    help="finetune/adapt: BatchNorm normalises with its running statistics and keeps them (frozen), "
                         "or with each batch's and updates them (update) (default: frozen for finetune, which "

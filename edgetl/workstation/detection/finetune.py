@@ -2,7 +2,11 @@
 
 It starts from the heads the linear probe solved exactly and trains them with the last
 ``--unfreeze`` stages of the feature map (FeatureMap.blocks(); all of them with
-``--unfreeze all``) by AdamW on whole images and their mirror images:
+``--unfreeze all``) by AdamW on views of each training image (``--augment``, the default): the
+image, its mirror image, and ``CROPS`` random crops (each mirrored or not) that zoom in by 1.1x
+to 2x and keep the boxes whose centre they hold, clipped to the crop (scale and crop
+augmentation, as SSD's; a view's boxes follow its pixels). The views are drawn once, seeded, so
+the frozen stages run once per view:
 
 - the class head by cross-entropy on every location, the background weighted by the rate the
   probe sampled it at and the background logit's prior shift taken off while training, so the
@@ -27,18 +31,69 @@ import numpy as np
 
 from edgetl.core import ui as _ui
 
-__all__ = ["finetune", "CACHE_BYTES"]
+__all__ = ["finetune", "views_of", "view_image", "view_boxes", "CACHE_BYTES", "CROPS"]
+
+View = tuple  # (image index, mirrored, crop (x0, y0, side) in the letterboxed input's pixels or None)
 
 CACHE_BYTES = 2 * 1024**3  # the frozen stages' outputs are kept in memory up to this size
+CROPS = 1  # random zoomed crops per training image, beside the image and its mirror
+ZOOM = (0.5, 0.9)  # a crop's side as a fraction of the input's: objects grow 1.1x to 2x
 BOX_WEIGHT = 1.0  # the box codes' squared error next to the class cross-entropy
 
 
-def _targets(item, size: int, grid: tuple[int, int], flip: bool, rate: float) -> tuple[np.ndarray, ...]:
-    """(labels [L], box codes [L, 4], class weights [L]) of one image (mirrored with ``flip``)
-    over the ``grid``'s locations, as the probe's rows assign them (edgetl.tasks.detection.rows)."""
-    from edgetl.tasks.detection.rows import item_boxes, location_targets
+def views_of(n: int, size: int, augment: bool, rng: np.random.Generator) -> list[View]:
+    """The training views of ``n`` images: each image alone, or (``augment``) with its mirror and
+    :data:`CROPS` random zoomed crops, each mirrored with probability one half."""
+    if not augment:
+        return [(i, False, None) for i in range(n)]
+    views: list[View] = []
+    for i in range(n):
+        views += [(i, False, None), (i, True, None)]
+        for _ in range(CROPS):
+            side = int(round(size * rng.uniform(*ZOOM)))
+            x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            views.append((i, bool(rng.integers(2)), (x0, y0, side)))
+    return views
 
+
+def view_image(image: np.ndarray, view: View) -> np.ndarray:
+    """A letterboxed model input [3, S, S] as ``view`` sees it: mirrored, then cropped and
+    resized back to S x S (bilinear)."""
+    _, flip, crop = view
+    if flip:
+        image = image[..., ::-1]
+    if crop is not None:
+        import torch
+
+        x0, y0, side = crop
+        size = image.shape[-1]
+        patch = torch.from_numpy(np.ascontiguousarray(image[:, y0:y0 + side, x0:x0 + side]))[None]
+        image = torch.nn.functional.interpolate(patch, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
+    return np.ascontiguousarray(image)
+
+
+def view_boxes(item, size: int, view: View) -> tuple[np.ndarray, np.ndarray]:
+    """An item's boxes and classes as ``view`` sees them (letterboxed input pixels): mirrored;
+    in a crop, the boxes whose centre it holds, moved and scaled with it, clipped to it."""
+    from edgetl.tasks.detection.rows import item_boxes
+
+    _, flip, crop = view
     boxes, classes = item_boxes(item, size, flip=flip)
+    if crop is None:
+        return boxes, classes
+    x0, y0, side = crop
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    keep = np.all((centres >= (x0, y0)) & (centres < (x0 + side, y0 + side)), axis=1)
+    moved = (boxes[keep] - np.float32([x0, y0, x0, y0])) * np.float32(size / side)
+    return np.clip(moved, 0, size).astype(np.float32), np.asarray(classes)[keep]
+
+
+def _targets(item, size: int, grid: tuple[int, int], view: View, rate: float) -> tuple[np.ndarray, ...]:
+    """(labels [L], box codes [L, 4], class weights [L]) of one view of an image over the
+    ``grid``'s locations, as the probe's rows assign them (edgetl.tasks.detection.rows)."""
+    from edgetl.tasks.detection.rows import location_targets
+
+    boxes, classes = view_boxes(item, size, view)
     assigned, inside = location_targets(boxes, classes, grid[0], grid[1], size)
     weights = np.where(assigned.labels > 0, 1.0, np.where(inside, 0.0, rate)).astype(np.float32)
     return assigned.labels, assigned.targets.astype(np.float32), weights
@@ -104,45 +159,48 @@ def finetune(model, found, train_idx: np.ndarray, val_idx: np.ndarray, spec, cfg
     with torch.no_grad():
         model.head.bias[0] -= prior_shift
 
-    # the frozen stages' outputs (and the targets) of every image and its mirror image, once
-    flips = (False, True) if cfg.augment else (False,)
-    samples: list[tuple[int, bool]] = [(i, f) for i in range(len(items)) for f in flips]
-    cache: dict[tuple[int, bool], tuple] = {}
-    targets: dict[tuple[int, bool], tuple] = {}
+    # the frozen stages' outputs (and the targets) of every view of every image, once
+    samples = views_of(len(items), size, cfg.augment, rng)
+    per_image: dict[int, list[View]] = {}
+    for view in samples:
+        per_image.setdefault(view[0], []).append(view)
+    cache: dict[View, tuple] = {}
+    targets: dict[View, tuple] = {}
     cache_bytes, cache_on = 0, True
     modality = get_modality("image")
     with torch.no_grad():
         grid = tuple(int(d) for d in model.forward_features(torch.zeros(1, 3, size, size)).shape[-2:])
     with torch.no_grad(), _ui.progress_bar("fine-tuning: frozen stages", len(items)) as advance:
         for indices, x, _ in batches(modality, [it.path for it in items], spec, 8, strict=True):
-            for flip in flips:
-                for i in indices:
-                    targets[(i, flip)] = _targets(items[i], size, grid, flip, rate)
+            for k in range(len(per_image[indices[0]])):  # every image has as many views
+                views = [per_image[i][k] for i in indices]
+                for view in views:
+                    targets[view] = _targets(items[view[0]], size, grid, view, rate)
                 if not cache_on:  # past the cache's bound: the prefix is computed per batch instead
                     continue
-                images = torch.from_numpy(np.ascontiguousarray(x["images"][..., ::-1] if flip else x["images"]))
-                f8, h = split.prefix(images)
-                for row, i in enumerate(indices):
+                images = np.stack([view_image(x["images"][row], view) for row, view in enumerate(views)])
+                f8, h = split.prefix(torch.from_numpy(images))
+                for row, view in enumerate(views):
                     if cache_on:
                         kept = (None if f8 is None else f8[row].clone(), h[row].clone())
                         cache_bytes += sum(t.numel() * 4 for t in kept if t is not None)
-                        cache[(i, flip)] = kept
+                        cache[view] = kept
                         if cache_bytes > CACHE_BYTES:
                             cache_on = False
                             cache.clear()
             advance(len(indices))
 
-    def inputs(batch: list[tuple[int, bool]]):
+    def inputs(batch: list[View]):
         if cache_on:
             f8s = [cache[s][0] for s in batch]
             f8 = None if f8s[0] is None else torch.stack(f8s)
             return f8, torch.stack([cache[s][1] for s in batch])
         arrays = []
-        for i, flip in batch:
-            _, x, _ = next(iter(batches(modality, [items[i].path], spec, 1, strict=True)))
-            arrays.append(x["images"][0][..., ::-1] if flip else x["images"][0])
+        for view in batch:
+            _, x, _ = next(iter(batches(modality, [items[view[0]].path], spec, 1, strict=True)))
+            arrays.append(view_image(x["images"][0], view))
         with torch.no_grad():
-            return split.prefix(torch.from_numpy(np.ascontiguousarray(np.stack(arrays))))
+            return split.prefix(torch.from_numpy(np.stack(arrays)))
 
     def score() -> dict[str, Any]:
         with torch.no_grad():
@@ -202,5 +260,7 @@ def finetune(model, found, train_idx: np.ndarray, val_idx: np.ndarray, spec, cfg
     info = {"unfreeze": "all" if cfg.unfreeze is None else cfg.unfreeze, "epochs": cfg.epochs, "lr": cfg.lr,
             "batch_size": cfg.batch_size, "best_epoch": best[1], "trainable_stages": len(split.stages) - split.first,
             "trainable_parameters": int(sum(p.numel() for p in params)), "cached": cache_on,
+            "views": {"per_image": len(samples) // max(1, len(items)),
+                      "kinds": ["image", "mirror", *(["zoomed crop"] * CROPS)] if cfg.augment else ["image"]},
             "background_rate": rate, "history": history}
     return history, info
