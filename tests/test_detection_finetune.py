@@ -32,7 +32,8 @@ def test_augmented_views_move_the_boxes_with_the_pixels(tmp_path):
     """Every training view (the image, its mirror, zoomed crops mirrored or not) of real
     composite scenes: each box the view keeps frames the same pixels it framed in the image
     (mean colour inside the box, per channel), boxes lie within the input, and a crop keeps
-    exactly the boxes whose centre it holds."""
+    exactly the boxes whose centre it holds (what it shows of the others is returned apart, to
+    be ignored)."""
     import numpy as np
 
     from edgetl.modalities import batches, get_modality
@@ -64,16 +65,18 @@ def test_augmented_views_move_the_boxes_with_the_pixels(tmp_path):
         for row, i in enumerate(indices):
             for view in (v for v in views if v[0] == i):
                 image = view_image(x["images"][row], view)
-                boxes, classes = view_boxes(items[i], size, view)
+                boxes, classes, cut = view_boxes(items[i], size, view)
                 assert image.shape == x["images"][row].shape and np.all((boxes >= 0) & (boxes <= size))
                 seen, _ = item_boxes(items[i], size, flip=view[1])  # in the mirrored (or not) input
                 if view[2] is None:
                     np.testing.assert_array_equal(boxes, seen)
+                    assert len(cut) == 0
                     continue
                 x0, y0, side = view[2]
                 centres = (seen[:, :2] + seen[:, 2:]) / 2
                 held = np.all((centres >= (x0, y0)) & (centres < (x0 + side, y0 + side)), axis=1)
-                assert len(boxes) == held.sum()
+                assert len(boxes) == held.sum() and len(cut) <= (~held).sum()
+                assert np.all((cut >= 0) & (cut <= size)) and np.all(cut[:, 2:] > cut[:, :2])
                 whole = held & np.all((seen[:, :2] >= (x0, y0)) & (seen[:, 2:] <= (x0 + side, y0 + side)), axis=1)
                 if whole.any():
                     before = box_means(x["images"][row][..., ::-1] if view[1] else x["images"][row], seen[whole])
@@ -81,3 +84,26 @@ def test_augmented_views_move_the_boxes_with_the_pixels(tmp_path):
                     np.testing.assert_allclose(after, before, atol=0.08)
                     compared += int(whole.sum())
     assert compared >= 5
+
+
+def test_a_box_a_crop_cuts_off_is_ignored_not_taught_as_background(tmp_path):
+    """An object whose centre falls outside a crop is not one of the crop's objects, but what the
+    crop shows of it is not background either: those locations weigh nothing in the loss."""
+    import numpy as np
+
+    from edgetl.tasks.detection.boxes import cell_centers
+    from edgetl.tasks.detection.records import DetectionItem
+    from edgetl.workstation.detection.finetune import _targets, view_boxes
+
+    item = DetectionItem(tmp_path / "unused.png", 160, 160, np.float32([[20, 20, 60, 60], [96, 96, 150, 150]]),
+                         np.int64([0, 1]), np.zeros(2, bool))
+    view = (0, False, (0, 0, 110))  # the second box's centre (123, 123) lies outside
+    boxes, classes, cut = view_boxes(item, 160, view)
+    assert classes.tolist() == [0] and len(cut) == 1
+    np.testing.assert_allclose(cut[0], np.float32([96, 96, 110, 110]) * 160 / 110, rtol=1e-6)
+    labels, _, weights = _targets(item, 160, (20, 20), view, rate=0.25)
+    c = cell_centers(20, 20, 8.0)
+    shown = (c[:, 0] > cut[0, 0]) & (c[:, 0] < cut[0, 2]) & (c[:, 1] > cut[0, 1]) & (c[:, 1] < cut[0, 3])
+    assert shown.sum() >= 4 and np.all(weights[shown] == 0) and np.all(labels[shown] == 0)
+    assert (labels > 0).any() and set(np.unique(weights[~shown & (labels == 0)])) <= {0.0, 0.25}
+    assert (weights == 0.25).sum() > 300  # the background elsewhere is still background

@@ -12,7 +12,8 @@ The learner (:func:`add_classes`):
   old logits (:func:`edgetl.device.learn.solver.solve_head` with those rows frozen).
   Forgetting can then only come from a new class claiming an old-class row.
 - **C by weight aligning, not by a holdout.** The penalty is chosen so that the new
-  rows come out as large as the old ones: along an ascending grid of C from 1 (warm-started;
+  rows come out as large as the old ones: along an ascending grid of C from 1, or from 0.001
+  where rows are weighed alike (:data:`ROW_WEIGHTED_CS`: detection) (warm-started;
   a new row's norm grows with C) the first C whose mean standardised new-row norm reaches the
   old rows' mean, or the closest. Zhao et al. (2020) rescale new rows to the old rows' norm
   after training; here the norm sets the regularisation. Nothing depends on which rows a

@@ -5,7 +5,8 @@ It starts from the heads the linear probe solved exactly and trains them with th
 ``--unfreeze all``) by AdamW on views of each training image (``--augment``, the default): the
 image, its mirror image, and ``CROPS`` random crops (each mirrored or not) that zoom in by 1.1x
 to 2x and keep the boxes whose centre they hold, clipped to the crop (scale and crop
-augmentation, as SSD's; a view's boxes follow its pixels). The views are drawn once, seeded, so
+augmentation, as SSD's; a view's boxes follow its pixels); what a crop shows of a box it cuts
+off is ignored, not taught as background. The views are drawn once, seeded, so
 the frozen stages run once per view:
 
 - the class head by cross-entropy on every location, the background weighted by the rate the
@@ -72,29 +73,37 @@ def view_image(image: np.ndarray, view: View) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def view_boxes(item, size: int, view: View) -> tuple[np.ndarray, np.ndarray]:
+def view_boxes(item, size: int, view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An item's boxes and classes as ``view`` sees them (letterboxed input pixels): mirrored;
-    in a crop, the boxes whose centre it holds, moved and scaled with it, clipped to it."""
+    in a crop, the boxes whose centre it holds, moved and scaled with it, clipped to it. Third:
+    what the crop shows of the boxes it cuts off (their centre outside it), clipped to it:
+    neither object nor background (no loss there), else an object's visible half would be
+    taught as background."""
     from edgetl.tasks.detection.rows import item_boxes
 
     _, flip, crop = view
     boxes, classes = item_boxes(item, size, flip=flip)
     if crop is None:
-        return boxes, classes
+        return boxes, classes, np.zeros((0, 4), np.float32)
     x0, y0, side = crop
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     keep = np.all((centres >= (x0, y0)) & (centres < (x0 + side, y0 + side)), axis=1)
-    moved = (boxes[keep] - np.float32([x0, y0, x0, y0])) * np.float32(size / side)
-    return np.clip(moved, 0, size).astype(np.float32), np.asarray(classes)[keep]
+    moved = np.clip((boxes - np.float32([x0, y0, x0, y0])) * np.float32(size / side), 0, size).astype(np.float32)
+    cut = moved[~keep]
+    cut = cut[(cut[:, 2] > cut[:, 0]) & (cut[:, 3] > cut[:, 1])]  # those the crop shows at all
+    return moved[keep], np.asarray(classes)[keep], cut
 
 
 def _targets(item, size: int, grid: tuple[int, int], view: View, rate: float) -> tuple[np.ndarray, ...]:
     """(labels [L], box codes [L, 4], class weights [L]) of one view of an image over the
-    ``grid``'s locations, as the probe's rows assign them (edgetl.tasks.detection.rows)."""
+    ``grid``'s locations, as the probe's rows assign them (edgetl.tasks.detection.rows); the
+    locations inside a box the view cuts off weigh nothing."""
     from edgetl.tasks.detection.rows import location_targets
 
-    boxes, classes = view_boxes(item, size, view)
+    boxes, classes, cut = view_boxes(item, size, view)
     assigned, inside = location_targets(boxes, classes, grid[0], grid[1], size)
+    if len(cut):
+        inside = inside | location_targets(cut, np.zeros(len(cut), np.int64), grid[0], grid[1], size)[1]
     weights = np.where(assigned.labels > 0, 1.0, np.where(inside, 0.0, rate)).astype(np.float32)
     return assigned.labels, assigned.targets.astype(np.float32), weights
 
