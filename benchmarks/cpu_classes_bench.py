@@ -68,8 +68,7 @@ def _val_folder(run: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgetl.benchmarking.environment import environment
-    from edgetl.core.isa import fitting_isas, this_cpu
+    from edgetl.core.isa import cpu_class, this_cpu
     from edgetl.core.targets import load_target, targets_for
     from edgetl.device.conformance import check
     from edgetl.device.predictor import Predictor
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     cpu = this_cpu()
-    cls = fitting_isas(cpu)[0].value if fitting_isas(cpu) else cpu.arch
+    cls = cpu_class(cpu)
     out = args.out or ROOT / "benchmarks" / "results" / f"cpu_classes_{cls}.json"
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

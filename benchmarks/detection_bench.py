@@ -58,7 +58,7 @@ def _decode_ms(bundle: Path, test: Path) -> dict:
 
 def main() -> int:
     from edgetl.core.isa import this_cpu
-    from edgetl.core.isa import fitting_isas
+    from edgetl.core.isa import cpu_class
     from edgetl.core.targets import load_target
     from edgetl.workstation.detection_data import write_deepforest_split
 
@@ -108,7 +108,7 @@ def main() -> int:
     _edgetl("bench", *bundles, "--run", run, "--json", bench_json, "--plot", work / "bench.png", "--repeats", "3")
     doc["bench"] = json.loads(bench_json.read_text())
     kind = "detection" if args.strategy == "linear-probe" else "detection_finetune"
-    out = args.out or ROOT / "benchmarks" / "results" / f"{kind}_{fitting_isas(cpu)[0].value if fitting_isas(cpu) else cpu.arch}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"{kind}_{cpu_class(cpu)}.json"
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"RUN (PyTorch fp32) mAP@.5 {doc['run']['map50']:.3f}")
     for name, row in doc["bundles"].items():

@@ -87,7 +87,7 @@ def one_set(work: Path, known: list[str], new: list[str], env: dict) -> dict:
 
 
 def main() -> int:
-    from edgetl.core.isa import fitting_isas, this_cpu
+    from edgetl.core.isa import cpu_class, this_cpu
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=None)
@@ -105,7 +105,7 @@ def main() -> int:
         print(f"{name}: new classes {row['new_map50']['device']:.3f} vs joint {row['new_map50']['joint']:.3f} "
               f"({row['new_map50']['ratio']:.2f}); known {row['known_map50']['before']:.3f} -> "
               f"{row['known_map50']['after']:.3f} ({row['known_map50']['kept']:.2f} kept)")
-    isa = fitting_isas(cpu)[0].value if fitting_isas(cpu) else cpu.arch
+    isa = cpu_class(cpu)
     out = args.out or ROOT / "benchmarks" / "results" / f"detection_class_addition_{isa}.json"
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")

@@ -136,7 +136,7 @@ def main() -> int:
     import onnxruntime as ort
     import openvino as ov
 
-    from edgetl.core.isa import fitting_isas, this_cpu
+    from edgetl.core.isa import cpu_class, this_cpu
     from edgetl.device.predictor import Predictor
     from edgetl.tasks.detection.data import read_detection_data
     from edgetl.tasks.detection.task import MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD, decode
@@ -197,7 +197,7 @@ def main() -> int:
     for k, v in doc["ms"].items():
         print(f"{k:12s} median {v['median']:.3f} ms  p90 {v['p90']:.3f} ms"
               + (f"  same detections as numpy: {doc['same_detections_as_numpy'][k]}" if k != "numpy" else ""))
-    isa = fitting_isas(cpu)[0].value if fitting_isas(cpu) else cpu.arch
+    isa = cpu_class(cpu)
     out = args.out or ROOT / "benchmarks" / "results" / f"detection_nms_{isa}.json"
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")

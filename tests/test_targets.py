@@ -92,10 +92,12 @@ def test_a_target_without_isa_gets_its_architecture_s_baseline(tmp_path):
     ("aarch64", ["asimd", "asimddp"], {"rpi4-ort-int8"}),
 ])
 def test_which_targets_fit_a_cpu(arch, flags, fitting):
-    from edgetl.core.isa import cpu_from_flags, fitting_isas
+    from edgetl.core.isa import cpu_class, cpu_from_flags, fitting_isas
     from edgetl.core.targets import targets_for
 
     cpu = cpu_from_flags(arch, flags)
+    assert cpu_class(cpu) == fitting_isas(cpu)[0].value  # what result files measured on it are named
+    assert cpu_class(cpu_from_flags(arch, [])) == ("x86_64" if arch == "x86_64" else "arm64")
     names = [t.name for t in targets_for(cpu)]
     assert fitting <= set(names)
     assert all(t.fits(cpu) == (t.name in names) for t in list_targets())

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable
 
-__all__ = ["Isa", "IsaInfo", "ISAS", "Cpu", "this_cpu", "cpu_from_flags", "fits", "fitting_isas", "isa_info",
+__all__ = ["Isa", "IsaInfo", "ISAS", "Cpu", "this_cpu", "cpu_from_flags", "cpu_class", "fits", "fitting_isas", "isa_info",
            "saturates", "int8_mismatch", "INT8_FLAGS"]
 
 
@@ -178,6 +178,13 @@ def fits(isa: Isa | str, cpu: Cpu) -> bool:
 def fitting_isas(cpu: Cpu) -> list[Isa]:
     """The ISAs ``cpu`` has, fastest int8 first."""
     return sorted((i for i in ISAS if fits(i, cpu)), key=lambda i: -ISAS[i].rank)
+
+
+def cpu_class(cpu: Cpu) -> str:
+    """The fastest CPU class ``cpu`` fits (e.g. "x86-avx2"), else its architecture: how result
+    files measured on it are named."""
+    isas = fitting_isas(cpu)
+    return isas[0].value if isas else cpu.arch
 
 
 def saturates(cpu: Cpu, reduced_range: bool) -> bool:
