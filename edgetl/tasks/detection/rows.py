@@ -88,17 +88,23 @@ def location_rows(X: np.ndarray, h: int, w: int, boxes: np.ndarray, classes: np.
     rows.add(X[keep], assigned.labels[keep], assigned.targets[keep], image)
 
 
-def location_targets(boxes: np.ndarray, classes: np.ndarray, h: int, w: int, input_size: int) -> tuple[Any, np.ndarray]:
+def location_targets(boxes: np.ndarray, classes: np.ndarray, h: int, w: int, input_size: int,
+                     ignore: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
     """The FCOS assignment of an ``h`` x ``w`` map's locations (edgetl.tasks.detection.boxes.
     assign_targets) and which locations lie inside some box: those not assigned to it are
-    neither object nor background, and no row is made of them."""
+    neither object nor background, and no row is made of them. ``ignore``: more boxes [m, 4]
+    whose locations count as inside without being assigned to anything (e.g. what a crop shows
+    of an object it cuts off)."""
     from edgetl.tasks.detection.boxes import assign_targets, cell_centers
 
     stride = input_size / w
     assigned = assign_targets(boxes, classes, h, w, stride)
     centers = cell_centers(h, w, stride)
     inside = np.zeros(h * w, bool)
-    for b in np.asarray(boxes, np.float32).reshape(-1, 4):
+    regions = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if ignore is not None:
+        regions = np.concatenate([regions, np.asarray(ignore, np.float32).reshape(-1, 4)])
+    for b in regions:
         inside |= (centers[:, 0] > b[0]) & (centers[:, 0] < b[2]) & (centers[:, 1] > b[1]) & (centers[:, 1] < b[3])
     return assigned, inside
 

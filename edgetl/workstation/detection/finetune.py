@@ -101,9 +101,7 @@ def _targets(item, size: int, grid: tuple[int, int], view: View, rate: float) ->
     from edgetl.tasks.detection.rows import location_targets
 
     boxes, classes, cut = view_boxes(item, size, view)
-    assigned, inside = location_targets(boxes, classes, grid[0], grid[1], size)
-    if len(cut):
-        inside = inside | location_targets(cut, np.zeros(len(cut), np.int64), grid[0], grid[1], size)[1]
+    assigned, inside = location_targets(boxes, classes, grid[0], grid[1], size, ignore=cut)
     weights = np.where(assigned.labels > 0, 1.0, np.where(inside, 0.0, rate)).astype(np.float32)
     return assigned.labels, assigned.targets.astype(np.float32), weights
 
